@@ -1,0 +1,199 @@
+package health
+
+import (
+	"net/netip"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// Lifecycle is an instance's lifecycle state, as its VM manager reports it.
+type Lifecycle string
+
+// Lifecycle states (SPEC §1).
+const (
+	Created      Lifecycle = "Created"
+	Initializing Lifecycle = "Initializing"
+	Running      Lifecycle = "Running"
+	Paused       Lifecycle = "Paused"
+	Shutdown     Lifecycle = "Shutdown"
+	Standby      Lifecycle = "Standby"
+	Stopped      Lifecycle = "Stopped"
+	Unknown      Lifecycle = "Unknown"
+)
+
+// Valid reports whether l is one of the lifecycle states.
+func (l Lifecycle) Valid() bool {
+	switch l {
+	case Created, Initializing, Running, Paused, Shutdown, Standby, Stopped, Unknown:
+		return true
+	}
+	return false
+}
+
+// Active reports whether probes run in this state.
+func (l Lifecycle) Active() bool { return l == Initializing || l == Running }
+
+// DefaultVsockPort is the guest agent's vsock port.
+const DefaultVsockPort = 2222
+
+// Limits of an instance's fields.
+const (
+	MaxIDLength     = 128
+	MaxNameLength   = 256
+	MaxSocketPath   = 107 // sun_path is 108 bytes with its NUL
+	MinGuestCID     = 3
+	maxVsockPortNum = 1<<32 - 2
+)
+
+var idPattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)
+
+// ValidateID checks an instance id: 1–128 characters of [A-Za-z0-9._-].
+func ValidateID(id string) error {
+	if !idPattern.MatchString(id) {
+		return fieldErr("id", "must be 1-128 characters of A-Z a-z 0-9 . _ - (got %q)", truncateForMessage(id))
+	}
+	if id == "." || id == ".." {
+		return fieldErr("id", "must not be . or ..")
+	}
+	return nil
+}
+
+func truncateForMessage(s string) string {
+	if len(s) > 64 {
+		return TruncateUTF8(s, 64) + "…"
+	}
+	return s
+}
+
+// Network is where http, tcp and grpc probes connect.
+type Network struct {
+	IP string `json:"ip"`
+}
+
+// Vsock is how to reach the guest agent: CID for AF_VSOCK, or Socket for a
+// hybrid-vsock Unix socket. Port defaults to 2222.
+type Vsock struct {
+	CID    uint32 `json:"cid,omitempty"`
+	Socket string `json:"socket,omitempty"`
+	Port   uint32 `json:"port"`
+}
+
+// InstanceSpec is an instance as a client writes it (without id).
+type InstanceSpec struct {
+	Name        string      `json:"name,omitempty"`
+	State       Lifecycle   `json:"state"`
+	StartedAt   *time.Time  `json:"started_at,omitempty"`
+	Network     *Network    `json:"network,omitempty"`
+	Vsock       *Vsock      `json:"vsock,omitempty"`
+	HealthCheck *PolicySpec `json:"health_check,omitempty"`
+}
+
+// Instance is a normalized, valid instance. HealthCheck is nil when health
+// checking is disabled (absent, or type none).
+type Instance struct {
+	ID          string     `json:"id"`
+	Name        string     `json:"name,omitempty"`
+	State       Lifecycle  `json:"state"`
+	StartedAt   *time.Time `json:"started_at,omitempty"`
+	Network     *Network   `json:"network,omitempty"`
+	Vsock       *Vsock     `json:"vsock,omitempty"`
+	HealthCheck *Policy    `json:"health_check,omitempty"`
+}
+
+// Normalize validates the spec for instance id and fills in defaults.
+func (s InstanceSpec) Normalize(id string) (Instance, error) {
+	if err := ValidateID(id); err != nil {
+		return Instance{}, err
+	}
+	in := Instance{ID: id, Name: s.Name, State: s.State}
+	if len(s.Name) > MaxNameLength || strings.ContainsFunc(s.Name, func(r rune) bool { return r < ' ' || r == 0x7f }) {
+		return Instance{}, fieldErr("name", "must be at most %d bytes without control characters", MaxNameLength)
+	}
+	switch {
+	case s.State == "":
+		return Instance{}, fieldErr("state", "is required (one of Created, Initializing, Running, Paused, Shutdown, Standby, Stopped, Unknown)")
+	case !s.State.Valid():
+		return Instance{}, fieldErr("state", "must be one of Created, Initializing, Running, Paused, Shutdown, Standby, Stopped, Unknown (got %q)", truncateForMessage(string(s.State)))
+	}
+	if s.StartedAt != nil {
+		if s.StartedAt.IsZero() {
+			return Instance{}, fieldErr("started_at", "must be an RFC 3339 time")
+		}
+		t := s.StartedAt.UTC()
+		in.StartedAt = &t
+	}
+	if s.Network != nil {
+		addr, err := netip.ParseAddr(s.Network.IP)
+		if err != nil || addr.Zone() != "" {
+			return Instance{}, fieldErr("network.ip", "must be an IPv4 or IPv6 address (got %q)", truncateForMessage(s.Network.IP))
+		}
+		in.Network = &Network{IP: addr.Unmap().String()}
+	}
+	if s.Vsock != nil {
+		v := *s.Vsock
+		switch {
+		case v.CID != 0 && v.Socket != "":
+			return Instance{}, fieldErr("vsock", "must give either cid or socket, not both")
+		case v.CID == 0 && v.Socket == "":
+			return Instance{}, fieldErr("vsock", "must give cid (AF_VSOCK) or socket (hybrid vsock)")
+		case v.Socket != "" && (!strings.HasPrefix(v.Socket, "/") || len(v.Socket) > MaxSocketPath || strings.IndexByte(v.Socket, 0) >= 0):
+			return Instance{}, fieldErr("vsock.socket", "must be an absolute path of at most %d bytes", MaxSocketPath)
+		case v.Socket == "" && (v.CID < MinGuestCID || v.CID == 0xffffffff):
+			return Instance{}, fieldErr("vsock.cid", "must be a guest CID (3 to 4294967294, got %d)", v.CID)
+		case v.Port > maxVsockPortNum:
+			return Instance{}, fieldErr("vsock.port", "must be a vsock port below 4294967295")
+		}
+		if v.Port == 0 {
+			v.Port = DefaultVsockPort
+		}
+		in.Vsock = &v
+	}
+	if s.HealthCheck != nil {
+		p, err := s.HealthCheck.Normalize()
+		if err != nil {
+			return Instance{}, err
+		}
+		if p.Enabled() {
+			in.HealthCheck = &p
+		}
+	}
+	if p := in.HealthCheck; p != nil {
+		switch {
+		case p.Type == TypeExec && in.Vsock == nil:
+			return Instance{}, fieldErr("vsock", "is required for exec health checks")
+		case p.Type != TypeExec && in.Network == nil:
+			return Instance{}, fieldErr("network.ip", "is required for %s health checks", p.Type)
+		}
+	}
+	return in, nil
+}
+
+// Spec returns the instance in its input shape (for merge patches).
+func (in Instance) Spec() InstanceSpec {
+	s := InstanceSpec{Name: in.Name, State: in.State, StartedAt: in.StartedAt, Network: in.Network, Vsock: in.Vsock}
+	if in.HealthCheck != nil {
+		ps := in.HealthCheck.Spec()
+		s.HealthCheck = &ps
+	}
+	return s
+}
+
+// StartTime is started_at, or the zero time when the manager did not give one.
+func (in Instance) StartTime() time.Time {
+	if in.StartedAt == nil {
+		return time.Time{}
+	}
+	return *in.StartedAt
+}
+
+// SameTarget reports whether two instances probe the same addresses.
+func (in Instance) SameTarget(o Instance) bool {
+	if (in.Network == nil) != (o.Network == nil) || (in.Vsock == nil) != (o.Vsock == nil) {
+		return false
+	}
+	if in.Network != nil && *in.Network != *o.Network {
+		return false
+	}
+	return in.Vsock == nil || *in.Vsock == *o.Vsock
+}

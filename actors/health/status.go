@@ -1,0 +1,271 @@
+package health
+
+import (
+	"math"
+	"time"
+)
+
+// Status is what readers see of an instance's health.
+type Status string
+
+// Statuses (SPEC §3).
+const (
+	StatusDisabled  Status = "disabled"
+	StatusUnknown   Status = "unknown"
+	StatusStarting  Status = "starting"
+	StatusHealthy   Status = "healthy"
+	StatusUnhealthy Status = "unhealthy"
+)
+
+// Statuses lists every status, in a stable order.
+var Statuses = []Status{StatusDisabled, StatusUnknown, StatusStarting, StatusHealthy, StatusUnhealthy}
+
+// Valid reports whether s is a status.
+func (s Status) Valid() bool {
+	for _, v := range Statuses {
+		if s == v {
+			return true
+		}
+	}
+	return false
+}
+
+// Config is what the state machine needs to know of an instance.
+type Config struct {
+	Policy    *Policy // nil or type none: disabled
+	Lifecycle Lifecycle
+	StartedAt time.Time // zero when unknown
+}
+
+// ConfigOf extracts the Config of an instance.
+func ConfigOf(in Instance) Config {
+	return Config{Policy: in.HealthCheck, Lifecycle: in.State, StartedAt: in.StartTime()}
+}
+
+// Mask is the status shown for an evaluated status under a configuration:
+// disabled without a policy, unknown while inactive, starting while
+// Initializing, the evaluation otherwise.
+func Mask(c Config, eval Status) Status {
+	switch {
+	case !c.Policy.Enabled():
+		return StatusDisabled
+	case !c.Lifecycle.Active():
+		return StatusUnknown
+	case c.Lifecycle == Initializing:
+		return StatusStarting
+	case eval == "":
+		return StatusStarting
+	}
+	return eval
+}
+
+// Transition is a change of the shown status.
+type Transition struct {
+	From      Status    `json:"from"`
+	To        Status    `json:"to"`
+	At        time.Time `json:"at"`
+	Reason    Reason    `json:"reason"`
+	LastError string    `json:"last_error"`
+}
+
+// State is the runtime health state of one instance.
+type State struct {
+	Window               uint64    `json:"window"`       // generation of the health window
+	WindowStart          time.Time `json:"window_start"` // origin of the start-period grace
+	Eval                 Status    `json:"eval"`         // starting, healthy or unhealthy, before masking
+	Status               Status    `json:"status"`       // shown status
+	Since                time.Time `json:"since"`
+	GraceOver            bool      `json:"grace_over"`
+	ConsecutiveSuccesses int       `json:"consecutive_successes"`
+	ConsecutiveFailures  int       `json:"consecutive_failures"`
+	LastCheckedAt        time.Time `json:"last_checked_at"`
+	LastSuccessAt        time.Time `json:"last_success_at"`
+	LastFailureAt        time.Time `json:"last_failure_at"`
+	LastError            string    `json:"last_error"`
+	History              History   `json:"history"`
+}
+
+// Configure applies a configuration change (registration when prev is the
+// zero Config) at now. It reports the transition, if the shown status
+// changed, and whether a fresh window opened: the caller then cancels any
+// in-flight probe and probes at once.
+func (s *State) Configure(prev, next Config, now time.Time) (tr Transition, changed, fresh bool) {
+	first := prev.Lifecycle == ""
+	policyChanged := !prev.Policy.Equal(next.Policy)
+	newStart := !next.StartedAt.IsZero() && !next.StartedAt.Equal(prev.StartedAt)
+	activated := !prev.Lifecycle.Active() && next.Lifecycle.Active()
+	reason := ReasonLifecycle
+	switch {
+	case first:
+		reason = ReasonRegistered
+	case policyChanged:
+		reason = ReasonPolicyChanged
+	case newStart:
+		reason = ReasonNewWindow
+	}
+	if next.Policy.Enabled() && next.Lifecycle.Active() && (first || policyChanged || newStart || activated) {
+		origin := now
+		switch {
+		case newStart || (first && !next.StartedAt.IsZero()):
+			origin = next.StartedAt
+		case policyChanged && !activated && !s.WindowStart.IsZero():
+			origin = s.WindowStart
+		}
+		if origin.After(now) {
+			origin = now
+		}
+		s.open(next.Policy, origin)
+		fresh = true
+	}
+	tr, changed = s.reshow(next, now, reason, "")
+	return tr, changed, fresh
+}
+
+func (s *State) open(p *Policy, origin time.Time) {
+	s.Window++
+	s.WindowStart = origin
+	s.Eval = StatusStarting
+	s.GraceOver = p.StartPeriod == 0
+	s.ConsecutiveSuccesses = 0
+	s.ConsecutiveFailures = 0
+}
+
+func (s *State) reshow(c Config, now time.Time, reason Reason, lastErr string) (Transition, bool) {
+	shown := Mask(c, s.Eval)
+	if shown == s.Status {
+		return Transition{}, false
+	}
+	tr := Transition{From: s.Status, To: shown, At: now, Reason: reason, LastError: lastErr}
+	if tr.From == "" {
+		tr.From = StatusUnknown
+	}
+	s.Status = shown
+	s.Since = now
+	return tr, true
+}
+
+// InGrace reports whether a failure at now would fall inside the start-period
+// grace and not count.
+func (s *State) InGrace(p *Policy, now time.Time) bool {
+	return s.Eval == StatusStarting && !s.GraceOver && now.Sub(s.WindowStart) < p.StartPeriod
+}
+
+// Observe applies one probe result, finished at now, that belongs to the
+// current window. It records the result and reports the transition, if the
+// shown status changed. Results observed while the configuration runs no
+// probes are ignored.
+func (s *State) Observe(c Config, r *Result, now time.Time) (Transition, bool) {
+	p := c.Policy
+	if !p.Enabled() || !c.Lifecycle.Active() {
+		return Transition{}, false
+	}
+	if r.Outcome != Skipped {
+		r.Message = TruncateUTF8(r.Message, MaxLastError)
+		r.Output = TailUTF8(r.Output, MaxOutput)
+	}
+	s.History.Add(*r)
+	switch r.Outcome {
+	case Success:
+		s.LastCheckedAt = now
+		s.LastSuccessAt = now
+		s.LastError = ""
+		s.ConsecutiveFailures = 0
+		s.ConsecutiveSuccesses = saturatingInc(s.ConsecutiveSuccesses)
+		if s.Eval != StatusHealthy && s.ConsecutiveSuccesses >= p.SuccessThreshold {
+			s.Eval = StatusHealthy
+			s.GraceOver = true
+		}
+		return s.reshow(c, now, "", "")
+	case Failure:
+		s.LastCheckedAt = now
+		s.LastFailureAt = now
+		s.LastError = r.Message
+		if s.LastError == "" {
+			s.LastError = string(r.Reason)
+		}
+		s.ConsecutiveSuccesses = 0
+		if s.InGrace(p, now) {
+			return Transition{}, false
+		}
+		if s.Eval == StatusStarting {
+			s.GraceOver = true
+		}
+		s.ConsecutiveFailures = saturatingInc(s.ConsecutiveFailures)
+		if s.Eval != StatusUnhealthy && s.ConsecutiveFailures >= p.FailureThreshold {
+			s.Eval = StatusUnhealthy
+		}
+		return s.reshow(c, now, r.Reason, s.LastError)
+	}
+	return Transition{}, false
+}
+
+func saturatingInc(n int) int {
+	if n == math.MaxInt32 {
+		return n
+	}
+	return n + 1
+}
+
+// NextDelay is the pause after a probe before the next: start_interval while
+// the shown status is starting, interval after.
+func NextDelay(p *Policy, shown Status) time.Duration {
+	if shown == StatusStarting {
+		return p.StartInterval
+	}
+	return p.Interval
+}
+
+// Phase is a deterministic offset in [0, d) for id (FNV-1a), used to spread
+// instances over an interval. It does not allocate.
+func Phase(id string, d time.Duration) time.Duration {
+	if d <= 0 {
+		return 0
+	}
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(id); i++ {
+		h ^= uint64(id[i])
+		h *= 1099511628211
+	}
+	return time.Duration(h % uint64(d))
+}
+
+// View is the health_status of an instance as readers see it.
+type View struct {
+	Status               Status     `json:"status"`
+	Since                *time.Time `json:"since"`
+	ConsecutiveSuccesses int        `json:"consecutive_successes"`
+	ConsecutiveFailures  int        `json:"consecutive_failures"`
+	LastCheckedAt        *time.Time `json:"last_checked_at"`
+	LastSuccessAt        *time.Time `json:"last_success_at"`
+	LastFailureAt        *time.Time `json:"last_failure_at"`
+	LastError            string     `json:"last_error"`
+	NextCheckAt          *time.Time `json:"next_check_at"`
+	History              []Result   `json:"history,omitempty"`
+}
+
+// View renders the state for readers; nextCheck is zero when no probe is due.
+func (s *State) View(nextCheck time.Time, withHistory bool) View {
+	v := View{
+		Status:               s.Status,
+		Since:                timePtr(s.Since),
+		ConsecutiveSuccesses: s.ConsecutiveSuccesses,
+		ConsecutiveFailures:  s.ConsecutiveFailures,
+		LastCheckedAt:        timePtr(s.LastCheckedAt),
+		LastSuccessAt:        timePtr(s.LastSuccessAt),
+		LastFailureAt:        timePtr(s.LastFailureAt),
+		LastError:            s.LastError,
+		NextCheckAt:          timePtr(nextCheck),
+	}
+	if withHistory {
+		v.History = s.History.Results()
+	}
+	return v
+}
+
+func timePtr(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	t = t.UTC()
+	return &t
+}
