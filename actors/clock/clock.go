@@ -1,0 +1,119 @@
+// Package clock is the narrow time interface vigil's actors read and sleep
+// through, with a real implementation and a fake one that tests advance by
+// hand.
+//
+// Concurrency contract: both implementations are safe for concurrent use. A
+// Fake runs due timer callbacks on the goroutine that calls Advance, outside
+// its lock, in due order.
+package clock
+
+import (
+	"sort"
+	"sync"
+	"time"
+)
+
+// Clock tells the time and runs functions later.
+type Clock interface {
+	Now() time.Time
+	AfterFunc(d time.Duration, f func()) Timer
+}
+
+// Timer is a pending AfterFunc.
+type Timer interface {
+	// Stop prevents the function from running; it reports whether it did.
+	Stop() bool
+}
+
+// Real is the system clock.
+var Real Clock = realClock{}
+
+type realClock struct{}
+
+func (realClock) Now() time.Time                            { return time.Now() }
+func (realClock) AfterFunc(d time.Duration, f func()) Timer { return time.AfterFunc(d, f) }
+
+// Fake is a clock that moves only when told to.
+type Fake struct {
+	mu     sync.Mutex
+	now    time.Time
+	seq    uint64
+	timers []*fakeTimer
+}
+
+type fakeTimer struct {
+	f     *Fake
+	at    time.Time
+	seq   uint64
+	fn    func()
+	fired bool
+}
+
+// NewFake returns a fake clock reading t.
+func NewFake(t time.Time) *Fake { return &Fake{now: t} }
+
+// Now returns the fake time.
+func (f *Fake) Now() time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.now
+}
+
+// AfterFunc schedules fn to run when the clock has advanced by d.
+func (f *Fake) AfterFunc(d time.Duration, fn func()) Timer {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.seq++
+	t := &fakeTimer{f: f, at: f.now.Add(d), seq: f.seq, fn: fn}
+	f.timers = append(f.timers, t)
+	return t
+}
+
+func (t *fakeTimer) Stop() bool {
+	t.f.mu.Lock()
+	defer t.f.mu.Unlock()
+	for i, o := range t.f.timers {
+		if o == t {
+			t.f.timers = append(t.f.timers[:i], t.f.timers[i+1:]...)
+			return !t.fired
+		}
+	}
+	return false
+}
+
+// Advance moves the clock forward by d, running every timer that falls due,
+// in due order, each with the clock set to its due time.
+func (f *Fake) Advance(d time.Duration) {
+	f.mu.Lock()
+	end := f.now.Add(d)
+	f.mu.Unlock()
+	for {
+		f.mu.Lock()
+		sort.Slice(f.timers, func(i, j int) bool {
+			if f.timers[i].at.Equal(f.timers[j].at) {
+				return f.timers[i].seq < f.timers[j].seq
+			}
+			return f.timers[i].at.Before(f.timers[j].at)
+		})
+		if len(f.timers) == 0 || f.timers[0].at.After(end) {
+			f.now = end
+			f.mu.Unlock()
+			return
+		}
+		t := f.timers[0]
+		f.timers = f.timers[1:]
+		t.fired = true
+		if t.at.After(f.now) {
+			f.now = t.at
+		}
+		f.mu.Unlock()
+		t.fn()
+	}
+}
+
+// Pending is the number of timers not yet fired or stopped.
+func (f *Fake) Pending() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.timers)
+}

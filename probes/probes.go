@@ -1,0 +1,119 @@
+// Package probes runs one health probe against one target: HTTP, TCP and gRPC
+// over the network (exec probes through the guest agent are built in
+// probes/guest). A Prober is built once per policy and target and is safe for
+// concurrent use; Probe honours its context's deadline, never panics on a bad
+// target and reports a failing target as a Result, not an error.
+package probes
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"syscall"
+
+	"github.com/vigilhq/vigil/actors/health"
+)
+
+// Prober runs one probe. The caller bounds it with a context deadline and
+// fills in the result's start time and duration.
+type Prober interface {
+	Probe(ctx context.Context) health.Result
+}
+
+// Func adapts a function to a Prober.
+type Func func(ctx context.Context) health.Result
+
+// Probe calls f.
+func (f Func) Probe(ctx context.Context) health.Result { return f(ctx) }
+
+// ErrNoTransport is returned for exec policies when no guest transport is
+// configured.
+var ErrNoTransport = errors.New("probes: exec probes need a guest transport")
+
+// New builds the prober for an instance's policy. It returns an error for a
+// policy it cannot run (disabled, or exec without a guest transport); a
+// validated instance never yields one for http, tcp or grpc.
+func New(in health.Instance) (Prober, error) {
+	p := in.HealthCheck
+	if !p.Enabled() {
+		return nil, errors.New("probes: health checking is disabled")
+	}
+	if p.Type == health.TypeExec {
+		return nil, ErrNoTransport
+	}
+	if in.Network == nil {
+		return nil, fmt.Errorf("probes: %s probe needs network.ip", p.Type)
+	}
+	ip, err := netip.ParseAddr(in.Network.IP)
+	if err != nil {
+		return nil, fmt.Errorf("probes: network.ip: %w", err)
+	}
+	addr := net.JoinHostPort(ip.String(), strconv.Itoa(p.Port()))
+	switch p.Type {
+	case health.TypeHTTP:
+		return newHTTP(addr, p.HTTP), nil
+	case health.TypeTCP:
+		return &TCP{Addr: addr}, nil
+	case health.TypeGRPC:
+		return &GRPC{Addr: addr, Service: p.GRPC.Service}, nil
+	}
+	return nil, fmt.Errorf("probes: unknown probe type %q", p.Type)
+}
+
+// TCP succeeds when a connection to Addr opens.
+type TCP struct {
+	Addr string
+}
+
+// Probe connects and closes.
+func (t *TCP) Probe(ctx context.Context) health.Result {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", t.Addr)
+	if err != nil {
+		return Fail(ctx, err)
+	}
+	_ = c.Close()
+	return health.Result{Outcome: health.Success}
+}
+
+// Fail classifies err into a failure result with a reason code.
+func Fail(ctx context.Context, err error) health.Result {
+	reason := Classify(ctx, err)
+	msg := err.Error()
+	if reason == health.ReasonTimeout {
+		msg = "probe timed out: " + msg
+	}
+	return health.Result{Outcome: health.Failure, Reason: reason, Message: msg}
+}
+
+// Classify maps a probe error to a reason code.
+func Classify(ctx context.Context, err error) health.Reason {
+	var netErr net.Error
+	var certErr *tls.CertificateVerificationError
+	var unknownAuth x509.UnknownAuthorityError
+	var hostErr x509.HostnameError
+	var certInvalid x509.CertificateInvalidError
+	var recErr tls.RecordHeaderError
+	var alert tls.AlertError
+	switch {
+	case errors.Is(ctx.Err(), context.DeadlineExceeded), errors.Is(err, context.DeadlineExceeded),
+		errors.Is(err, os.ErrDeadlineExceeded), errors.As(err, &netErr) && netErr.Timeout():
+		return health.ReasonTimeout
+	case errors.Is(err, context.Canceled):
+		return health.ReasonCanceled
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return health.ReasonConnectionRefused
+	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+		return health.ReasonUnreachable
+	case errors.As(err, &certErr), errors.As(err, &unknownAuth), errors.As(err, &hostErr),
+		errors.As(err, &certInvalid), errors.As(err, &recErr), errors.As(err, &alert):
+		return health.ReasonTLS
+	}
+	return health.ReasonIOError
+}
