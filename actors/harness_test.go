@@ -1,0 +1,142 @@
+package actors
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/stretchr/testify/require"
+
+	"github.com/vigilhq/vigil/actors/clock"
+	"github.com/vigilhq/vigil/actors/health"
+)
+
+var t0 = time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
+
+// recorder is an Observer that counts finished probes per instance.
+type recorder struct {
+	mu       sync.Mutex
+	finished map[string]int
+	started  map[string][]time.Time
+}
+
+func newRecorder() *recorder {
+	return &recorder{finished: map[string]int{}, started: map[string][]time.Time{}}
+}
+
+func (r *recorder) ProbeStarted(id string, _ health.Type, _, start time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.started[id] = append(r.started[id], start)
+}
+
+func (r *recorder) ProbeFinished(id string, _ health.Type, _ *health.Result) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.finished[id]++
+}
+
+func (r *recorder) count(id string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.finished[id]
+}
+
+type harness struct {
+	t     *testing.T
+	s     *Scheduler
+	clk   *clock.Fake
+	store *MemoryStore
+	rec   *recorder
+}
+
+func newHarness(t *testing.T, opts ...Option) *harness {
+	t.Helper()
+	h := &harness{t: t, clk: clock.NewFake(t0), store: NewMemoryStore(), rec: newRecorder()}
+	all := append([]Option{WithClock(h.clk), WithStore(h.store), WithObserver(h.rec),
+		WithLogger(zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel))}, opts...)
+	s, err := New(context.Background(), all...)
+	require.NoError(t, err)
+	h.s = s
+	t.Cleanup(func() { require.NoError(t, s.Close(context.Background())) })
+	return h
+}
+
+func (h *harness) put(id string, js string) Info {
+	h.t.Helper()
+	var spec health.InstanceSpec
+	require.NoError(h.t, json.Unmarshal([]byte(js), &spec))
+	info, _, err := h.s.Put(context.Background(), id, spec)
+	require.NoError(h.t, err)
+	return info
+}
+
+func (h *harness) get(id string) Info {
+	h.t.Helper()
+	info, err := h.s.Get(context.Background(), id)
+	require.NoError(h.t, err)
+	return info
+}
+
+// results waits until the actor has applied n probe results of id and
+// returns its status then.
+func (h *harness) results(id string, n int) Info {
+	h.t.Helper()
+	require.Eventually(h.t, func() bool { return h.rec.count(id) >= n }, 5*time.Second, time.Millisecond,
+		"waiting for probe %d of %s", n, id)
+	var info Info
+	require.Eventually(h.t, func() bool {
+		info = h.get(id)
+		return len(info.Health.History) >= min(n, health.HistorySize) && info.Health.NextCheckAt != nil
+	}, 5*time.Second, time.Millisecond)
+	return info
+}
+
+// advance moves the fake clock on.
+func (h *harness) advance(d time.Duration) { h.clk.Advance(d) }
+
+// target is a loopback HTTP server whose answer can be switched.
+type target struct {
+	srv     *httptest.Server
+	code    atomic.Int32
+	panics  atomic.Bool
+	hits    atomic.Int64
+	port    int
+	started chan struct{}
+}
+
+func newTarget(t *testing.T) *target {
+	t.Helper()
+	tg := &target{}
+	tg.code.Store(http.StatusOK)
+	tg.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tg.hits.Add(1)
+		w.WriteHeader(int(tg.code.Load()))
+	}))
+	t.Cleanup(tg.srv.Close)
+	_, port, _ := net.SplitHostPort(tg.srv.Listener.Addr().String())
+	tg.port, _ = strconv.Atoi(port)
+	return tg
+}
+
+func (tg *target) policy(extra string) string {
+	return `{"state":"Running","network":{"ip":"127.0.0.1"},"health_check":{"http":{"port":` +
+		strconv.Itoa(tg.port) + `,"path":"/h"}` + extra + `}}`
+}
+
+func deadPort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	port := l.Addr().(*net.TCPAddr).Port
+	require.NoError(t, l.Close())
+	return port
+}

@@ -1,0 +1,431 @@
+package actors
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"sync/atomic"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/vigilhq/vigil/actors/clock"
+	"github.com/vigilhq/vigil/actors/health"
+	"github.com/vigilhq/vigil/probes"
+)
+
+// tokens tags timer ticks and probe results process-wide, so a message from
+// an older window, an aborted probe or a previous incarnation of an actor
+// never matches what the current one expects.
+var tokens atomic.Uint64
+
+// Messages to an instance actor.
+type (
+	configure struct{ inst health.Instance } // reply *Info
+	getInfo   struct{ history bool }         // reply *Info
+	probeNow  struct{}                       // reply *probeNowReply
+	tick      struct{ token uint64 }
+	probeDone struct {
+		token  uint64
+		result health.Result
+	}
+	checkpoint struct{ token uint64 }
+)
+
+type probeNowReply struct {
+	result health.Result
+	info   Info
+}
+
+// errRestarted answers requests that were waiting on an incarnation that
+// failed.
+var errRestarted = errors.New("actors: instance actor restarted; try again")
+
+// instanceActor owns one instance. Every field is touched only in Receive.
+type instanceActor struct {
+	s *Scheduler
+	e *entry
+
+	inst   health.Instance
+	cfg    health.Config
+	st     health.State
+	prober probes.Prober
+	// proberErr is why no prober could be built; probes then fail with it.
+	proberErr error
+
+	timer      clock.Timer
+	tickToken  uint64
+	probeToken uint64
+	cancel     context.CancelFunc
+	due        time.Time // when the pending or running probe was due
+	nextCheck  time.Time
+	steady     bool // the window has reached steady cadence once
+	waiters    []*actor.PID
+
+	dirty     bool // counters changed since the last snapshot
+	ckptTimer clock.Timer
+	ckptToken uint64
+	published health.Status
+}
+
+func (a *instanceActor) Receive(ctx actor.Context) {
+	switch m := ctx.Message().(type) {
+	case *actor.Started:
+		a.start(ctx)
+	case *configure:
+		a.configure(ctx, m.inst)
+		ctx.Respond(a.info(false))
+	case *getInfo:
+		ctx.Respond(a.info(m.history))
+	case *tick:
+		if m.token == a.tickToken {
+			a.tickToken = 0
+			a.startProbe(ctx)
+		}
+	case *probeDone:
+		if m.token == a.probeToken && m.token != 0 {
+			a.finishProbe(ctx, m.result)
+		}
+	case *probeNow:
+		a.probeNow(ctx)
+	case *checkpoint:
+		if m.token == a.ckptToken {
+			a.ckptToken = 0
+			if a.dirty {
+				a.save()
+			}
+		}
+	case *actor.Restarting:
+		a.halt(errRestarted)
+	case *actor.Stopping:
+		a.halt(ErrNotFound)
+		if a.dirty {
+			a.save()
+		}
+	}
+}
+
+func (a *instanceActor) now() time.Time { return a.s.opt.clock.Now() }
+
+// start loads the instance: on a fresh registration it opens the first
+// window; after a restart or at boot it resumes from the last snapshot.
+func (a *instanceActor) start(ctx actor.Context) {
+	a.inst = *a.e.spec.Load()
+	a.cfg = health.ConfigOf(a.inst)
+	a.buildProber()
+	snap := a.e.boot
+	a.e.boot = nil
+	if snap == nil {
+		if s, err := a.s.opt.store.Snapshot(a.inst.ID); err == nil {
+			snap = s
+		}
+	}
+	now := a.now()
+	if snap == nil {
+		tr, changed, fresh := a.st.Configure(health.Config{}, a.cfg, now)
+		a.afterChange(ctx, tr, changed, fresh, true)
+		return
+	}
+	// resume: reconcile the snapshot with the spec that is durable now
+	a.st = snap.State
+	a.published = ""
+	tr, changed, fresh := a.st.Configure(snap.Config(), a.cfg, now)
+	if fresh || changed {
+		a.afterChange(ctx, tr, changed, fresh, true)
+		return
+	}
+	a.steady = a.st.Status != health.StatusStarting
+	if a.runs() {
+		// spread resumed probes over one interval rather than firing together
+		delay := health.Phase(a.inst.ID, health.NextDelay(a.cfg.Policy, a.st.Status))
+		if !snap.NextCheckAt.IsZero() && snap.NextCheckAt.After(now) {
+			delay = min(delay, snap.NextCheckAt.Sub(now))
+		}
+		a.schedule(ctx, delay)
+	}
+	a.publish()
+}
+
+func (a *instanceActor) runs() bool { return a.cfg.Policy.Enabled() && a.cfg.Lifecycle.Active() }
+
+func (a *instanceActor) buildProber() {
+	a.prober, a.proberErr = nil, nil
+	if !a.cfg.Policy.Enabled() {
+		return
+	}
+	a.prober, a.proberErr = a.s.opt.factory(a.inst)
+}
+
+// configure applies a new durable spec.
+func (a *instanceActor) configure(ctx actor.Context, in health.Instance) {
+	prev, prevInst := a.cfg, a.inst
+	a.inst, a.cfg = in, health.ConfigOf(in)
+	now := a.now()
+	tr, changed, fresh := a.st.Configure(prev, a.cfg, now)
+	policyChanged := !prev.Policy.Equal(a.cfg.Policy)
+	targetChanged := !prevInst.SameTarget(in)
+	if policyChanged || targetChanged {
+		a.buildProber()
+	}
+	if targetChanged && !fresh && a.runs() {
+		// keep the counters, but a probe of the old address proves nothing
+		a.abortProbe()
+		a.stopTimer()
+		a.schedule(ctx, 0)
+	}
+	a.afterChange(ctx, tr, changed, fresh, policyChanged || targetChanged || prev.Lifecycle != a.cfg.Lifecycle)
+}
+
+// afterChange acts on a configuration change: reschedules, persists and
+// publishes.
+func (a *instanceActor) afterChange(ctx actor.Context, tr health.Transition, changed, fresh, persist bool) {
+	switch {
+	case !a.runs():
+		a.abortProbe()
+		a.stopTimer()
+		a.nextCheck = time.Time{}
+		a.failWaiters(nil)
+	case fresh:
+		a.abortProbe()
+		a.stopTimer()
+		a.steady = false
+		a.schedule(ctx, 0)
+	case a.timer == nil && a.probeToken == 0:
+		a.schedule(ctx, 0)
+	}
+	if changed {
+		a.transition(tr)
+	} else if persist || fresh {
+		a.save()
+	}
+	a.publish()
+}
+
+func (a *instanceActor) snapshot() *Snapshot {
+	return &Snapshot{Version: SnapshotVersion, ID: a.inst.ID, Lifecycle: a.cfg.Lifecycle, StartedAt: a.cfg.StartedAt,
+		Policy: a.cfg.Policy, State: a.st, NextCheckAt: a.nextCheck}
+}
+
+func (a *instanceActor) save() {
+	a.dirty = false
+	a.s.opt.store.SaveSnapshot(a.snapshot())
+}
+
+// transition makes the transition durable, then publishes it.
+func (a *instanceActor) transition(tr health.Transition) {
+	a.dirty = false
+	id := a.inst.ID
+	log := a.s.log
+	a.s.opt.store.AppendTransition(a.snapshot(), Event{InstanceID: id, Transition: tr}, func(ev Event) {
+		log.Info().Uint64("seq", ev.Seq).Str("instance_id", id).Str("from", string(ev.From)).
+			Str("to", string(ev.To)).Str("reason", string(ev.Reason)).Str("last_error", ev.LastError).
+			Msg("health_transition")
+		a.s.publish(ev)
+	})
+}
+
+// info renders what readers see.
+func (a *instanceActor) info(history bool) *Info {
+	return &Info{Instance: a.inst, Health: a.st.View(a.nextCheck, history)}
+}
+
+// publish stores the immutable Info that list readers load.
+func (a *instanceActor) publish() {
+	info := a.info(false)
+	if a.published != info.Health.Status {
+		if old := a.e.info.Load(); old != nil {
+			a.s.count(old.Health.Status, -1)
+		}
+		a.s.count(info.Health.Status, +1)
+		a.published = info.Health.Status
+	} else if old := a.e.info.Load(); old == nil {
+		a.s.count(info.Health.Status, +1)
+	}
+	a.e.info.Store(info)
+}
+
+func (a *instanceActor) schedule(ctx actor.Context, d time.Duration) {
+	a.stopTimer()
+	token := tokens.Add(1)
+	a.tickToken = token
+	now := a.now()
+	a.due = now.Add(d)
+	a.nextCheck = a.due
+	self, root := ctx.Self(), a.s.root
+	a.timer = a.s.opt.clock.AfterFunc(d, func() { root.Send(self, &tick{token: token}) })
+}
+
+func (a *instanceActor) stopTimer() {
+	if a.timer != nil {
+		a.timer.Stop()
+		a.timer = nil
+	}
+	a.tickToken = 0
+}
+
+func (a *instanceActor) abortProbe() {
+	if a.cancel != nil {
+		a.cancel()
+		a.cancel = nil
+	}
+	a.probeToken = 0
+}
+
+// halt stops timers and the probe and answers every waiter with err.
+func (a *instanceActor) halt(err error) {
+	a.stopTimer()
+	a.abortProbe()
+	if a.ckptTimer != nil {
+		a.ckptTimer.Stop()
+	}
+	a.failWaiters(err)
+}
+
+func (a *instanceActor) failWaiters(err error) {
+	if len(a.waiters) == 0 {
+		return
+	}
+	var reply any = err
+	if err == nil {
+		reply = &probeNowReply{result: a.skipReason(), info: *a.info(false)}
+	}
+	for _, w := range a.waiters {
+		a.s.root.Send(w, reply)
+	}
+	a.waiters = nil
+}
+
+func (a *instanceActor) skipReason() health.Result {
+	r := health.Result{Outcome: health.Skipped, Reason: health.ReasonInactive, Start: a.now(),
+		Message: "instance is " + string(a.cfg.Lifecycle) + "; probes run only while Initializing or Running"}
+	if !a.cfg.Policy.Enabled() {
+		r.Reason, r.Message = health.ReasonDisabled, "instance has no health check"
+	}
+	return r
+}
+
+func (a *instanceActor) probeNow(ctx actor.Context) {
+	if !a.runs() {
+		ctx.Respond(&probeNowReply{result: a.skipReason(), info: *a.info(true)})
+		return
+	}
+	a.waiters = append(a.waiters, ctx.Sender())
+	if a.probeToken == 0 {
+		a.stopTimer()
+		a.due = a.now()
+		a.startProbe(ctx)
+	}
+}
+
+// startProbe runs one probe in its own goroutine. It waits for a slot of the
+// host-wide budget (urgent when starting or failing) no longer than the
+// probe's timeout; a probe that gets no slot in time is skipped.
+func (a *instanceActor) startProbe(ctx actor.Context) {
+	if a.probeToken != 0 || !a.runs() {
+		return
+	}
+	token := tokens.Add(1)
+	a.probeToken = token
+	a.timer = nil
+	a.nextCheck = time.Time{}
+	pctx, cancel := context.WithCancel(context.Background())
+	a.cancel = cancel
+	s, self := a.s, ctx.Self()
+	prober, proberErr := a.prober, a.proberErr
+	p := a.cfg.Policy
+	id, due := a.inst.ID, a.due
+	urgent := a.st.Status == health.StatusStarting || a.st.ConsecutiveFailures > 0
+	s.probes.Add(1)
+	go func() {
+		defer s.probes.Done()
+		defer cancel()
+		r := runProbe(pctx, s, id, p, prober, proberErr, due, urgent)
+		s.root.Send(self, &probeDone{token: token, result: r})
+	}()
+}
+
+func runProbe(ctx context.Context, s *Scheduler, id string, p *health.Policy, prober probes.Prober, proberErr error, due time.Time, urgent bool) (r health.Result) {
+	clk := s.opt.clock
+	wait, cancelWait := context.WithTimeout(ctx, p.Timeout)
+	ok := s.budget.acquire(wait, urgent)
+	cancelWait()
+	if !ok {
+		if ctx.Err() != nil {
+			return health.Result{Outcome: health.Skipped, Reason: health.ReasonCanceled, Start: clk.Now()}
+		}
+		return health.Result{Outcome: health.Skipped, Reason: health.ReasonBudgetFull, Start: clk.Now(),
+			Message: fmt.Sprintf("probe budget full: no slot within %s", p.Timeout)}
+	}
+	defer s.budget.release()
+	start := clk.Now()
+	if ob := s.opt.observer; ob != nil {
+		ob.ProbeStarted(id, p.Type, due, start)
+	}
+	defer func() {
+		if v := recover(); v != nil {
+			s.log.Error().Str("instance_id", id).Str("panic", fmt.Sprint(v)).Bytes("stack", debug.Stack()).Msg("probe_panicked")
+			r = health.Result{Outcome: health.Failure, Reason: health.ReasonPanic, Message: fmt.Sprintf("probe panicked: %v", v)}
+		}
+		r.Start = start
+		r.Duration = health.Duration(clk.Now().Sub(start))
+		if ob := s.opt.observer; ob != nil {
+			ob.ProbeFinished(id, p.Type, &r)
+		}
+	}()
+	if proberErr != nil {
+		reason := health.ReasonUnsupported
+		return health.Result{Outcome: health.Failure, Reason: reason, Message: proberErr.Error()}
+	}
+	pctx, cancel := context.WithTimeout(ctx, p.Timeout)
+	defer cancel()
+	r = prober.Probe(pctx)
+	if r.Outcome == health.Failure && errors.Is(pctx.Err(), context.DeadlineExceeded) && r.Reason != health.ReasonTimeout {
+		r.Reason = health.ReasonTimeout
+	}
+	return r
+}
+
+// finishProbe applies a probe result of the current window.
+func (a *instanceActor) finishProbe(ctx actor.Context, r health.Result) {
+	a.probeToken = 0
+	a.cancel = nil
+	now := a.now()
+	tr, changed := a.st.Observe(a.cfg, &r, now)
+	if ev := a.s.log.Debug(); ev.Enabled() {
+		ev.Str("instance_id", a.inst.ID).Str("outcome", string(r.Outcome)).Str("reason", string(r.Reason)).
+			Dur("duration", time.Duration(r.Duration)).Str("status", string(a.st.Status)).Msg("probe_finished")
+	}
+	delay := health.NextDelay(a.cfg.Policy, a.st.Status)
+	if !a.steady && a.st.Status != health.StatusStarting {
+		// first steady pause of the window: shorten it by a per-id fraction
+		// so instances registered together drift apart
+		a.steady = true
+		delay -= health.Phase(a.inst.ID, delay/2)
+	}
+	a.schedule(ctx, delay)
+	if changed {
+		a.transition(tr)
+	} else {
+		a.dirty = true
+		a.armCheckpoint(ctx)
+	}
+	a.publish()
+	if len(a.waiters) > 0 {
+		reply := &probeNowReply{result: r, info: *a.info(true)}
+		for _, w := range a.waiters {
+			ctx.Send(w, reply)
+		}
+		a.waiters = nil
+	}
+}
+
+func (a *instanceActor) armCheckpoint(ctx actor.Context) {
+	if a.ckptToken != 0 {
+		return
+	}
+	token := tokens.Add(1)
+	a.ckptToken = token
+	self, root := ctx.Self(), a.s.root
+	a.ckptTimer = a.s.opt.clock.AfterFunc(a.s.opt.checkpoint, func() { root.Send(self, &checkpoint{token: token}) })
+}

@@ -1,0 +1,639 @@
+package actors
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/rs/zerolog"
+
+	"github.com/vigilhq/vigil/actors/clock"
+	"github.com/vigilhq/vigil/actors/health"
+	"github.com/vigilhq/vigil/probes"
+)
+
+// Errors of the embedding API.
+var (
+	ErrNotFound     = errors.New("actors: no such instance")
+	ErrClosed       = errors.New("actors: scheduler is closed")
+	ErrUnavailable  = errors.New("actors: instance actor did not answer in time")
+	ErrActorStopped = errors.New("actors: instance actor stopped after repeated failures")
+	ErrLagged       = errors.New("actors: subscriber fell too far behind; re-list and subscribe again")
+)
+
+// Defaults of the options.
+const (
+	DefaultProbeBudget      = 1024
+	DefaultAskTimeout       = 5 * time.Second
+	DefaultSubscriberBuffer = 1024
+	DefaultCheckpoint       = 30 * time.Second
+)
+
+// ProberFactory builds the prober for an instance; the default is probes.New.
+type ProberFactory func(in health.Instance) (probes.Prober, error)
+
+// Observer is told about every probe as it starts and ends. It is called from
+// probe goroutines and must not block.
+type Observer interface {
+	ProbeStarted(id string, typ health.Type, due, started time.Time)
+	ProbeFinished(id string, typ health.Type, r *health.Result)
+}
+
+type options struct {
+	log        zerolog.Logger
+	clock      clock.Clock
+	store      Store
+	budget     int
+	askTimeout time.Duration
+	factory    ProberFactory
+	observer   Observer
+	checkpoint time.Duration
+}
+
+// Option configures a Scheduler.
+type Option func(*options)
+
+// WithLogger sets the logger; protoactor's own log output goes to it too.
+func WithLogger(l zerolog.Logger) Option { return func(o *options) { o.log = l } }
+
+// WithClock sets the clock that timers and timestamps come from.
+func WithClock(c clock.Clock) Option { return func(o *options) { o.clock = c } }
+
+// WithStore sets the durable store; the default is a MemoryStore. The caller
+// keeps ownership: Close flushes it but does not close it.
+func WithStore(s Store) Option { return func(o *options) { o.store = s } }
+
+// WithProbeBudget caps probes in flight host-wide (default 1024).
+func WithProbeBudget(n int) Option { return func(o *options) { o.budget = n } }
+
+// WithAskTimeout bounds each request to an instance actor (default 5s).
+func WithAskTimeout(d time.Duration) Option { return func(o *options) { o.askTimeout = d } }
+
+// WithProberFactory replaces how probers are built (default probes.New).
+func WithProberFactory(f ProberFactory) Option { return func(o *options) { o.factory = f } }
+
+// WithObserver registers an Observer of probe starts and ends.
+func WithObserver(ob Observer) Option { return func(o *options) { o.observer = ob } }
+
+// WithCheckpoint sets how often an instance whose counters changed without a
+// transition hands a snapshot to the store (default 30s).
+func WithCheckpoint(d time.Duration) Option { return func(o *options) { o.checkpoint = d } }
+
+// Info is an instance with its health status, as readers see it.
+type Info struct {
+	health.Instance
+	Health health.View `json:"health_status"`
+}
+
+// Scheduler runs one supervised actor per instance. Build it with New.
+type Scheduler struct {
+	opt    options
+	log    zerolog.Logger
+	system *actor.ActorSystem
+	root   *actor.RootContext
+	parent *actor.PID
+	budget *budget
+	probes sync.WaitGroup // probe goroutines in flight
+	closed atomic.Bool
+
+	mu      sync.RWMutex
+	entries map[string]*entry
+	ids     []string // sorted ids of entries
+
+	counts [5]atomic.Int64 // by status, indexed like health.Statuses
+
+	subsMu sync.Mutex
+	subs   map[*Subscription]struct{}
+}
+
+// entry is the registry's record of one instance, shared by the scheduler
+// and the instance's actor.
+type entry struct {
+	id   string
+	mu   sync.Mutex // serializes changes of this instance's spec
+	pid  *actor.PID
+	spec atomic.Pointer[health.Instance]
+	info atomic.Pointer[Info]
+	boot *Snapshot // consumed by the first incarnation
+	gone bool      // removed; guarded by mu
+	dead atomic.Bool
+}
+
+// New builds a scheduler, loads every stored instance and spawns its actor.
+func New(ctx context.Context, opts ...Option) (*Scheduler, error) {
+	o := options{log: zerolog.Nop(), clock: clock.Real, budget: DefaultProbeBudget,
+		askTimeout: DefaultAskTimeout, factory: probes.New, checkpoint: DefaultCheckpoint}
+	for _, f := range opts {
+		f(&o)
+	}
+	if o.store == nil {
+		o.store = NewMemoryStore()
+	}
+	if o.budget < 1 {
+		return nil, fmt.Errorf("actors: probe budget must be at least 1 (got %d)", o.budget)
+	}
+	s := &Scheduler{opt: o, log: o.log, budget: newBudget(o.budget), entries: map[string]*entry{},
+		subs: map[*Subscription]struct{}{}}
+	slogger := slog.New(zerolog.NewSlogHandler(o.log.With().Str("component", "protoactor").Logger()))
+	s.system = actor.NewActorSystem(
+		actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return slogger }),
+		actor.WithDeadLetterThrottleCount(3),
+		actor.WithDeadLetterThrottleInterval(time.Minute),
+		actor.WithDeadLetterRequestLogging(false),
+	)
+	s.root = s.system.Root
+	strategy := &restartStrategy{base: 100 * time.Millisecond, max: 10 * time.Second, limit: 10, window: time.Minute,
+		log: o.log, stopped: s.childGaveUp}
+	parent, err := s.root.SpawnNamed(actor.PropsFromProducer(func() actor.Actor { return &parentActor{} },
+		actor.WithSupervisor(strategy)), "instances")
+	if err != nil {
+		return nil, fmt.Errorf("actors: spawn parent: %w", err)
+	}
+	s.parent = parent
+
+	var loaded []*entry
+	err = o.store.Load(ctx, func(in health.Instance, snap *Snapshot) error {
+		e := &entry{id: in.ID, boot: snap}
+		e.spec.Store(&in)
+		loaded = append(loaded, e)
+		return nil
+	})
+	if err != nil {
+		s.shutdownSystem()
+		return nil, fmt.Errorf("actors: load instances: %w", err)
+	}
+	s.mu.Lock()
+	for _, e := range loaded {
+		s.entries[e.id] = e
+		s.ids = append(s.ids, e.id)
+	}
+	sort.Strings(s.ids)
+	s.mu.Unlock()
+	for _, e := range loaded {
+		if err := s.spawn(e); err != nil {
+			s.shutdownSystem()
+			return nil, err
+		}
+	}
+	s.log.Info().Int("instances", len(loaded)).Int("probe_budget", o.budget).Msg("scheduler_started")
+	return s, nil
+}
+
+func (s *Scheduler) spawn(e *entry) error {
+	res, err := s.root.RequestFuture(s.parent, &spawnChild{id: e.id, props: actor.PropsFromProducer(func() actor.Actor {
+		return &instanceActor{s: s, e: e}
+	})}, s.opt.askTimeout).Result()
+	if err != nil {
+		return fmt.Errorf("actors: spawn %s: %w", e.id, err)
+	}
+	switch r := res.(type) {
+	case *actor.PID:
+		e.pid = r
+		return nil
+	case error:
+		return fmt.Errorf("actors: spawn %s: %w", e.id, r)
+	}
+	return fmt.Errorf("actors: spawn %s: unexpected reply %T", e.id, res)
+}
+
+func (s *Scheduler) childGaveUp(pid *actor.PID) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for _, e := range s.entries {
+		if e.pid != nil && e.pid.Equal(pid) {
+			e.dead.Store(true)
+		}
+	}
+}
+
+// lookup returns the live entry of id, or nil.
+func (s *Scheduler) lookup(id string) *entry {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.entries[id]
+}
+
+// Put creates or replaces an instance. It returns once the spec is durable
+// and the actor has applied it. created reports whether the id was new.
+func (s *Scheduler) Put(ctx context.Context, id string, spec health.InstanceSpec) (Info, bool, error) {
+	in, err := spec.Normalize(id)
+	if err != nil {
+		return Info{}, false, err
+	}
+	return s.apply(ctx, id, func(*health.Instance) (health.Instance, error) { return in, nil }, true)
+}
+
+// Update changes an existing instance: change receives a copy of the current
+// normalized instance and returns the new spec, which is validated.
+func (s *Scheduler) Update(ctx context.Context, id string, change func(cur health.InstanceSpec) (health.InstanceSpec, error)) (Info, error) {
+	info, _, err := s.apply(ctx, id, func(cur *health.Instance) (health.Instance, error) {
+		next, err := change(cur.Spec())
+		if err != nil {
+			return health.Instance{}, err
+		}
+		return next.Normalize(id)
+	}, false)
+	return info, err
+}
+
+// SetState changes an instance's lifecycle state and, when startedAt is not
+// nil, its started_at.
+func (s *Scheduler) SetState(ctx context.Context, id string, state health.Lifecycle, startedAt *time.Time) (Info, error) {
+	return s.Update(ctx, id, func(cur health.InstanceSpec) (health.InstanceSpec, error) {
+		cur.State = state
+		if startedAt != nil {
+			cur.StartedAt = startedAt
+		}
+		return cur, nil
+	})
+}
+
+func (s *Scheduler) apply(ctx context.Context, id string, build func(cur *health.Instance) (health.Instance, error), create bool) (Info, bool, error) {
+	if err := health.ValidateID(id); err != nil {
+		return Info{}, false, err
+	}
+	for {
+		if s.closed.Load() {
+			return Info{}, false, ErrClosed
+		}
+		s.mu.Lock()
+		e, exists := s.entries[id]
+		if !exists {
+			if !create {
+				s.mu.Unlock()
+				return Info{}, false, ErrNotFound
+			}
+			e = &entry{id: id}
+			e.mu.Lock()
+			s.entries[id] = e
+			i := sort.SearchStrings(s.ids, id)
+			s.ids = append(s.ids, "")
+			copy(s.ids[i+1:], s.ids[i:])
+			s.ids[i] = id
+			s.mu.Unlock()
+			in, err := build(nil)
+			if err == nil {
+				err = s.opt.store.PutInstance(ctx, in)
+			}
+			if err == nil {
+				e.spec.Store(&in)
+				err = s.spawn(e)
+			}
+			if err != nil {
+				e.gone = true
+				e.mu.Unlock()
+				s.unregister(id, e)
+				return Info{}, false, err
+			}
+			e.mu.Unlock()
+			info, err := s.ask(e, &getInfo{})
+			return info, true, err
+		}
+		s.mu.Unlock()
+		e.mu.Lock()
+		if e.gone {
+			e.mu.Unlock()
+			continue // removed meanwhile: look again
+		}
+		in, err := build(e.spec.Load())
+		if err == nil {
+			err = s.opt.store.PutInstance(ctx, in)
+		}
+		if err != nil {
+			e.mu.Unlock()
+			return Info{}, false, err
+		}
+		e.spec.Store(&in)
+		info, err := s.ask(e, &configure{inst: in})
+		e.mu.Unlock()
+		return info, false, err
+	}
+}
+
+func (s *Scheduler) unregister(id string, e *entry) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.entries[id] != e {
+		return
+	}
+	delete(s.entries, id)
+	if i := sort.SearchStrings(s.ids, id); i < len(s.ids) && s.ids[i] == id {
+		s.ids = append(s.ids[:i], s.ids[i+1:]...)
+	}
+	if info := e.info.Load(); info != nil {
+		s.count(info.Health.Status, -1)
+	}
+}
+
+// Remove stops watching an instance and deletes its data.
+func (s *Scheduler) Remove(ctx context.Context, id string) error {
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	e := s.lookup(id)
+	if e == nil {
+		return ErrNotFound
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.gone {
+		return ErrNotFound
+	}
+	if err := s.opt.store.DeleteInstance(ctx, id); err != nil {
+		return err
+	}
+	e.gone = true
+	if e.pid != nil {
+		_ = s.root.StopFuture(e.pid).Wait()
+	}
+	// a snapshot queued by the stopping actor must not outlive the delete
+	if err := s.opt.store.DeleteInstance(ctx, id); err != nil {
+		return err
+	}
+	s.unregister(id, e)
+	s.log.Info().Str("instance_id", id).Msg("instance_removed")
+	return nil
+}
+
+func (s *Scheduler) ask(e *entry, msg any) (Info, error) {
+	res, err := s.askRaw(e, msg, s.opt.askTimeout)
+	if err != nil {
+		return Info{}, err
+	}
+	return *res.(*Info), nil
+}
+
+func (s *Scheduler) askRaw(e *entry, msg any, timeout time.Duration) (any, error) {
+	if e.dead.Load() {
+		return nil, ErrActorStopped
+	}
+	res, err := s.root.RequestFuture(e.pid, msg, timeout).Result()
+	switch {
+	case errors.Is(err, actor.ErrDeadLetter):
+		if e.dead.Load() {
+			return nil, ErrActorStopped
+		}
+		return nil, ErrNotFound
+	case errors.Is(err, actor.ErrTimeout):
+		return nil, ErrUnavailable
+	case err != nil:
+		return nil, err
+	}
+	if err, ok := res.(error); ok {
+		return nil, err
+	}
+	return res, nil
+}
+
+// Get returns one instance with its health status and history, asking its
+// actor.
+func (s *Scheduler) Get(ctx context.Context, id string) (Info, error) {
+	if s.closed.Load() {
+		return Info{}, ErrClosed
+	}
+	e := s.lookup(id)
+	if e == nil {
+		return Info{}, ErrNotFound
+	}
+	return s.ask(e, &getInfo{history: true})
+}
+
+// Peek returns the last published Info of an instance without asking its
+// actor (no history).
+func (s *Scheduler) Peek(id string) (Info, bool) {
+	e := s.lookup(id)
+	if e == nil {
+		return Info{}, false
+	}
+	if info := e.info.Load(); info != nil {
+		return *info, true
+	}
+	return Info{}, false
+}
+
+// List returns up to limit published Infos in id order, starting after the
+// id cursor, keeping those whose status is in statuses (all when empty). next
+// is the cursor of the following page, or "" at the end.
+func (s *Scheduler) List(statuses []health.Status, cursor string, limit int) (page []Info, next string) {
+	if limit <= 0 {
+		return nil, ""
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	i := sort.Search(len(s.ids), func(i int) bool { return s.ids[i] > cursor })
+	for ; i < len(s.ids); i++ {
+		info := s.entries[s.ids[i]].info.Load()
+		if info == nil || !statusIn(info.Health.Status, statuses) {
+			continue
+		}
+		if len(page) == limit {
+			return page, page[len(page)-1].ID
+		}
+		page = append(page, *info)
+	}
+	return page, ""
+}
+
+func statusIn(st health.Status, set []health.Status) bool {
+	if len(set) == 0 {
+		return true
+	}
+	for _, s := range set {
+		if s == st {
+			return true
+		}
+	}
+	return false
+}
+
+// Summary counts instances by status.
+func (s *Scheduler) Summary() map[health.Status]int {
+	out := make(map[health.Status]int, len(health.Statuses))
+	for i, st := range health.Statuses {
+		out[st] = int(s.counts[i].Load())
+	}
+	return out
+}
+
+// Len is the number of registered instances.
+func (s *Scheduler) Len() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.entries)
+}
+
+// Ready reports whether every registered instance has a live actor.
+func (s *Scheduler) Ready() bool {
+	if s.closed.Load() {
+		return false
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for _, e := range s.entries {
+		if e.pid == nil || e.dead.Load() {
+			return false
+		}
+	}
+	return true
+}
+
+// InFlight is the number of probes holding a budget slot.
+func (s *Scheduler) InFlight() int { return s.budget.inFlight(s.opt.budget) }
+
+func (s *Scheduler) count(st health.Status, d int64) {
+	for i, v := range health.Statuses {
+		if v == st {
+			s.counts[i].Add(d)
+			return
+		}
+	}
+}
+
+// ProbeNow runs a probe at once, or joins the one in flight, and returns its
+// result with the status after it. An instance that runs no probes (inactive
+// or disabled) answers a skipped result at once.
+func (s *Scheduler) ProbeNow(ctx context.Context, id string) (health.Result, Info, error) {
+	if s.closed.Load() {
+		return health.Result{}, Info{}, ErrClosed
+	}
+	e := s.lookup(id)
+	if e == nil {
+		return health.Result{}, Info{}, ErrNotFound
+	}
+	timeout := s.opt.askTimeout
+	if p := e.spec.Load().HealthCheck; p != nil {
+		timeout += p.Timeout
+	}
+	res, err := s.askRaw(e, &probeNow{}, timeout)
+	if err != nil {
+		return health.Result{}, Info{}, err
+	}
+	r := res.(*probeNowReply)
+	return r.result, r.info, nil
+}
+
+// Subscribe returns a subscription to transitions published from now on.
+// buffer bounds how far it may fall behind (default 1024): past that its
+// channel closes and Err returns ErrLagged.
+func (s *Scheduler) Subscribe(buffer int) *Subscription {
+	if buffer <= 0 {
+		buffer = DefaultSubscriberBuffer
+	}
+	sub := &Subscription{ch: make(chan Event, buffer), s: s}
+	sub.C = sub.ch
+	s.subsMu.Lock()
+	defer s.subsMu.Unlock()
+	if s.closed.Load() {
+		sub.closeLocked(ErrClosed)
+		return sub
+	}
+	s.subs[sub] = struct{}{}
+	return sub
+}
+
+// publish fans a durable event out to subscribers without blocking.
+func (s *Scheduler) publish(ev Event) {
+	s.subsMu.Lock()
+	defer s.subsMu.Unlock()
+	for sub := range s.subs {
+		select {
+		case sub.ch <- ev:
+		default:
+			s.log.Warn().Uint64("seq", ev.Seq).Msg("subscriber_lagged")
+			sub.closeLocked(ErrLagged)
+			delete(s.subs, sub)
+		}
+	}
+}
+
+// Subscription receives transitions in sequence order on C. C closes when the
+// subscriber falls behind (Err is ErrLagged), when it is closed (Err is nil)
+// or when the scheduler closes (Err is ErrClosed).
+type Subscription struct {
+	C      <-chan Event
+	ch     chan Event
+	s      *Scheduler
+	err    error // guarded by s.subsMu
+	closed bool  // guarded by s.subsMu
+}
+
+// Err tells why C closed.
+func (sub *Subscription) Err() error {
+	sub.s.subsMu.Lock()
+	defer sub.s.subsMu.Unlock()
+	return sub.err
+}
+
+// Close ends the subscription.
+func (sub *Subscription) Close() {
+	sub.s.subsMu.Lock()
+	defer sub.s.subsMu.Unlock()
+	delete(sub.s.subs, sub)
+	sub.closeLocked(nil)
+}
+
+func (sub *Subscription) closeLocked(err error) {
+	if sub.closed {
+		return
+	}
+	sub.closed = true
+	sub.err = err
+	close(sub.ch)
+}
+
+// Close stops every timer, cancels every probe, stops every actor and flushes
+// the store, in that order. It does not close the store.
+func (s *Scheduler) Close(ctx context.Context) error {
+	if !s.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	// stopping the parent stops each instance actor; an instance actor stops
+	// its timer and cancels its probe when it is told to stop.
+	if err := s.root.StopFuture(s.parent).Wait(); err != nil {
+		s.log.Warn().Err(err).Msg("stop_actors")
+	}
+	done := make(chan struct{})
+	go func() { s.probes.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return fmt.Errorf("actors: waiting for probes to end: %w", ctx.Err())
+	}
+	err := s.opt.store.Flush(ctx)
+	s.shutdownSystem()
+	s.subsMu.Lock()
+	for sub := range s.subs {
+		sub.closeLocked(ErrClosed)
+		delete(s.subs, sub)
+	}
+	s.subsMu.Unlock()
+	s.log.Info().Msg("scheduler_closed")
+	return err
+}
+
+func (s *Scheduler) shutdownSystem() { s.system.Shutdown() }
+
+// parentActor spawns and supervises the instance actors.
+type parentActor struct{}
+
+type spawnChild struct {
+	id    string
+	props *actor.Props
+}
+
+func (p *parentActor) Receive(ctx actor.Context) {
+	if m, ok := ctx.Message().(*spawnChild); ok {
+		pid, err := ctx.SpawnNamed(m.props, m.id)
+		if err != nil {
+			ctx.Respond(err)
+			return
+		}
+		ctx.Respond(pid)
+	}
+}
