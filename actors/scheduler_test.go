@@ -198,7 +198,7 @@ func TestActorPanicRestartsWithItsState(t *testing.T) {
 		}
 		return probes.New(in)
 	}
-	h := newHarness(t, WithProberFactory(factory))
+	h := newHarness(t, WithProberFactory(factory), WithAskTimeout(500*time.Millisecond))
 	tg := newTarget(t)
 	h.put("vm-1", tg.policy(""))
 	h.advance(0)
@@ -232,7 +232,7 @@ func TestActorRestartKeepsStatus(t *testing.T) {
 		}
 		return probes.New(in)
 	}
-	h := newHarness(t, WithProberFactory(factory))
+	h := newHarness(t, WithProberFactory(factory), WithAskTimeout(500*time.Millisecond))
 	tg := newTarget(t)
 	h.put("vm-1", tg.policy(""))
 	h.advance(0)

@@ -1,0 +1,34 @@
+package actors_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strconv"
+
+	"github.com/vigilhq/vigil/actors"
+	"github.com/vigilhq/vigil/actors/health"
+)
+
+// Embedding vigil: build a scheduler, register an instance, probe it.
+func Example() {
+	l, _ := net.Listen("tcp", "127.0.0.1:0") // a workload to watch
+	defer l.Close()
+	port := l.Addr().(*net.TCPAddr).Port
+
+	ctx := context.Background()
+	s, err := actors.New(ctx, actors.WithProbeBudget(256))
+	if err != nil {
+		panic(err)
+	}
+	defer s.Close(ctx)
+
+	spec := health.InstanceSpec{State: health.Running, Network: &health.Network{IP: "127.0.0.1"},
+		HealthCheck: &health.PolicySpec{TCP: &health.TCPSpec{Port: port}}}
+	if _, _, err := s.Put(ctx, "vm-42", spec); err != nil {
+		panic(err)
+	}
+	result, info, _ := s.ProbeNow(ctx, "vm-42")
+	fmt.Println(result.Outcome, info.Health.Status, strconv.Itoa(info.Health.ConsecutiveSuccesses))
+	// Output: success healthy 1
+}

@@ -1,0 +1,679 @@
+// Package persistence is vigil's durable store on Badger: instance specs,
+// runtime snapshots and the transition event log. It implements actors.Store.
+//
+// One writer goroutine owns every write. Spec changes and transitions queue to
+// it and are group-committed: everything queued goes into one write batch and
+// one sync, then spec writers are released and transitions are published in
+// sequence order. Snapshots are coalesced per instance (latest wins) and
+// flushed with the next batch, at least every FlushInterval.
+//
+// Concurrency contract: every exported method is safe for concurrent use.
+// SaveSnapshot and AppendTransition never block on I/O.
+package persistence
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/rs/zerolog"
+
+	"github.com/vigilhq/vigil/actors"
+	"github.com/vigilhq/vigil/actors/health"
+)
+
+// SchemaVersion is the version of every record this build writes.
+const SchemaVersion = 1
+
+// Defaults.
+const (
+	FlushInterval     = 250 * time.Millisecond
+	EventRetention    = 100_000
+	EventRetentionAge = 24 * time.Hour
+	GCInterval        = 5 * time.Minute
+)
+
+// Key prefixes.
+var (
+	prefixInstance = []byte("i/")
+	prefixSnapshot = []byte("s/")
+	prefixEvent    = []byte("e/")
+	keySeq         = []byte("m/seq")
+)
+
+// ErrNewerSchema is returned when a record was written by a newer vigil.
+var ErrNewerSchema = errors.New("persistence: record written by a newer vigil")
+
+// ErrClosed is returned after Close.
+var ErrClosed = errors.New("persistence: store is closed")
+
+// Options tune a Store.
+type Options struct {
+	Logger        zerolog.Logger
+	FlushInterval time.Duration // default 250ms
+	Retention     int           // events kept at least (default 100 000)
+	RetentionAge  time.Duration // events kept at least this long (default 24h)
+	GCInterval    time.Duration // value-log GC and event pruning (default 5m)
+	Now           func() time.Time
+}
+
+type instanceRecord struct {
+	V        int             `json:"v"`
+	Instance health.Instance `json:"instance"`
+}
+
+type eventRecord struct {
+	V int `json:"v"`
+	actors.Event
+}
+
+type specOp struct {
+	put  *health.Instance
+	del  string
+	done chan error
+}
+
+type transitionOp struct {
+	snap    *actors.Snapshot
+	ev      actors.Event
+	publish func(actors.Event)
+}
+
+// Store is a Badger-backed actors.Store.
+type Store struct {
+	db   *badger.DB
+	dir  string
+	opt  Options
+	log  zerolog.Logger
+	wake chan struct{}
+	stop chan struct{}
+	done chan struct{}
+
+	mu          sync.Mutex
+	closed      bool
+	known       map[string]bool // ids with a spec (snapshots of others are dropped)
+	snaps       map[string]*actors.Snapshot
+	specs       []specOp
+	transitions []transitionOp
+	flushes     []chan error
+	writing     map[string]*actors.Snapshot // snapshots in the batch being written
+	seq         uint64 // last assigned sequence number
+	oldest      uint64 // oldest retained sequence number
+}
+
+var _ actors.Store = (*Store)(nil)
+
+// Open opens (or creates) the store in dir. A directory held by another
+// process is an error that names it.
+func Open(dir string, opt Options) (*Store, error) {
+	if opt.FlushInterval <= 0 {
+		opt.FlushInterval = FlushInterval
+	}
+	if opt.Retention <= 0 {
+		opt.Retention = EventRetention
+	}
+	if opt.RetentionAge <= 0 {
+		opt.RetentionAge = EventRetentionAge
+	}
+	if opt.GCInterval <= 0 {
+		opt.GCInterval = GCInterval
+	}
+	if opt.Now == nil {
+		opt.Now = time.Now
+	}
+	bo := badger.DefaultOptions(dir).
+		WithLogger(badgerLogger{opt.Logger}).
+		WithSyncWrites(false).
+		WithMemTableSize(16 << 20).
+		WithNumMemtables(3).
+		WithBlockCacheSize(32 << 20).
+		WithIndexCacheSize(16 << 20).
+		WithValueLogFileSize(128 << 20).
+		WithValueThreshold(1 << 10).
+		WithNumCompactors(2).
+		WithMetricsEnabled(false)
+	db, err := badger.Open(bo)
+	if err != nil {
+		if strings.Contains(err.Error(), "Cannot acquire directory lock") {
+			return nil, fmt.Errorf("persistence: data directory %s is in use by another process: %w", dir, err)
+		}
+		return nil, fmt.Errorf("persistence: open data directory %s: %w", dir, err)
+	}
+	s := &Store{db: db, dir: dir, opt: opt, log: opt.Logger, wake: make(chan struct{}, 1), stop: make(chan struct{}),
+		done: make(chan struct{}), known: map[string]bool{}, snaps: map[string]*actors.Snapshot{}}
+	if err := s.loadSeq(); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	go s.writer()
+	return s, nil
+}
+
+func eventKey(seq uint64) []byte {
+	k := make([]byte, len(prefixEvent)+8)
+	copy(k, prefixEvent)
+	binary.BigEndian.PutUint64(k[len(prefixEvent):], seq)
+	return k
+}
+
+func key(prefix []byte, id string) []byte { return append(append([]byte(nil), prefix...), id...) }
+
+// loadSeq recovers the sequence counter: the larger of the stored counter and
+// the newest event, so numbers continue after a restart and are never reused.
+func (s *Store) loadSeq() error {
+	return s.db.View(func(txn *badger.Txn) error {
+		if item, err := txn.Get(keySeq); err == nil {
+			if err := item.Value(func(v []byte) error {
+				if len(v) == 8 {
+					s.seq = binary.BigEndian.Uint64(v)
+				}
+				return nil
+			}); err != nil {
+				return err
+			}
+		} else if !errors.Is(err, badger.ErrKeyNotFound) {
+			return fmt.Errorf("persistence: read sequence: %w", err)
+		}
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefixEvent})
+		defer it.Close()
+		it.Rewind()
+		if it.Valid() {
+			s.oldest = binary.BigEndian.Uint64(it.Item().Key()[len(prefixEvent):])
+		}
+		rit := txn.NewIterator(badger.IteratorOptions{Prefix: prefixEvent, Reverse: true})
+		defer rit.Close()
+		rit.Seek(eventKey(^uint64(0)))
+		if rit.Valid() {
+			s.seq = max(s.seq, binary.BigEndian.Uint64(rit.Item().Key()[len(prefixEvent):]))
+		}
+		if s.oldest == 0 {
+			s.oldest = s.seq + 1
+		}
+		return nil
+	})
+}
+
+func (s *Store) signal() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// PutInstance stores in and returns once it is synced.
+func (s *Store) PutInstance(ctx context.Context, in health.Instance) error {
+	return s.spec(ctx, specOp{put: &in, done: make(chan error, 1)})
+}
+
+// DeleteInstance removes an instance, its snapshot and its queued snapshot,
+// and returns once that is synced.
+func (s *Store) DeleteInstance(ctx context.Context, id string) error {
+	return s.spec(ctx, specOp{del: id, done: make(chan error, 1)})
+}
+
+func (s *Store) spec(ctx context.Context, op specOp) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrClosed
+	}
+	if op.put != nil {
+		s.known[op.put.ID] = true
+	} else {
+		delete(s.known, op.del)
+		delete(s.snaps, op.del)
+		delete(s.writing, op.del)
+	}
+	s.specs = append(s.specs, op)
+	s.mu.Unlock()
+	s.signal()
+	select {
+	case err := <-op.done:
+		return err
+	case <-ctx.Done():
+		// the write stays queued and lands; the caller just stops waiting
+		return ctx.Err()
+	}
+}
+
+// SaveSnapshot queues snap; the newest per instance wins.
+func (s *Store) SaveSnapshot(snap *actors.Snapshot) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.closed && s.known[snap.ID] {
+		s.snaps[snap.ID] = snap
+	}
+}
+
+// AppendTransition queues snap and the event; the writer makes both durable,
+// assigns the sequence number and then calls publish.
+func (s *Store) AppendTransition(snap *actors.Snapshot, ev actors.Event, publish func(actors.Event)) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	if !s.known[snap.ID] {
+		snap = nil
+	} else {
+		delete(s.snaps, snap.ID) // this one is newer
+	}
+	s.transitions = append(s.transitions, transitionOp{snap: snap, ev: ev, publish: publish})
+	s.mu.Unlock()
+	s.signal()
+}
+
+// Flush returns once everything queued before it is durable.
+func (s *Store) Flush(ctx context.Context) error {
+	ch := make(chan error, 1)
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrClosed
+	}
+	s.flushes = append(s.flushes, ch)
+	s.mu.Unlock()
+	s.signal()
+	select {
+	case err := <-ch:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Close flushes what is queued, stops the writer and closes Badger.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.mu.Unlock()
+	close(s.stop)
+	<-s.done
+	return s.db.Close()
+}
+
+func (s *Store) writer() {
+	defer close(s.done)
+	flush := time.NewTicker(s.opt.FlushInterval)
+	defer flush.Stop()
+	gc := time.NewTicker(s.opt.GCInterval)
+	defer gc.Stop()
+	for {
+		select {
+		case <-s.wake:
+			s.commit()
+		case <-flush.C:
+			s.commit()
+		case <-gc.C:
+			s.prune()
+			s.gcValueLog()
+		case <-s.stop:
+			s.commit()
+			return
+		}
+	}
+}
+
+// commit writes everything queued in one batch and one sync.
+func (s *Store) commit() {
+	s.mu.Lock()
+	specs, transitions, snaps, flushes := s.specs, s.transitions, s.snaps, s.flushes
+	if len(specs) == 0 && len(transitions) == 0 && len(snaps) == 0 && len(flushes) == 0 {
+		s.mu.Unlock()
+		return
+	}
+	s.specs, s.transitions, s.flushes = nil, nil, nil
+	s.snaps = map[string]*actors.Snapshot{}
+	seq := s.seq
+	writing := make(map[string]*actors.Snapshot, len(snaps)+len(transitions))
+	for id, snap := range snaps {
+		writing[id] = snap
+	}
+	for i := range transitions {
+		seq++
+		transitions[i].ev.Seq = seq
+		if snap := transitions[i].snap; snap != nil {
+			writing[snap.ID] = snap
+		}
+	}
+	s.writing = writing
+	s.mu.Unlock()
+
+	err := s.write(specs, transitions, snaps, seq)
+	if err != nil {
+		s.log.Error().Err(err).Int("specs", len(specs)).Int("transitions", len(transitions)).Msg("store_commit_failed")
+		// put the runtime state back so the next commit retries it
+		s.mu.Lock()
+		for id, snap := range snaps {
+			if _, newer := s.snaps[id]; !newer && s.known[id] {
+				s.snaps[id] = snap
+			}
+		}
+		for i := range transitions {
+			transitions[i].ev.Seq = 0
+		}
+		s.transitions = append(transitions, s.transitions...)
+		s.writing = nil
+		s.mu.Unlock()
+	} else {
+		s.mu.Lock()
+		s.seq = seq
+		s.writing = nil
+		s.mu.Unlock()
+		for _, t := range transitions {
+			if t.publish != nil {
+				t.publish(t.ev)
+			}
+		}
+	}
+	for _, op := range specs {
+		op.done <- err
+	}
+	for _, ch := range flushes {
+		ch <- err
+	}
+}
+
+func (s *Store) write(specs []specOp, transitions []transitionOp, snaps map[string]*actors.Snapshot, seq uint64) error {
+	wb := s.db.NewWriteBatch()
+	defer wb.Cancel()
+	for _, op := range specs {
+		if op.put != nil {
+			b, err := json.Marshal(instanceRecord{V: SchemaVersion, Instance: *op.put})
+			if err != nil {
+				return fmt.Errorf("encode instance %s: %w", op.put.ID, err)
+			}
+			if err := wb.Set(key(prefixInstance, op.put.ID), b); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := wb.Delete(key(prefixInstance, op.del)); err != nil {
+			return err
+		}
+		if err := wb.Delete(key(prefixSnapshot, op.del)); err != nil {
+			return err
+		}
+	}
+	putSnap := func(snap *actors.Snapshot) error {
+		snap.Version = SchemaVersion
+		b, err := json.Marshal(snap)
+		if err != nil {
+			return fmt.Errorf("encode snapshot %s: %w", snap.ID, err)
+		}
+		return wb.Set(key(prefixSnapshot, snap.ID), b)
+	}
+	for _, snap := range snaps {
+		if err := putSnap(snap); err != nil {
+			return err
+		}
+	}
+	for _, t := range transitions {
+		if t.snap != nil {
+			if err := putSnap(t.snap); err != nil {
+				return err
+			}
+		}
+		b, err := json.Marshal(eventRecord{V: SchemaVersion, Event: t.ev})
+		if err != nil {
+			return fmt.Errorf("encode event %d: %w", t.ev.Seq, err)
+		}
+		if err := wb.Set(eventKey(t.ev.Seq), b); err != nil {
+			return err
+		}
+	}
+	if len(transitions) > 0 {
+		var v [8]byte
+		binary.BigEndian.PutUint64(v[:], seq)
+		if err := wb.Set(keySeq, v[:]); err != nil {
+			return err
+		}
+	}
+	if err := wb.Flush(); err != nil {
+		return err
+	}
+	return s.db.Sync()
+}
+
+// Snapshot returns the newest snapshot of id, queued or stored.
+func (s *Store) Snapshot(id string) (*actors.Snapshot, error) {
+	s.mu.Lock()
+	if snap, ok := s.snaps[id]; ok {
+		s.mu.Unlock()
+		return snap, nil
+	}
+	for i := len(s.transitions) - 1; i >= 0; i-- {
+		if t := s.transitions[i]; t.snap != nil && t.snap.ID == id {
+			s.mu.Unlock()
+			return t.snap, nil
+		}
+	}
+	if snap, ok := s.writing[id]; ok {
+		s.mu.Unlock()
+		return snap, nil
+	}
+	s.mu.Unlock()
+	var snap *actors.Snapshot
+	err := s.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get(key(prefixSnapshot, id))
+		if err != nil {
+			return err
+		}
+		return item.Value(func(v []byte) error {
+			var derr error
+			snap, derr = decodeSnapshot(v)
+			return derr
+		})
+	})
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return nil, actors.ErrNotStored
+	}
+	return snap, err
+}
+
+func checkVersion(what string, v int) error {
+	if v > SchemaVersion {
+		return fmt.Errorf("%w: %s has schema version %d, this vigil reads up to %d; upgrade vigil", ErrNewerSchema, what, v, SchemaVersion)
+	}
+	return nil
+}
+
+func decodeSnapshot(v []byte) (*actors.Snapshot, error) {
+	var snap actors.Snapshot
+	if err := json.Unmarshal(v, &snap); err != nil {
+		return nil, err
+	}
+	if err := checkVersion("snapshot "+snap.ID, snap.Version); err != nil {
+		return nil, err
+	}
+	return &snap, nil
+}
+
+// Load calls fn for every stored instance, in id order, with its snapshot.
+// An undecodable record is logged and skipped; a record from a newer schema
+// stops the load with ErrNewerSchema.
+func (s *Store) Load(ctx context.Context, fn func(health.Instance, *actors.Snapshot) error) error {
+	return s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefixInstance, PrefetchValues: true, PrefetchSize: 256})
+		defer it.Close()
+		sit := txn.NewIterator(badger.IteratorOptions{Prefix: prefixSnapshot, PrefetchValues: true, PrefetchSize: 256})
+		defer sit.Close()
+		sit.Rewind()
+		skipped := 0
+		for it.Rewind(); it.Valid(); it.Next() {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			id := string(it.Item().Key()[len(prefixInstance):])
+			var rec instanceRecord
+			err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &rec) })
+			if err == nil {
+				err = checkVersion("instance "+id, rec.V)
+				if errors.Is(err, ErrNewerSchema) {
+					return err
+				}
+			}
+			if err == nil && rec.Instance.ID != id {
+				err = fmt.Errorf("record id %q does not match its key", rec.Instance.ID)
+			}
+			if err == nil {
+				// a stored spec must still be valid: re-normalize it
+				rec.Instance, err = rec.Instance.Spec().Normalize(id)
+			}
+			if err != nil {
+				skipped++
+				s.log.Error().Err(err).Str("instance_id", id).Msg("store_record_skipped")
+				continue
+			}
+			var snap *actors.Snapshot
+			skey := key(prefixSnapshot, id)
+			for sit.Valid() && bytes.Compare(sit.Item().Key(), skey) < 0 {
+				sit.Next()
+			}
+			if sit.Valid() && bytes.Equal(sit.Item().Key(), skey) {
+				err := sit.Item().Value(func(v []byte) error {
+					var derr error
+					snap, derr = decodeSnapshot(v)
+					return derr
+				})
+				if errors.Is(err, ErrNewerSchema) {
+					return err
+				}
+				if err != nil {
+					s.log.Error().Err(err).Str("instance_id", id).Msg("store_snapshot_skipped")
+					snap = nil
+				}
+			}
+			s.mu.Lock()
+			s.known[id] = true
+			s.mu.Unlock()
+			if err := fn(rec.Instance, snap); err != nil {
+				return err
+			}
+		}
+		if skipped > 0 {
+			s.log.Warn().Int("skipped", skipped).Msg("store_load_skipped_records")
+		}
+		return nil
+	})
+}
+
+// Events returns up to limit events after the given sequence number, and the
+// oldest sequence number retained.
+func (s *Store) Events(after uint64, limit int) ([]actors.Event, uint64, error) {
+	s.mu.Lock()
+	oldest := s.oldest
+	s.mu.Unlock()
+	var out []actors.Event
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefixEvent, PrefetchValues: true, PrefetchSize: min(limit, 256)})
+		defer it.Close()
+		for it.Seek(eventKey(after + 1)); it.Valid() && len(out) < limit; it.Next() {
+			var rec eventRecord
+			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &rec) }); err != nil {
+				s.log.Error().Err(err).Bytes("key", it.Item().Key()).Msg("store_event_skipped")
+				continue
+			}
+			if err := checkVersion("event", rec.V); err != nil {
+				return err
+			}
+			out = append(out, rec.Event)
+		}
+		return nil
+	})
+	return out, oldest, err
+}
+
+// LastSeq is the highest sequence number made durable.
+func (s *Store) LastSeq() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.seq
+}
+
+// prune deletes events that are both older than RetentionAge and beyond the
+// newest Retention events.
+func (s *Store) prune() {
+	s.mu.Lock()
+	last, oldest := s.seq, s.oldest
+	s.mu.Unlock()
+	if last < uint64(s.opt.Retention) || last-uint64(s.opt.Retention) < oldest {
+		return
+	}
+	limit := last - uint64(s.opt.Retention) // delete seq <= limit when old enough
+	cutoff := s.opt.Now().Add(-s.opt.RetentionAge)
+	var doomed [][]byte
+	newOldest := oldest
+	_ = s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefixEvent, PrefetchValues: true})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			seq := binary.BigEndian.Uint64(it.Item().Key()[len(prefixEvent):])
+			if seq > limit {
+				break
+			}
+			var rec eventRecord
+			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &rec) }); err == nil && rec.At.After(cutoff) {
+				break
+			}
+			doomed = append(doomed, it.Item().KeyCopy(nil))
+			newOldest = seq + 1
+		}
+		return nil
+	})
+	if len(doomed) == 0 {
+		return
+	}
+	wb := s.db.NewWriteBatch()
+	defer wb.Cancel()
+	for _, k := range doomed {
+		if err := wb.Delete(k); err != nil {
+			s.log.Error().Err(err).Msg("store_prune_failed")
+			return
+		}
+	}
+	if err := wb.Flush(); err != nil {
+		s.log.Error().Err(err).Msg("store_prune_failed")
+		return
+	}
+	s.mu.Lock()
+	s.oldest = newOldest
+	s.mu.Unlock()
+	s.log.Info().Int("events", len(doomed)).Uint64("oldest_seq", newOldest).Msg("store_events_pruned")
+}
+
+func (s *Store) gcValueLog() {
+	for i := 0; i < 16; i++ {
+		if err := s.db.RunValueLogGC(0.5); err != nil {
+			return
+		}
+	}
+}
+
+// badgerLogger routes Badger's log into zerolog; its chatty Info and Debug
+// output goes to Debug.
+type badgerLogger struct{ l zerolog.Logger }
+
+func (b badgerLogger) Errorf(f string, a ...any) {
+	b.l.Error().Str("component", "badger").Msg(strings.TrimSpace(fmt.Sprintf(f, a...)))
+}
+func (b badgerLogger) Warningf(f string, a ...any) {
+	b.l.Warn().Str("component", "badger").Msg(strings.TrimSpace(fmt.Sprintf(f, a...)))
+}
+func (b badgerLogger) Infof(f string, a ...any) {
+	b.l.Debug().Str("component", "badger").Msg(strings.TrimSpace(fmt.Sprintf(f, a...)))
+}
+func (b badgerLogger) Debugf(f string, a ...any) {
+	b.l.Debug().Str("component", "badger").Msg(strings.TrimSpace(fmt.Sprintf(f, a...)))
+}

@@ -1,0 +1,230 @@
+package persistence
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/rs/zerolog"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/vigilhq/vigil/actors"
+	"github.com/vigilhq/vigil/actors/health"
+)
+
+func TestMain(m *testing.M) {
+	if crashChild() {
+		return
+	}
+	goleak.VerifyTestMain(m,
+		goleak.IgnoreTopFunction("github.com/asynkron/protoactor-go/actor.NewDeadLetter.NewThrottle.func4.1"),
+		// Badger's shared ristretto cache and z.Closer goroutines end a moment after Close
+		goleak.IgnoreAnyFunction("github.com/dgraph-io/ristretto/v2.(*defaultPolicy[...]).processItems"),
+		goleak.IgnoreAnyFunction("github.com/dgraph-io/ristretto/v2.(*Cache[...]).processItems"),
+	)
+}
+
+var t0 = time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
+
+func open(t testing.TB, dir string) *Store {
+	t.Helper()
+	s, err := Open(dir, Options{Logger: zerolog.Nop()})
+	require.NoError(t, err)
+	return s
+}
+
+func inst(t testing.TB, id string) health.Instance {
+	t.Helper()
+	in, err := health.InstanceSpec{State: health.Running, Network: &health.Network{IP: "127.0.0.1"},
+		HealthCheck: &health.PolicySpec{TCP: &health.TCPSpec{Port: 80}, Interval: "5s"}}.Normalize(id)
+	require.NoError(t, err)
+	return in
+}
+
+func snapOf(in health.Instance, status health.Status, successes int) *actors.Snapshot {
+	st := health.State{Window: 1, Eval: status, Status: status, ConsecutiveSuccesses: successes, Since: t0}
+	st.History.Add(health.Result{Outcome: health.Success, Start: t0, Output: "ok"})
+	return &actors.Snapshot{ID: in.ID, Lifecycle: in.State, Policy: in.HealthCheck, State: st, NextCheckAt: t0.Add(5 * time.Second)}
+}
+
+func loadAll(t *testing.T, s *Store) map[string]*actors.Snapshot {
+	t.Helper()
+	out := map[string]*actors.Snapshot{}
+	require.NoError(t, s.Load(context.Background(), func(in health.Instance, snap *actors.Snapshot) error {
+		out[in.ID] = snap
+		return nil
+	}))
+	return out
+}
+
+func TestSpecsSnapshotsAndEventsSurviveReopen(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir)
+	ctx := context.Background()
+	a, b := inst(t, "a"), inst(t, "b")
+	require.NoError(t, s.PutInstance(ctx, a))
+	require.NoError(t, s.PutInstance(ctx, b))
+	s.SaveSnapshot(snapOf(a, health.StatusHealthy, 7))
+	published := make(chan actors.Event, 2)
+	s.AppendTransition(snapOf(b, health.StatusUnhealthy, 0),
+		actors.Event{InstanceID: "b", Transition: health.Transition{From: "starting", To: "unhealthy", At: t0, Reason: "timeout"}},
+		func(ev actors.Event) { published <- ev })
+	ev := <-published
+	assert.Equal(t, uint64(1), ev.Seq)
+	require.NoError(t, s.Flush(ctx))
+	require.NoError(t, s.Close())
+
+	s = open(t, dir)
+	got := loadAll(t, s)
+	require.Len(t, got, 2)
+	assert.Equal(t, 7, got["a"].State.ConsecutiveSuccesses)
+	assert.Equal(t, health.StatusHealthy, got["a"].State.Status)
+	assert.Equal(t, "ok", got["a"].State.History.Results()[0].Output)
+	assert.True(t, got["a"].Policy.Equal(a.HealthCheck))
+	assert.Equal(t, health.StatusUnhealthy, got["b"].State.Status)
+	events, oldest, err := s.Events(0, 10)
+	require.NoError(t, err)
+	require.Len(t, events, 1)
+	assert.Equal(t, uint64(1), oldest)
+	assert.Equal(t, health.Reason("timeout"), events[0].Reason)
+
+	s.AppendTransition(snapOf(a, health.StatusUnhealthy, 0), actors.Event{InstanceID: "a"}, func(ev actors.Event) { published <- ev })
+	assert.Equal(t, uint64(2), (<-published).Seq, "sequence numbers continue after a restart")
+	require.NoError(t, s.Close())
+}
+
+func TestDeleteRemovesSpecSnapshotAndPendingWrites(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir)
+	ctx := context.Background()
+	a := inst(t, "a")
+	require.NoError(t, s.PutInstance(ctx, a))
+	s.SaveSnapshot(snapOf(a, health.StatusHealthy, 1))
+	require.NoError(t, s.Flush(ctx))
+	s.SaveSnapshot(snapOf(a, health.StatusHealthy, 2)) // pending
+	require.NoError(t, s.DeleteInstance(ctx, "a"))
+	s.SaveSnapshot(snapOf(a, health.StatusHealthy, 3)) // after the delete: dropped
+	require.NoError(t, s.Flush(ctx))
+	_, err := s.Snapshot("a")
+	assert.ErrorIs(t, err, actors.ErrNotStored)
+	require.NoError(t, s.Close())
+	s = open(t, dir)
+	defer s.Close()
+	assert.Empty(t, loadAll(t, s))
+}
+
+func TestSnapshotReadsNewestQueued(t *testing.T) {
+	s := open(t, t.TempDir())
+	defer s.Close()
+	a := inst(t, "a")
+	require.NoError(t, s.PutInstance(context.Background(), a))
+	s.SaveSnapshot(snapOf(a, health.StatusHealthy, 4))
+	snap, err := s.Snapshot("a")
+	require.NoError(t, err)
+	assert.Equal(t, 4, snap.State.ConsecutiveSuccesses)
+	require.NoError(t, s.Flush(context.Background()))
+	snap, err = s.Snapshot("a")
+	require.NoError(t, err)
+	assert.Equal(t, 4, snap.State.ConsecutiveSuccesses)
+}
+
+func TestDirectoryInUseNamesIt(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir)
+	defer s.Close()
+	_, err := Open(dir, Options{Logger: zerolog.Nop()})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), dir)
+	assert.Contains(t, err.Error(), "in use by another process")
+}
+
+// writeRaw puts a raw record straight into Badger.
+func writeRaw(t *testing.T, dir string, k, v []byte) {
+	t.Helper()
+	db, err := badger.Open(badger.DefaultOptions(dir).WithLogger(nil))
+	require.NoError(t, err)
+	require.NoError(t, db.Update(func(txn *badger.Txn) error { return txn.Set(k, v) }))
+	require.NoError(t, db.Close())
+}
+
+func TestBadRecordsAreSkippedNewerOnesRefuse(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir)
+	require.NoError(t, s.PutInstance(context.Background(), inst(t, "good")))
+	require.NoError(t, s.Close())
+	writeRaw(t, dir, []byte("i/broken"), []byte("{not json"))
+	writeRaw(t, dir, []byte("i/invalid"), []byte(`{"v":1,"instance":{"id":"invalid","state":"Sleeping"}}`))
+
+	s = open(t, dir)
+	got := loadAll(t, s)
+	assert.Len(t, got, 1, "undecodable and invalid records are skipped, the rest loads")
+	assert.Contains(t, got, "good")
+	require.NoError(t, s.Close())
+
+	rec, _ := json.Marshal(map[string]any{"v": SchemaVersion + 1, "instance": map[string]any{"id": "zz", "state": "Running"}})
+	writeRaw(t, dir, []byte("i/zz"), rec)
+	s = open(t, dir)
+	defer s.Close()
+	err := s.Load(context.Background(), func(health.Instance, *actors.Snapshot) error { return nil })
+	require.ErrorIs(t, err, ErrNewerSchema)
+	assert.Contains(t, err.Error(), "upgrade vigil")
+}
+
+func TestEventRetention(t *testing.T) {
+	now := t0
+	s, err := Open(t.TempDir(), Options{Logger: zerolog.Nop(), Retention: 10, RetentionAge: time.Hour, Now: func() time.Time { return now }})
+	require.NoError(t, err)
+	defer s.Close()
+	for i := 0; i < 30; i++ {
+		at := t0.Add(-2 * time.Hour) // old enough
+		if i >= 25 {
+			at = t0 // recent
+		}
+		s.AppendTransition(&actors.Snapshot{ID: "x"}, actors.Event{InstanceID: "x", Transition: health.Transition{At: at}}, nil)
+	}
+	require.NoError(t, s.Flush(context.Background()))
+	s.prune()
+	events, oldest, err := s.Events(0, 100)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(21), oldest, "the newest 10 are kept")
+	assert.Len(t, events, 10)
+	assert.Equal(t, uint64(30), events[9].Seq)
+	page, _, err := s.Events(25, 3)
+	require.NoError(t, err)
+	require.Len(t, page, 3)
+	assert.Equal(t, uint64(26), page[0].Seq)
+}
+
+func TestConcurrentSpecWritesShareSyncs(t *testing.T) {
+	s := open(t, t.TempDir())
+	defer s.Close()
+	var wg sync.WaitGroup
+	errs := make(chan error, 200)
+	for i := 0; i < 200; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- s.PutInstance(context.Background(), inst(t, fmt.Sprintf("vm-%03d", i)))
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	assert.Len(t, loadAll(t, s), 200)
+}
+
+func TestClosedStoreRefuses(t *testing.T) {
+	s := open(t, t.TempDir())
+	require.NoError(t, s.Close())
+	assert.True(t, errors.Is(s.PutInstance(context.Background(), inst(t, "a")), ErrClosed))
+	assert.NoError(t, s.Close())
+}
