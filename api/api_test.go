@@ -1,0 +1,146 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/rs/zerolog"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/vigilhq/vigil/actors"
+	"github.com/vigilhq/vigil/actors/health"
+)
+
+func server(t *testing.T) *httptest.Server {
+	t.Helper()
+	s, err := actors.New(context.Background())
+	require.NoError(t, err)
+	srv := httptest.NewServer(New(s, zerolog.Nop()))
+	t.Cleanup(func() {
+		srv.Close()
+		require.NoError(t, s.Close(context.Background()))
+	})
+	return srv
+}
+
+func call(t *testing.T, method, url, ctype, body string) (int, map[string]any) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	require.NoError(t, err)
+	if ctype != "" {
+		req.Header.Set("Content-Type", ctype)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var out map[string]any
+	if len(b) > 0 {
+		require.NoError(t, json.Unmarshal(b, &out), string(b))
+	}
+	return resp.StatusCode, out
+}
+
+func TestInstanceLifecycleOverHTTP(t *testing.T) {
+	srv := server(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	port := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+	body := `{"state":"Running","network":{"ip":"127.0.0.1"},"health_check":{"tcp":{"port":` + port + `}}}`
+
+	code, out := call(t, "PUT", srv.URL+"/v1/instances/vm-1", "application/json", body)
+	require.Equal(t, http.StatusCreated, code, out)
+	assert.Equal(t, "10s", out["health_check"].(map[string]any)["interval"], "normalized")
+	code, _ = call(t, "PUT", srv.URL+"/v1/instances/vm-1", "application/json", body)
+	assert.Equal(t, http.StatusOK, code)
+
+	code, out = call(t, "POST", srv.URL+"/v1/instances/vm-1/probe", "", "")
+	require.Equal(t, http.StatusOK, code)
+	assert.Equal(t, "success", out["result"].(map[string]any)["outcome"])
+	assert.Equal(t, "healthy", out["health_status"].(map[string]any)["status"])
+
+	code, out = call(t, "GET", srv.URL+"/v1/instances/vm-1", "", "")
+	require.Equal(t, http.StatusOK, code)
+	assert.Equal(t, "healthy", out["health_status"].(map[string]any)["status"])
+	code, out = call(t, "GET", srv.URL+"/v1/instances/vm-1/health", "", "")
+	require.Equal(t, http.StatusOK, code)
+	assert.NotEmpty(t, out["history"])
+	code, out = call(t, "GET", srv.URL+"/v1/instances?status=healthy&limit=10", "", "")
+	require.Equal(t, http.StatusOK, code)
+	assert.Len(t, out["instances"], 1)
+	code, out = call(t, "GET", srv.URL+"/v1/summary", "", "")
+	require.Equal(t, http.StatusOK, code)
+	assert.Equal(t, float64(1), out["total"])
+	assert.Equal(t, float64(1), out["healthy"])
+
+	code, _ = call(t, "DELETE", srv.URL+"/v1/instances/vm-1", "", "")
+	assert.Equal(t, http.StatusNoContent, code)
+	code, out = call(t, "GET", srv.URL+"/v1/instances/vm-1", "", "")
+	assert.Equal(t, http.StatusNotFound, code)
+	assert.Equal(t, "not_found", out["error"].(map[string]any)["code"])
+
+	code, _ = call(t, "GET", srv.URL+"/healthz", "", "")
+	assert.Equal(t, http.StatusOK, code)
+	code, _ = call(t, "GET", srv.URL+"/readyz", "", "")
+	assert.Equal(t, http.StatusOK, code)
+}
+
+func TestErrorsOverHTTP(t *testing.T) {
+	srv := server(t)
+	u := srv.URL + "/v1/instances/vm-1"
+	for _, tc := range []struct {
+		name, method, url, ctype, body string
+		status                         int
+		code, field                    string
+	}{
+		{"malformed", "PUT", u, "application/json", `{"state":`, 400, "invalid_request", ""},
+		{"wrong type", "PUT", u, "application/json", `{"state":5}`, 400, "invalid_request", "state"},
+		{"unknown field", "PUT", u, "application/json", `{"state":"Running","color":"red"}`, 400, "invalid_request", "color"},
+		{"rule", "PUT", u, "application/json", `{"state":"Running","network":{"ip":"127.0.0.1"},"health_check":{"tcp":{"port":1},"interval":"5s","timeout":"6s"}}`, 400, "invalid_request", "health_check.timeout"},
+		{"bad id", "PUT", srv.URL + "/v1/instances/a%20b", "application/json", `{"state":"Running"}`, 400, "invalid_request", "id"},
+		{"too large", "PUT", u, "application/json", `{"name":"` + strings.Repeat("x", 1<<20) + `"}`, 413, "too_large", ""},
+		{"media type", "PUT", u, "text/plain", `{}`, 415, "unsupported_media_type", ""},
+		{"not found", "DELETE", u, "", "", 404, "not_found", ""},
+		{"method", "PATCH", srv.URL + "/v1/summary", "", "", 405, "method_not_allowed", ""},
+		{"bad limit", "GET", srv.URL + "/v1/instances?limit=5000", "", "", 400, "invalid_request", "limit"},
+		{"bad status", "GET", srv.URL + "/v1/instances?status=sick", "", "", 400, "invalid_request", "status"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out := call(t, tc.method, tc.url, tc.ctype, tc.body)
+			assert.Equal(t, tc.status, code, out)
+			e := out["error"].(map[string]any)
+			assert.Equal(t, tc.code, e["code"])
+			if tc.field != "" {
+				assert.Equal(t, tc.field, e["field"])
+			}
+			assert.NotEmpty(t, e["message"])
+		})
+	}
+}
+
+// FuzzDecode checks that no request body makes the decoder panic or accept
+// something that does not normalize.
+func FuzzDecode(f *testing.F) {
+	f.Add(`{"state":"Running","network":{"ip":"127.0.0.1"},"health_check":{"http":{"port":80,"expected_status":"200-299"}}}`)
+	f.Add(`{"state":"Running","vsock":{"cid":3},"health_check":{"exec":{"command":["true"]}}}`)
+	f.Add(`{"health_check":{"tcp":{"port":1e9}}}`)
+	srv := New(nil, zerolog.Nop())
+	f.Fuzz(func(t *testing.T, body string) {
+		req := httptest.NewRequest("PUT", "/v1/instances/x", strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		c := srv.NewContext(req, httptest.NewRecorder())
+		var in health.InstanceSpec
+		if err := decode(c, &in); err == nil {
+			_, _ = in.Normalize("x")
+		}
+	})
+}

@@ -1,0 +1,157 @@
+// Command vigil is the health-probe scheduler for virtual machines.
+//
+//	vigil serve     run the scheduler with its HTTP API
+//	vigil version   print the version
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/vigilhq/vigil/actors"
+	"github.com/vigilhq/vigil/api"
+	"github.com/vigilhq/vigil/persistence"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		usage(stderr)
+		return 2
+	}
+	switch args[0] {
+	case "version", "--version", "-v":
+		fmt.Fprintln(stdout, "vigil", version)
+		return 0
+	case "serve":
+		return serve(args[1:], stderr)
+	case "help", "-h", "--help":
+		usage(stdout)
+		return 0
+	}
+	fmt.Fprintf(stderr, "vigil: unknown command %q\n", args[0])
+	usage(stderr)
+	return 2
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `usage: vigil <command> [flags]
+
+commands:
+  serve     run the scheduler and its HTTP API
+  version   print the version
+`)
+}
+
+// env returns the VIGIL_* environment value of a flag, or def.
+func env(name, def string) string {
+	if v, ok := os.LookupEnv(name); ok {
+		return v
+	}
+	return def
+}
+
+func newLogger(level, format string, w io.Writer) (zerolog.Logger, error) {
+	lvl, err := zerolog.ParseLevel(level)
+	if err != nil {
+		return zerolog.Logger{}, fmt.Errorf("--log-level: %w", err)
+	}
+	switch format {
+	case "json":
+	case "console":
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.RFC3339}
+	default:
+		return zerolog.Logger{}, fmt.Errorf("--log-format must be json or console (got %q)", format)
+	}
+	return zerolog.New(w).Level(lvl).With().Timestamp().Logger(), nil
+}
+
+func serve(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	listen := fs.String("listen", env("VIGIL_LISTEN", "127.0.0.1:8484"), "address to serve the API on")
+	dataDir := fs.String("data-dir", env("VIGIL_DATA_DIR", "vigil-data"), "Badger data directory")
+	budgetDefault, _ := strconv.Atoi(env("VIGIL_PROBE_BUDGET", strconv.Itoa(actors.DefaultProbeBudget)))
+	budget := fs.Int("probe-budget", budgetDefault, "host-wide cap on probes in flight")
+	level := fs.String("log-level", env("VIGIL_LOG_LEVEL", "info"), "debug, info, warn or error")
+	format := fs.String("log-format", env("VIGIL_LOG_FORMAT", "json"), "json or console")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	log, err := newLogger(*level, *format, stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, "vigil serve:", err)
+		return 2
+	}
+	if err := serveUntilSignal(log, *listen, *dataDir, *budget); err != nil {
+		log.Error().Err(err).Msg("serve_failed")
+		return 1
+	}
+	return 0
+}
+
+func serveUntilSignal(log zerolog.Logger, listen, dataDir string, budget int) error {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return fmt.Errorf("--listen %q: %w", listen, err)
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return fmt.Errorf("--listen %s is not a loopback address; this build serves no authentication, so it listens on loopback only", listen)
+	}
+	store, err := persistence.Open(dataDir, persistence.Options{Logger: log.With().Str("component", "store").Logger()})
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	ctx := context.Background()
+	sched, err := actors.New(ctx, actors.WithLogger(log), actors.WithStore(store), actors.WithProbeBudget(budget))
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Addr: listen, Handler: api.New(sched, log), ReadHeaderTimeout: 10 * time.Second}
+	l, err := net.Listen("tcp", listen)
+	if err != nil {
+		_ = sched.Close(ctx)
+		return err
+	}
+	log.Info().Str("listen", l.Addr().String()).Str("data_dir", dataDir).Str("version", version).Msg("serving")
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(l) }()
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	select {
+	case sig := <-sigs:
+		log.Info().Str("signal", sig.String()).Msg("shutting_down")
+	case err := <-errc:
+		if !errors.Is(err, http.ErrServerClosed) {
+			_ = sched.Close(ctx)
+			return err
+		}
+	}
+	shutdownCtx, cancel := context.WithTimeout(ctx, 8*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		log.Warn().Err(err).Msg("http_shutdown")
+	}
+	return sched.Close(shutdownCtx)
+}
