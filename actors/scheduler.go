@@ -175,11 +175,9 @@ func New(ctx context.Context, opts ...Option) (*Scheduler, error) {
 	}
 	sort.Strings(s.ids)
 	s.mu.Unlock()
-	for _, e := range loaded {
-		if err := s.spawn(e); err != nil {
-			s.shutdownSystem()
-			return nil, err
-		}
+	if err := s.spawnAll(loaded); err != nil {
+		s.shutdownSystem()
+		return nil, err
 	}
 	s.log.Info().Int("instances", len(loaded)).Int("probe_budget", o.budget).Msg("scheduler_started")
 	return s, nil
@@ -200,6 +198,30 @@ func (s *Scheduler) spawn(e *entry) error {
 		return fmt.Errorf("actors: spawn %s: %w", e.id, r)
 	}
 	return fmt.Errorf("actors: spawn %s: unexpected reply %T", e.id, res)
+}
+
+// spawnAll spawns the actors of many entries in one round trip to the parent.
+func (s *Scheduler) spawnAll(entries []*entry) error {
+	if len(entries) == 0 {
+		return nil
+	}
+	batch := &spawnChildren{ids: make([]string, len(entries)), props: make([]*actor.Props, len(entries))}
+	for i, e := range entries {
+		batch.ids[i] = e.id
+		batch.props[i] = actor.PropsFromProducer(func() actor.Actor { return &instanceActor{s: s, e: e} })
+	}
+	res, err := s.root.RequestFuture(s.parent, batch, s.opt.askTimeout+time.Duration(len(entries))*10*time.Microsecond).Result()
+	if err != nil {
+		return fmt.Errorf("actors: spawn %d instances: %w", len(entries), err)
+	}
+	r := res.(*spawnedChildren)
+	for i, e := range entries {
+		if r.errs[i] != nil {
+			return fmt.Errorf("actors: spawn %s: %w", e.id, r.errs[i])
+		}
+		e.pid = r.pids[i]
+	}
+	return nil
 }
 
 func (s *Scheduler) childGaveUp(pid *actor.PID) {
@@ -468,7 +490,8 @@ func (s *Scheduler) Len() int {
 	return len(s.entries)
 }
 
-// Ready reports whether every registered instance has a live actor.
+// Ready reports whether every registered instance has a live actor that has
+// loaded its state and published its status.
 func (s *Scheduler) Ready() bool {
 	if s.closed.Load() {
 		return false
@@ -476,7 +499,7 @@ func (s *Scheduler) Ready() bool {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	for _, e := range s.entries {
-		if e.pid == nil || e.dead.Load() {
+		if e.pid == nil || e.dead.Load() || e.info.Load() == nil {
 			return false
 		}
 	}
@@ -627,13 +650,30 @@ type spawnChild struct {
 	props *actor.Props
 }
 
+type spawnChildren struct {
+	ids   []string
+	props []*actor.Props
+}
+
+type spawnedChildren struct {
+	pids []*actor.PID
+	errs []error
+}
+
 func (p *parentActor) Receive(ctx actor.Context) {
-	if m, ok := ctx.Message().(*spawnChild); ok {
+	switch m := ctx.Message().(type) {
+	case *spawnChild:
 		pid, err := ctx.SpawnNamed(m.props, m.id)
 		if err != nil {
 			ctx.Respond(err)
 			return
 		}
 		ctx.Respond(pid)
+	case *spawnChildren:
+		out := &spawnedChildren{pids: make([]*actor.PID, len(m.ids)), errs: make([]error, len(m.ids))}
+		for i, id := range m.ids {
+			out.pids[i], out.errs[i] = ctx.SpawnNamed(m.props[i], id)
+		}
+		ctx.Respond(out)
 	}
 }

@@ -104,8 +104,8 @@ type Store struct {
 	transitions []transitionOp
 	flushes     []chan error
 	writing     map[string]*actors.Snapshot // snapshots in the batch being written
-	seq         uint64 // last assigned sequence number
-	oldest      uint64 // oldest retained sequence number
+	seq         uint64                      // last assigned sequence number
+	oldest      uint64                      // oldest retained sequence number
 }
 
 var _ actors.Store = (*Store)(nil)
