@@ -188,11 +188,13 @@ func TestProbePanicIsAFailure(t *testing.T) {
 	assert.Contains(t, info.Health.LastError, "boom")
 }
 
-func TestActorPanicRestartsWithItsState(t *testing.T) {
-	var builds atomic.Int32
-	var crash atomic.Bool
+// crashingHarness registers vm-1 against a healthy target, probes it once, and
+// returns a switch that makes the next prober construction panic inside the
+// actor.
+func crashingHarness(t *testing.T) (*harness, *atomic.Bool) {
+	t.Helper()
+	crash := new(atomic.Bool)
 	factory := func(in health.Instance) (probes.Prober, error) {
-		builds.Add(1)
 		if crash.CompareAndSwap(true, false) {
 			panic("prober construction bug")
 		}
@@ -202,12 +204,16 @@ func TestActorPanicRestartsWithItsState(t *testing.T) {
 	tg := newTarget(t)
 	h.put("vm-1", tg.policy(""))
 	h.advance(0)
+	return h, crash
+}
+
+func TestActorPanicRestartsWithItsState(t *testing.T) {
+	h, crash := crashingHarness(t)
 	info := h.results("vm-1", 1)
 	require.Equal(t, health.StatusHealthy, info.Health.Status)
 
 	crash.Store(true)
-	var spec health.InstanceSpec
-	spec = info.Spec()
+	spec := info.Spec()
 	spec.Name = "renamed"
 	spec.Network = &health.Network{IP: "127.0.0.1"}
 	spec.HealthCheck.Interval = "20s" // a policy change rebuilds the prober, which panics once
@@ -225,17 +231,7 @@ func TestActorPanicRestartsWithItsState(t *testing.T) {
 }
 
 func TestActorRestartKeepsStatus(t *testing.T) {
-	var crash atomic.Bool
-	factory := func(in health.Instance) (probes.Prober, error) {
-		if crash.CompareAndSwap(true, false) {
-			panic("prober construction bug")
-		}
-		return probes.New(in)
-	}
-	h := newHarness(t, WithProberFactory(factory), WithAskTimeout(500*time.Millisecond))
-	tg := newTarget(t)
-	h.put("vm-1", tg.policy(""))
-	h.advance(0)
+	h, crash := crashingHarness(t)
 	require.Equal(t, health.StatusHealthy, h.results("vm-1", 1).Health.Status)
 
 	crash.Store(true)
