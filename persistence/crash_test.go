@@ -121,6 +121,7 @@ func TestCrashLosesNothingAcknowledged(t *testing.T) {
 	s, err := actors.New(context.Background(), actors.WithStore(store), actors.WithClock(clk))
 	require.NoError(t, err)
 	defer s.Close(context.Background())
+	require.Eventually(t, s.Ready, 10*time.Second, time.Millisecond, "every stored instance gets its actor")
 
 	for id := range acked {
 		info, ok := s.Peek(id)
