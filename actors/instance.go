@@ -66,7 +66,6 @@ type instanceActor struct {
 	dirty     bool // counters changed since the last snapshot
 	ckptTimer clock.Timer
 	ckptToken uint64
-	published health.Status
 }
 
 func (a *instanceActor) Receive(ctx actor.Context) {
@@ -129,7 +128,6 @@ func (a *instanceActor) start(ctx actor.Context) {
 	}
 	// resume: reconcile the snapshot with the spec that is durable now
 	a.st = snap.State
-	a.published = ""
 	tr, changed, fresh := a.st.Configure(snap.Config(), a.cfg, now)
 	if fresh || changed {
 		a.afterChange(ctx, tr, changed, fresh, true)
@@ -230,19 +228,18 @@ func (a *instanceActor) info(history bool) *Info {
 	return &Info{Instance: a.inst, Health: a.st.View(a.nextCheck, history)}
 }
 
-// publish stores the immutable Info that list readers load.
+// publish stores the immutable Info that list readers load and keeps the
+// scheduler's status counts in step with it.
 func (a *instanceActor) publish() {
 	info := a.info(false)
-	if a.published != info.Health.Status {
-		if old := a.e.info.Load(); old != nil {
-			a.s.count(old.Health.Status, -1)
-		}
+	old := a.e.info.Swap(info)
+	switch {
+	case old == nil:
 		a.s.count(info.Health.Status, +1)
-		a.published = info.Health.Status
-	} else if old := a.e.info.Load(); old == nil {
+	case old.Health.Status != info.Health.Status:
+		a.s.count(old.Health.Status, -1)
 		a.s.count(info.Health.Status, +1)
 	}
-	a.e.info.Store(info)
 }
 
 func (a *instanceActor) schedule(ctx actor.Context, d time.Duration) {
@@ -374,8 +371,7 @@ func runProbe(ctx context.Context, s *Scheduler, id string, p *health.Policy, pr
 		}
 	}()
 	if proberErr != nil {
-		reason := health.ReasonUnsupported
-		return health.Result{Outcome: health.Failure, Reason: reason, Message: proberErr.Error()}
+		return health.Result{Outcome: health.Failure, Reason: health.ReasonUnsupported, Message: proberErr.Error()}
 	}
 	pctx, cancel := context.WithTimeout(ctx, p.Timeout)
 	defer cancel()

@@ -183,23 +183,6 @@ func New(ctx context.Context, opts ...Option) (*Scheduler, error) {
 	return s, nil
 }
 
-func (s *Scheduler) spawn(e *entry) error {
-	res, err := s.root.RequestFuture(s.parent, &spawnChild{id: e.id, props: actor.PropsFromProducer(func() actor.Actor {
-		return &instanceActor{s: s, e: e}
-	})}, s.opt.askTimeout).Result()
-	if err != nil {
-		return fmt.Errorf("actors: spawn %s: %w", e.id, err)
-	}
-	switch r := res.(type) {
-	case *actor.PID:
-		e.pid = r
-		return nil
-	case error:
-		return fmt.Errorf("actors: spawn %s: %w", e.id, r)
-	}
-	return fmt.Errorf("actors: spawn %s: unexpected reply %T", e.id, res)
-}
-
 // spawnAll spawns the actors of many entries in one round trip to the parent.
 func (s *Scheduler) spawnAll(entries []*entry) error {
 	if len(entries) == 0 {
@@ -305,7 +288,7 @@ func (s *Scheduler) apply(ctx context.Context, id string, build func(cur *health
 			}
 			if err == nil {
 				e.spec.Store(&in)
-				err = s.spawn(e)
+				err = s.spawnAll([]*entry{e})
 			}
 			if err != nil {
 				e.gone = true
@@ -645,11 +628,6 @@ func (s *Scheduler) shutdownSystem() { s.system.Shutdown() }
 // parentActor spawns and supervises the instance actors.
 type parentActor struct{}
 
-type spawnChild struct {
-	id    string
-	props *actor.Props
-}
-
 type spawnChildren struct {
 	ids   []string
 	props []*actor.Props
@@ -662,13 +640,6 @@ type spawnedChildren struct {
 
 func (p *parentActor) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
-	case *spawnChild:
-		pid, err := ctx.SpawnNamed(m.props, m.id)
-		if err != nil {
-			ctx.Respond(err)
-			return
-		}
-		ctx.Respond(pid)
 	case *spawnChildren:
 		out := &spawnedChildren{pids: make([]*actor.PID, len(m.ids)), errs: make([]error, len(m.ids))}
 		for i, id := range m.ids {

@@ -292,8 +292,6 @@ func TestProbeNowJoinsInFlightProbe(t *testing.T) {
 }
 
 func TestBudgetFullIsSkippedNotFailed(t *testing.T) {
-	block := make(chan struct{})
-	defer close(block)
 	factory := func(in health.Instance) (probes.Prober, error) {
 		return probes.Func(func(ctx context.Context) health.Result {
 			if in.ID == "hog" {
