@@ -93,7 +93,14 @@ func serve(args []string, stderr io.Writer) int {
 	budget := fs.Int("probe-budget", budgetDefault, "host-wide cap on probes in flight")
 	level := fs.String("log-level", env("VIGIL_LOG_LEVEL", "info"), "debug, info, warn or error")
 	format := fs.String("log-format", env("VIGIL_LOG_FORMAT", "json"), "json or console")
+	token := fs.String("token", env("VIGIL_TOKEN", ""), "require Authorization: Bearer <token> on the API (not on /healthz, /readyz)")
+	insecureDefault, _ := strconv.ParseBool(env("VIGIL_INSECURE", "false"))
+	insecure := fs.Bool("insecure", insecureDefault, "allow a non-loopback --listen address without --token")
 	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "vigil serve: unexpected argument %q\n", fs.Arg(0))
 		return 2
 	}
 	log, err := newLogger(*level, *format, stderr)
@@ -101,38 +108,69 @@ func serve(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "vigil serve:", err)
 		return 2
 	}
-	if err := serveUntilSignal(log, *listen, *dataDir, *budget); err != nil {
+	cfg := serveConfig{listen: *listen, dataDir: *dataDir, budget: *budget, token: *token, insecure: *insecure}
+	if err := serveUntilSignal(log, cfg); err != nil {
 		log.Error().Err(err).Msg("serve_failed")
 		return 1
 	}
 	return 0
 }
 
-func serveUntilSignal(log zerolog.Logger, listen, dataDir string, budget int) error {
-	host, _, err := net.SplitHostPort(listen)
+type serveConfig struct {
+	listen, dataDir string
+	budget          int
+	token           string
+	insecure        bool
+}
+
+// checkListen refuses a non-loopback address without a token, unless the
+// operator insists with --insecure.
+func checkListen(c serveConfig) error {
+	host, _, err := net.SplitHostPort(c.listen)
 	if err != nil {
-		return fmt.Errorf("--listen %q: %w", listen, err)
+		return fmt.Errorf("--listen %q: %w", c.listen, err)
+	}
+	if c.token != "" || c.insecure {
+		return nil
 	}
 	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-		return fmt.Errorf("--listen %s is not a loopback address; this build serves no authentication, so it listens on loopback only", listen)
+		return fmt.Errorf("--listen %s is not a loopback address: set --token (VIGIL_TOKEN), or --insecure to serve it without authentication", c.listen)
 	}
-	store, err := persistence.Open(dataDir, persistence.Options{Logger: log.With().Str("component", "store").Logger()})
+	return nil
+}
+
+func serveUntilSignal(log zerolog.Logger, c serveConfig) error {
+	if err := checkListen(c); err != nil {
+		return err
+	}
+	if c.budget < 1 {
+		return fmt.Errorf("--probe-budget must be at least 1 (got %d)", c.budget)
+	}
+	listen := c.listen
+	store, err := persistence.Open(c.dataDir, persistence.Options{Logger: log.With().Str("component", "store").Logger()})
 	if err != nil {
 		return err
 	}
 	defer store.Close()
+	metrics := api.NewMetrics()
+	metrics.Register(store.Collectors()...)
 	ctx := context.Background()
-	sched, err := actors.New(ctx, actors.WithLogger(log), actors.WithStore(store), actors.WithProbeBudget(budget))
+	sched, err := actors.New(ctx, actors.WithLogger(log), actors.WithStore(store), actors.WithProbeBudget(c.budget),
+		actors.WithObserver(metrics))
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Addr: listen, Handler: api.New(sched, log), ReadHeaderTimeout: 10 * time.Second}
+	stopping := make(chan struct{})
+	handler := api.New(sched, api.Options{Log: log.With().Str("component", "api").Logger(), Token: c.token,
+		Metrics: metrics, Shutdown: stopping})
+	srv := &http.Server{Addr: listen, Handler: handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	srv.RegisterOnShutdown(func() { close(stopping) })
 	l, err := net.Listen("tcp", listen)
 	if err != nil {
 		_ = sched.Close(ctx)
 		return err
 	}
-	log.Info().Str("listen", l.Addr().String()).Str("data_dir", dataDir).Str("version", version).Msg("serving")
+	log.Info().Str("listen", l.Addr().String()).Str("data_dir", c.dataDir).Bool("auth", c.token != "").Str("version", version).Msg("serving")
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()
 

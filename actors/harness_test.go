@@ -23,6 +23,7 @@ var t0 = time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
 
 // recorder is an Observer that counts finished probes per instance.
 type recorder struct {
+	NopObserver
 	mu       sync.Mutex
 	finished map[string]int
 	started  map[string][]time.Time

@@ -23,6 +23,7 @@ import (
 // lagRecorder keeps the scheduling lag (start - due) of every probe.
 // Probes due before from (the registration burst) are not kept.
 type lagRecorder struct {
+	NopObserver
 	mu     sync.Mutex
 	from   time.Time
 	lags   map[string][]time.Duration

@@ -38,12 +38,26 @@ const (
 // ProberFactory builds the prober for an instance; the default is probes.New.
 type ProberFactory func(in health.Instance) (probes.Prober, error)
 
-// Observer is told about every probe as it starts and ends. It is called from
-// probe goroutines and must not block.
+// Observer is told about every probe as it starts and ends, and about every
+// transition once it is durable. Probe calls come from probe goroutines and
+// Transitioned from the store's publisher; none may block.
 type Observer interface {
 	ProbeStarted(id string, typ health.Type, due, started time.Time)
 	ProbeFinished(id string, typ health.Type, r *health.Result)
+	Transitioned(ev Event)
 }
+
+// NopObserver observes nothing; embed it to implement part of Observer.
+type NopObserver struct{}
+
+// ProbeStarted does nothing.
+func (NopObserver) ProbeStarted(string, health.Type, time.Time, time.Time) {}
+
+// ProbeFinished does nothing.
+func (NopObserver) ProbeFinished(string, health.Type, *health.Result) {}
+
+// Transitioned does nothing.
+func (NopObserver) Transitioned(Event) {}
 
 type options struct {
 	log        zerolog.Logger
@@ -543,8 +557,20 @@ func (s *Scheduler) Subscribe(buffer int) *Subscription {
 	return sub
 }
 
+// Events returns up to limit durable transitions with a sequence number above
+// after, in order, and the oldest sequence number the store still retains.
+func (s *Scheduler) Events(after uint64, limit int) ([]Event, uint64, error) {
+	return s.opt.store.Events(after, limit)
+}
+
+// LastSeq is the sequence number of the newest durable transition.
+func (s *Scheduler) LastSeq() uint64 { return s.opt.store.LastSeq() }
+
 // publish fans a durable event out to subscribers without blocking.
 func (s *Scheduler) publish(ev Event) {
+	if ob := s.opt.observer; ob != nil {
+		ob.Transitioned(ev)
+	}
 	s.subsMu.Lock()
 	defer s.subsMu.Unlock()
 	for sub := range s.subs {

@@ -1,23 +1,35 @@
-// Package api is vigil's HTTP layer (echo) over the actor system. It defines
-// the Registry it needs; *actors.Scheduler implements it.
+// Package api is vigil's HTTP layer (echo) over the actor system, as
+// API.md describes it. It defines the Registry it needs; *actors.Scheduler
+// implements it.
 //
-// This is the first slice of API.md: instance create/replace, read, delete,
-// list, summary, probe-now, /healthz and /readyz, with the JSON error format.
-// Handlers hold no state of their own; every call goes to the Registry.
+// Handlers hold no state of their own. List and summary read the values the
+// actors publish; detailed reads and changes ask the instance's actor, and a
+// semaphore caps how many such requests are in flight at once so a burst of
+// API calls cannot stall probing. The event stream reads the durable event log
+// and then follows live transitions; a slow client only ever slows itself.
+//
+// Concurrency contract: the returned *echo.Echo serves concurrent requests.
 package api
 
 import (
 	"bytes"
 	"context"
+	"crypto/subtle"
+	_ "embed"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net/http"
+	"reflect"
 	"strconv"
 	"strings"
+	"time"
 
+	jsonpatch "github.com/evanphx/json-patch/v5"
 	"github.com/labstack/echo/v4"
+	"github.com/labstack/echo/v4/middleware"
 	"github.com/rs/zerolog"
 
 	"github.com/vigilhq/vigil/actors"
@@ -27,15 +39,52 @@ import (
 // MaxBody is the largest request body accepted.
 const MaxBody = 1 << 20
 
+// Defaults of Options.
+const (
+	DefaultMaxActorQueries = 256
+	DefaultQueueWait       = time.Second
+	DefaultKeepAlive       = 15 * time.Second
+	DefaultEventBuffer     = 1024
+)
+
 // Registry is what the API needs of the actor system.
 type Registry interface {
 	Put(ctx context.Context, id string, spec health.InstanceSpec) (actors.Info, bool, error)
+	Update(ctx context.Context, id string, change func(cur health.InstanceSpec) (health.InstanceSpec, error)) (actors.Info, error)
 	Get(ctx context.Context, id string) (actors.Info, error)
 	Remove(ctx context.Context, id string) error
 	List(statuses []health.Status, cursor string, limit int) ([]actors.Info, string)
 	Summary() map[health.Status]int
+	InFlight() int
 	ProbeNow(ctx context.Context, id string) (health.Result, actors.Info, error)
 	Ready() bool
+	Events(after uint64, limit int) ([]actors.Event, uint64, error)
+	LastSeq() uint64
+	Subscribe(buffer int) *actors.Subscription
+}
+
+// Options configure the server. The zero value serves without auth or
+// metrics, with the default limits.
+type Options struct {
+	Log zerolog.Logger
+	// Token, when set, is required as "Authorization: Bearer <token>" on
+	// every route but /healthz and /readyz.
+	Token string
+	// Metrics, when set, is served on /metrics and given the Registry's
+	// gauges. One Metrics serves one server.
+	Metrics *Metrics
+	// MaxActorQueries caps requests that ask an instance's actor at once;
+	// QueueWait is how long one waits for a slot before a 503.
+	MaxActorQueries int
+	QueueWait       time.Duration
+	// KeepAlive is the interval of comments on an idle event stream.
+	KeepAlive time.Duration
+	// EventBuffer is how many live events a stream may fall behind by before
+	// it drops its subscription and catches up from the log (default 1024).
+	EventBuffer int
+	// Shutdown, when closed, ends every event stream (http.Server.Shutdown
+	// waits for open requests, and a stream never ends on its own).
+	Shutdown <-chan struct{}
 }
 
 // ErrorBody is the JSON shape of every error.
@@ -61,26 +110,102 @@ func fail(status int, code, msg, field string) error {
 	return &apiError{status: status, detail: ErrorDetail{Code: code, Message: msg, Field: field}}
 }
 
+func invalid(field, format string, args ...any) error {
+	return fail(http.StatusBadRequest, "invalid_request", fmt.Sprintf(format, args...), field)
+}
+
+//go:embed openapi.json
+var openAPI []byte
+
 // New builds the echo server over reg.
-func New(reg Registry, log zerolog.Logger) *echo.Echo {
+func New(reg Registry, opt Options) *echo.Echo {
+	if opt.MaxActorQueries <= 0 {
+		opt.MaxActorQueries = DefaultMaxActorQueries
+	}
+	if opt.QueueWait <= 0 {
+		opt.QueueWait = DefaultQueueWait
+	}
+	if opt.EventBuffer <= 0 {
+		opt.EventBuffer = DefaultEventBuffer
+	}
+	if opt.KeepAlive <= 0 {
+		opt.KeepAlive = DefaultKeepAlive
+	}
+	log := opt.Log
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = errorHandler(log)
-	e.Use(recoverJSON(log), requestLog(log))
-	h := &handlers{reg: reg}
+	e.Use(requestLog(log), recoverJSON(log))
+	if opt.Token != "" {
+		e.Use(bearer(opt.Token))
+	}
+	h := &handlers{reg: reg, opt: opt, slots: make(chan struct{}, opt.MaxActorQueries)}
+	actor := h.limit
 	e.GET("/healthz", func(c echo.Context) error { return c.JSON(http.StatusOK, map[string]string{"status": "ok"}) })
 	e.GET("/readyz", h.ready)
-	e.PUT("/v1/instances/:id", h.put)
-	e.GET("/v1/instances/:id", h.get)
-	e.DELETE("/v1/instances/:id", h.remove)
-	e.GET("/v1/instances/:id/health", h.health)
-	e.POST("/v1/instances/:id/probe", h.probe)
+	e.PUT("/v1/instances/:id", h.put, actor)
+	e.PATCH("/v1/instances/:id", h.patch, actor)
+	e.GET("/v1/instances/:id", h.get, actor)
+	e.DELETE("/v1/instances/:id", h.remove, actor)
+	e.GET("/v1/instances/:id/health", h.health, actor)
+	e.POST("/v1/instances/:id/probe", h.probe, actor)
 	e.GET("/v1/instances", h.list)
 	e.GET("/v1/summary", h.summary)
+	e.GET("/v1/events", h.events)
+	e.GET("/v1/openapi.json", func(c echo.Context) error { return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, openAPI) })
+	if opt.Metrics != nil {
+		opt.Metrics.Register(newRegistryCollector(reg))
+		e.GET("/metrics", echo.WrapHandler(opt.Metrics.Handler()))
+	}
 	return e
 }
 
-type handlers struct{ reg Registry }
+// bearer requires the token on every route but the probes of the process.
+func bearer(token string) echo.MiddlewareFunc {
+	want := []byte(token)
+	return middleware.KeyAuthWithConfig(middleware.KeyAuthConfig{
+		Skipper: func(c echo.Context) bool {
+			p := c.Request().URL.Path
+			return p == "/healthz" || p == "/readyz"
+		},
+		Validator: func(got string, _ echo.Context) (bool, error) {
+			return subtle.ConstantTimeCompare([]byte(got), want) == 1, nil
+		},
+		ErrorHandler: func(_ error, c echo.Context) error {
+			c.Response().Header().Set(echo.HeaderWWWAuthenticate, `Bearer realm="vigil"`)
+			return fail(http.StatusUnauthorized, "unauthorized", "missing or wrong bearer token", "")
+		},
+	})
+}
+
+// limit holds one of the actor-query slots for the request, waiting up to
+// QueueWait for one.
+func (h *handlers) limit(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		select {
+		case h.slots <- struct{}{}:
+		default:
+			t := time.NewTimer(h.opt.QueueWait)
+			defer t.Stop()
+			select {
+			case h.slots <- struct{}{}:
+			case <-t.C:
+				c.Response().Header().Set("Retry-After", "1")
+				return fail(http.StatusServiceUnavailable, "unavailable", "too many requests waiting for instance actors; retry", "")
+			case <-c.Request().Context().Done():
+				return fail(http.StatusServiceUnavailable, "unavailable", "request canceled while waiting", "")
+			}
+		}
+		defer func() { <-h.slots }()
+		return next(c)
+	}
+}
+
+type handlers struct {
+	reg   Registry
+	opt   Options
+	slots chan struct{} // semaphore of actor queries
+}
 
 func (h *handlers) ready(c echo.Context) error {
 	if !h.reg.Ready() {
@@ -89,36 +214,154 @@ func (h *handlers) ready(c echo.Context) error {
 	return c.JSON(http.StatusOK, map[string]string{"status": "ready"})
 }
 
-// decode reads a JSON body strictly: size, content type, unknown fields.
-func decode(c echo.Context, v any) error {
-	ct := c.Request().Header.Get(echo.HeaderContentType)
-	if ct != "" && !strings.HasPrefix(ct, echo.MIMEApplicationJSON) {
-		return fail(http.StatusUnsupportedMediaType, "unsupported_media_type", "body must be application/json", "")
+// body reads a request body of one of the given media types, at most MaxBody.
+func body(c echo.Context, types ...string) ([]byte, error) {
+	if ct := c.Request().Header.Get(echo.HeaderContentType); ct != "" {
+		mt, _, err := mime.ParseMediaType(ct)
+		ok := false
+		for _, t := range types {
+			ok = ok || (err == nil && mt == t)
+		}
+		if !ok {
+			return nil, fail(http.StatusUnsupportedMediaType, "unsupported_media_type", "body must be "+strings.Join(types, " or "), "")
+		}
 	}
-	body, err := io.ReadAll(io.LimitReader(c.Request().Body, MaxBody+1))
+	b, err := io.ReadAll(io.LimitReader(c.Request().Body, MaxBody+1))
 	if err != nil {
-		return fail(http.StatusBadRequest, "invalid_request", "reading body: "+err.Error(), "")
+		return nil, invalid("", "reading body: %v", err)
 	}
-	if len(body) > MaxBody {
-		return fail(http.StatusRequestEntityTooLarge, "too_large", "body is over 1 MiB", "")
+	if len(b) > MaxBody {
+		return nil, fail(http.StatusRequestEntityTooLarge, "too_large", "body is over 1 MiB", "")
 	}
-	dec := json.NewDecoder(bytes.NewReader(body))
+	return b, nil
+}
+
+// strict decodes one JSON value into v: unknown fields and trailing data are
+// errors, and a wrong type names its field.
+func strict(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) {
-			return fail(http.StatusBadRequest, "invalid_request", fmt.Sprintf("%s must be of type %s", te.Field, te.Type), te.Field)
+			if te.Field == "" {
+				return invalid("", "body must be a JSON object")
+			}
+			return invalid(te.Field, "%s must be of type %s", te.Field, te.Type)
 		}
 		if msg := err.Error(); strings.HasPrefix(msg, "json: unknown field ") {
-			field := strings.Trim(strings.TrimPrefix(msg, "json: unknown field "), `"`)
-			return fail(http.StatusBadRequest, "invalid_request", "unknown field "+field, field)
+			name := strings.Trim(strings.TrimPrefix(msg, "json: unknown field "), `"`)
+			field := unknownField(b, reflect.TypeOf(v), name)
+			return invalid(field, "unknown field %s", field)
 		}
-		return fail(http.StatusBadRequest, "invalid_request", "malformed JSON: "+err.Error(), "")
+		return invalid("", "malformed JSON: %v", err)
 	}
 	if dec.More() {
-		return fail(http.StatusBadRequest, "invalid_request", "malformed JSON: trailing data after the object", "")
+		return invalid("", "malformed JSON: trailing data after the object")
 	}
 	return nil
+}
+
+// unknownField finds the dotted path of the unknown field called name, which
+// encoding/json reports without its parents, by walking the document along
+// the type it was decoded into.
+func unknownField(b []byte, t reflect.Type, name string) string {
+	var doc any
+	if json.Unmarshal(b, &doc) != nil {
+		return name
+	}
+	if path, ok := findUnknown(doc, t, "", name); ok {
+		return path
+	}
+	return name
+}
+
+func findUnknown(doc any, t reflect.Type, prefix, name string) (string, bool) {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if reflect.PointerTo(t).Implements(reflect.TypeFor[json.Unmarshaler]()) {
+		return "", false // decodes itself
+	}
+	join := func(k string) string {
+		if prefix == "" {
+			return k
+		}
+		return prefix + "." + k
+	}
+	switch v := doc.(type) {
+	case map[string]any:
+		switch t.Kind() {
+		case reflect.Map:
+			for k, sub := range v {
+				if path, ok := findUnknown(sub, t.Elem(), join(k), name); ok {
+					return path, true
+				}
+			}
+		case reflect.Struct:
+			fields := jsonFields(t)
+			for k, sub := range v {
+				ft, known := fields[k]
+				if !known {
+					if k == name {
+						return join(k), true
+					}
+					continue
+				}
+				if path, ok := findUnknown(sub, ft, join(k), name); ok {
+					return path, true
+				}
+			}
+		}
+	case []any:
+		if t.Kind() == reflect.Slice || t.Kind() == reflect.Array {
+			for i, sub := range v {
+				if path, ok := findUnknown(sub, t.Elem(), fmt.Sprintf("%s[%d]", prefix, i), name); ok {
+					return path, true
+				}
+			}
+		}
+	}
+	return "", false
+}
+
+// jsonFields maps the JSON names of a struct's fields, embedded ones
+// included, to their types.
+func jsonFields(t reflect.Type) map[string]reflect.Type {
+	out := map[string]reflect.Type{}
+	for i := range t.NumField() {
+		f := t.Field(i)
+		tag, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if tag == "-" || !f.IsExported() && !f.Anonymous {
+			continue
+		}
+		if f.Anonymous && tag == "" {
+			ft := f.Type
+			if ft.Kind() == reflect.Pointer {
+				ft = ft.Elem()
+			}
+			if ft.Kind() == reflect.Struct {
+				for k, v := range jsonFields(ft) {
+					out[k] = v
+				}
+				continue
+			}
+		}
+		if tag == "" {
+			tag = f.Name
+		}
+		out[tag] = f.Type
+	}
+	return out
+}
+
+// decode reads a JSON body strictly: size, content type, unknown fields.
+func decode(c echo.Context, v any) error {
+	b, err := body(c, echo.MIMEApplicationJSON)
+	if err != nil {
+		return err
+	}
+	return strict(b, v)
 }
 
 func (h *handlers) put(c echo.Context) error {
@@ -135,6 +378,44 @@ func (h *handlers) put(c echo.Context) error {
 		status = http.StatusCreated
 	}
 	return c.JSON(status, info)
+}
+
+// patch applies a JSON merge patch (RFC 7396) to the instance's current spec,
+// under the instance's lock, and validates the result like a PUT.
+func (h *handlers) patch(c echo.Context) error {
+	b, err := body(c, "application/merge-patch+json", echo.MIMEApplicationJSON)
+	if err != nil {
+		return err
+	}
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(b, &obj); err != nil {
+		return invalid("", "merge patch must be a JSON object: %v", err)
+	}
+	for _, f := range []string{"id", "health_status"} {
+		if _, ok := obj[f]; ok {
+			return invalid(f, "%s cannot be changed", f)
+		}
+	}
+	info, err := h.reg.Update(c.Request().Context(), c.Param("id"), func(cur health.InstanceSpec) (health.InstanceSpec, error) {
+		doc, err := json.Marshal(cur)
+		if err != nil {
+			return cur, err
+		}
+		merged, err := jsonpatch.MergePatch(doc, b)
+		if err != nil {
+			return cur, invalid("", "merge patch: %v", err)
+		}
+		var next health.InstanceSpec
+		if err := strict(merged, &next); err != nil {
+			return cur, err
+		}
+		return next, nil
+	})
+	if err != nil {
+		return err
+	}
+	info.Health.History = nil
+	return c.JSON(http.StatusOK, info)
 }
 
 func (h *handlers) get(c echo.Context) error {
@@ -174,7 +455,7 @@ func (h *handlers) list(c echo.Context) error {
 	if v := c.QueryParam("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > 1000 {
-			return fail(http.StatusBadRequest, "invalid_request", "limit must be between 1 and 1000", "limit")
+			return invalid("limit", "limit must be between 1 and 1000")
 		}
 		limit = n
 	}
@@ -183,7 +464,7 @@ func (h *handlers) list(c echo.Context) error {
 		for _, s := range strings.Split(v, ",") {
 			st := health.Status(strings.TrimSpace(s))
 			if !st.Valid() {
-				return fail(http.StatusBadRequest, "invalid_request", fmt.Sprintf("status %q is not one of disabled, unknown, starting, healthy, unhealthy", s), "status")
+				return invalid("status", "status %q is not one of disabled, unknown, starting, healthy, unhealthy", s)
 			}
 			statuses = append(statuses, st)
 		}
@@ -235,6 +516,8 @@ func classify(err error) (int, ErrorDetail) {
 		return http.StatusServiceUnavailable, ErrorDetail{Code: "unavailable", Message: err.Error()}
 	case errors.As(err, &he):
 		switch he.Code {
+		case http.StatusUnauthorized:
+			return he.Code, ErrorDetail{Code: "unauthorized", Message: "missing or wrong bearer token"}
 		case http.StatusNotFound:
 			return he.Code, ErrorDetail{Code: "not_found", Message: "no such route"}
 		case http.StatusMethodNotAllowed:
@@ -262,12 +545,15 @@ func recoverJSON(log zerolog.Logger) echo.MiddlewareFunc {
 func requestLog(log zerolog.Logger) echo.MiddlewareFunc {
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
+			began := time.Now()
 			err := next(c)
 			status := c.Response().Status
 			if err != nil {
 				status, _ = classify(err)
 			}
-			log.Debug().Str("method", c.Request().Method).Str("path", c.Request().URL.Path).Int("status", status).Msg("request")
+			// the path only: neither the query nor any header is logged
+			log.Info().Str("method", c.Request().Method).Str("path", c.Request().URL.Path).Int("status", status).
+				Dur("duration", time.Since(began)).Msg("request")
 			return err
 		}
 	}

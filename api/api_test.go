@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/assert"
@@ -19,42 +20,60 @@ import (
 	"github.com/vigilhq/vigil/actors/health"
 )
 
-func server(t *testing.T) *httptest.Server {
+// server runs the API over a real scheduler on a loopback port. wrap, when
+// set, stands between the API and the scheduler.
+func server(t *testing.T, opt Options, wrap ...func(*actors.Scheduler) Registry) (*httptest.Server, *actors.Scheduler) {
 	t.Helper()
-	s, err := actors.New(context.Background())
+	s, err := actors.New(context.Background(), actors.WithAskTimeout(2*time.Second))
 	require.NoError(t, err)
-	srv := httptest.NewServer(New(s, zerolog.Nop()))
+	var reg Registry = s
+	for _, w := range wrap {
+		reg = w(s)
+	}
+	srv := httptest.NewServer(New(reg, opt))
 	t.Cleanup(func() {
+		srv.CloseClientConnections()
 		srv.Close()
 		require.NoError(t, s.Close(context.Background()))
 	})
-	return srv
+	return srv, s
 }
 
-func call(t *testing.T, method, url, ctype, body string) (int, map[string]any) {
+// call makes one request and decodes a JSON answer; every answer is checked
+// against the OpenAPI document.
+func call(t *testing.T, method, url, ctype, body string, headers ...string) (int, map[string]any) {
 	t.Helper()
 	req, err := http.NewRequest(method, url, strings.NewReader(body))
 	require.NoError(t, err)
 	if ctype != "" {
 		req.Header.Set("Content-Type", ctype)
 	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
 	resp, err := http.DefaultClient.Do(req)
 	require.NoError(t, err)
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
+	conforms(t, req, resp, b)
 	var out map[string]any
-	if len(b) > 0 {
+	if len(b) > 0 && strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
 		require.NoError(t, json.Unmarshal(b, &out), string(b))
 	}
 	return resp.StatusCode, out
 }
 
-func TestInstanceLifecycleOverHTTP(t *testing.T) {
-	srv := server(t)
+func tcpTarget(t *testing.T) string {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	defer l.Close()
-	port := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+	t.Cleanup(func() { _ = l.Close() })
+	return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+}
+
+func TestInstanceLifecycleOverHTTP(t *testing.T) {
+	srv, _ := server(t, Options{})
+	port := tcpTarget(t)
 	body := `{"state":"Running","network":{"ip":"127.0.0.1"},"health_check":{"tcp":{"port":` + port + `}}}`
 
 	code, out := call(t, "PUT", srv.URL+"/v1/instances/vm-1", "application/json", body)
@@ -95,8 +114,12 @@ func TestInstanceLifecycleOverHTTP(t *testing.T) {
 }
 
 func TestErrorsOverHTTP(t *testing.T) {
-	srv := server(t)
+	srv, _ := server(t, Options{})
 	u := srv.URL + "/v1/instances/vm-1"
+	port := tcpTarget(t)
+	code, _ := call(t, "PUT", srv.URL+"/v1/instances/vm-2", "application/json", `{"state":"Running","network":{"ip":"127.0.0.1"},"health_check":{"tcp":{"port":`+port+`}}}`)
+	require.Equal(t, http.StatusCreated, code)
+	u2 := srv.URL + "/v1/instances/vm-2"
 	for _, tc := range []struct {
 		name, method, url, ctype, body string
 		status                         int
@@ -111,6 +134,27 @@ func TestErrorsOverHTTP(t *testing.T) {
 		{"media type", "PUT", u, "text/plain", `{}`, 415, "unsupported_media_type", ""},
 		{"not found", "DELETE", u, "", "", 404, "not_found", ""},
 		{"method", "PATCH", srv.URL + "/v1/summary", "", "", 405, "method_not_allowed", ""},
+		{"no route", "GET", srv.URL + "/v2/nothing", "", "", 404, "not_found", ""},
+		{"not an object", "PUT", u, "application/json", `[1,2]`, 400, "invalid_request", ""},
+		{"trailing data", "PUT", u, "application/json", `{"state":"Running"} {}`, 400, "invalid_request", ""},
+		{"nested unknown field", "PUT", u, "application/json", `{"state":"Running","health_check":{"tcp":{"port":1,"host":"x"}}}`, 400, "invalid_request", "health_check.tcp.host"},
+		{"nested wrong type", "PUT", u, "application/json", `{"state":"Running","health_check":{"failure_threshold":"3"}}`, 400, "invalid_request", "health_check.failure_threshold"},
+		{"missing state", "PUT", u, "application/json", `{}`, 400, "invalid_request", "state"},
+		{"bad lifecycle", "PUT", u, "application/json", `{"state":"Exploded"}`, 400, "invalid_request", "state"},
+		{"patch missing", "PATCH", u, "application/merge-patch+json", `{"state":"Stopped"}`, 404, "not_found", ""},
+		{"patch media type", "PATCH", u2, "application/json-patch+json", `[]`, 415, "unsupported_media_type", ""},
+		{"patch not an object", "PATCH", u2, "application/merge-patch+json", `"Stopped"`, 400, "invalid_request", ""},
+		{"patch malformed", "PATCH", u2, "application/merge-patch+json", `{"state":`, 400, "invalid_request", ""},
+		{"patch id", "PATCH", u2, "application/merge-patch+json", `{"id":"other"}`, 400, "invalid_request", "id"},
+		{"patch unknown field", "PATCH", u2, "application/merge-patch+json", `{"colour":"red"}`, 400, "invalid_request", "colour"},
+		{"patch wrong type", "PATCH", u2, "application/merge-patch+json", `{"health_check":{"interval":5}}`, 400, "invalid_request", "health_check.interval"},
+		{"patch rule", "PATCH", u2, "application/merge-patch+json", `{"health_check":{"timeout":"1m"}}`, 400, "invalid_request", "health_check.timeout"},
+		{"patch two blocks", "PATCH", u2, "application/merge-patch+json", `{"health_check":{"type":null,"http":{"port":80}}}`, 400, "invalid_request", "health_check.tcp"},
+		{"patch too large", "PATCH", u2, "application/json", `{"name":"` + strings.Repeat("x", 1<<20) + `"}`, 413, "too_large", ""},
+		{"health missing", "GET", u + "/health", "", "", 404, "not_found", ""},
+		{"probe missing", "POST", u + "/probe", "", "", 404, "not_found", ""},
+		{"bad since", "GET", srv.URL + "/v1/events?since=yesterday", "", "", 400, "invalid_request", "since"},
+		{"bad instance filter", "GET", srv.URL + "/v1/events?instance_id=a%20b", "", "", 400, "invalid_request", "instance_id"},
 		{"bad limit", "GET", srv.URL + "/v1/instances?limit=5000", "", "", 400, "invalid_request", "limit"},
 		{"bad status", "GET", srv.URL + "/v1/instances?status=sick", "", "", 400, "invalid_request", "status"},
 	} {
@@ -125,6 +169,11 @@ func TestErrorsOverHTTP(t *testing.T) {
 			assert.NotEmpty(t, e["message"])
 		})
 	}
+	// nothing invalid reached the actor: vm-2 is as registered
+	code, out := call(t, "GET", u2, "", "")
+	require.Equal(t, http.StatusOK, code)
+	assert.Equal(t, "Running", out["state"])
+	assert.Equal(t, "10s", out["health_check"].(map[string]any)["interval"])
 }
 
 // FuzzDecode checks that no request body makes the decoder panic or accept
@@ -133,7 +182,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add(`{"state":"Running","network":{"ip":"127.0.0.1"},"health_check":{"http":{"port":80,"expected_status":"200-299"}}}`)
 	f.Add(`{"state":"Running","vsock":{"cid":3},"health_check":{"exec":{"command":["true"]}}}`)
 	f.Add(`{"health_check":{"tcp":{"port":1e9}}}`)
-	srv := New(nil, zerolog.Nop())
+	srv := New(nil, Options{Log: zerolog.Nop()})
 	f.Fuzz(func(t *testing.T, body string) {
 		req := httptest.NewRequest("PUT", "/v1/instances/x", strings.NewReader(body))
 		req.Header.Set("Content-Type", "application/json")

@@ -88,13 +88,14 @@ type transitionOp struct {
 
 // Store is a Badger-backed actors.Store.
 type Store struct {
-	db   *badger.DB
-	dir  string
-	opt  Options
-	log  zerolog.Logger
-	wake chan struct{}
-	stop chan struct{}
-	done chan struct{}
+	db      *badger.DB
+	dir     string
+	opt     Options
+	log     zerolog.Logger
+	wake    chan struct{}
+	stop    chan struct{}
+	metrics *storeMetrics
+	done    chan struct{}
 
 	mu          sync.Mutex
 	closed      bool
@@ -147,7 +148,7 @@ func Open(dir string, opt Options) (*Store, error) {
 		return nil, fmt.Errorf("persistence: open data directory %s: %w", dir, err)
 	}
 	s := &Store{db: db, dir: dir, opt: opt, log: opt.Logger, wake: make(chan struct{}, 1), stop: make(chan struct{}),
-		done: make(chan struct{}), known: map[string]bool{}, snaps: map[string]*actors.Snapshot{}}
+		done: make(chan struct{}), metrics: newStoreMetrics(), known: map[string]bool{}, snaps: map[string]*actors.Snapshot{}}
 	if err := s.loadSeq(); err != nil {
 		_ = db.Close()
 		return nil, err
@@ -350,8 +351,11 @@ func (s *Store) commit() {
 	s.writing = writing
 	s.mu.Unlock()
 
+	began := time.Now()
 	err := s.write(specs, transitions, snaps, seq)
+	s.metrics.commitTimes.Observe(time.Since(began).Seconds())
 	if err != nil {
+		s.metrics.failures.Inc()
 		s.log.Error().Err(err).Int("specs", len(specs)).Int("transitions", len(transitions)).Msg("store_commit_failed")
 		// put the runtime state back so the next commit retries it
 		s.mu.Lock()
@@ -367,6 +371,10 @@ func (s *Store) commit() {
 		s.writing = nil
 		s.mu.Unlock()
 	} else {
+		s.metrics.commits.Inc()
+		s.metrics.specs.Add(float64(len(specs)))
+		s.metrics.events.Add(float64(len(transitions)))
+		s.metrics.snapshots.Add(float64(len(writing)))
 		s.mu.Lock()
 		s.seq = seq
 		s.writing = nil
