@@ -1,6 +1,7 @@
 // Command vigil is the health-probe scheduler for virtual machines.
 //
 //	vigil serve     run the scheduler with its HTTP API
+//	vigil agent     run the guest agent inside a VM
 //	vigil version   print the version
 package main
 
@@ -23,6 +24,7 @@ import (
 	"github.com/vigilhq/vigil/actors"
 	"github.com/vigilhq/vigil/api"
 	"github.com/vigilhq/vigil/persistence"
+	"github.com/vigilhq/vigil/probes/agent"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -43,6 +45,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case "serve":
 		return serve(args[1:], stderr)
+	case "agent":
+		return agentCmd(args[1:], stderr)
 	case "help", "-h", "--help":
 		usage(stdout)
 		return 0
@@ -57,6 +61,7 @@ func usage(w io.Writer) {
 
 commands:
   serve     run the scheduler and its HTTP API
+  agent     run the guest agent (inside a VM) that serves exec probes
   version   print the version
 `)
 }
@@ -192,4 +197,46 @@ func serveUntilSignal(log zerolog.Logger, c serveConfig) error {
 		log.Warn().Err(err).Msg("http_shutdown")
 	}
 	return sched.Close(shutdownCtx)
+}
+
+func agentCmd(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	listen := fs.String("listen", env("VIGIL_AGENT_LISTEN", agent.DefaultListen), "vsock://:PORT, unix:///path or tcp://host:port")
+	maxDefault, _ := strconv.Atoi(env("VIGIL_AGENT_MAX_CONCURRENT", strconv.Itoa(agent.DefaultMaxConcurrent)))
+	maxConcurrent := fs.Int("max-concurrent", maxDefault, "commands run at once; more are refused")
+	readyFile := fs.String("ready-file", env("VIGIL_AGENT_READY_FILE", ""), "file to create once listening")
+	level := fs.String("log-level", env("VIGIL_LOG_LEVEL", "info"), "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	log, err := newLogger(*level, "json", stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, "vigil agent:", err)
+		return 2
+	}
+	l, err := agent.Listen(*listen)
+	if err != nil {
+		log.Error().Err(err).Msg("agent_listen_failed")
+		return 1
+	}
+	g := agent.New(log, *maxConcurrent).GRPC()
+	if *readyFile != "" {
+		if err := os.WriteFile(*readyFile, []byte(l.Addr().String()+"\n"), 0o644); err != nil {
+			log.Error().Err(err).Msg("agent_ready_file_failed")
+			return 1
+		}
+	}
+	log.Info().Str("listen", l.Addr().String()).Int("max_concurrent", *maxConcurrent).Str("version", version).Msg("agent_ready")
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		<-sigs
+		g.GracefulStop()
+	}()
+	if err := g.Serve(l); err != nil {
+		log.Error().Err(err).Msg("agent_serve_failed")
+		return 1
+	}
+	return 0
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"runtime/debug"
 	"sync/atomic"
 	"time"
@@ -97,8 +98,10 @@ func (a *instanceActor) Receive(ctx actor.Context) {
 		}
 	case *actor.Restarting:
 		a.halt(errRestarted)
+		a.closeProber()
 	case *actor.Stopping:
 		a.halt(ErrNotFound)
+		a.closeProber()
 		if a.dirty {
 			a.save()
 		}
@@ -148,11 +151,20 @@ func (a *instanceActor) start(ctx actor.Context) {
 func (a *instanceActor) runs() bool { return a.cfg.Policy.Enabled() && a.cfg.Lifecycle.Active() }
 
 func (a *instanceActor) buildProber() {
+	a.closeProber()
 	a.prober, a.proberErr = nil, nil
 	if !a.cfg.Policy.Enabled() {
 		return
 	}
 	a.prober, a.proberErr = a.s.opt.factory(a.inst)
+}
+
+// closeProber releases what the prober pools (an exec probe's connection to
+// the guest agent); a prober that pools nothing is left alone.
+func (a *instanceActor) closeProber() {
+	if c, ok := a.prober.(io.Closer); ok {
+		_ = c.Close()
+	}
 }
 
 // configure applies a new durable spec.
@@ -165,6 +177,9 @@ func (a *instanceActor) configure(ctx actor.Context, in health.Instance) {
 	targetChanged := !prevInst.SameTarget(in)
 	if policyChanged || targetChanged {
 		a.buildProber()
+	} else if prev.Lifecycle != a.cfg.Lifecycle || fresh {
+		// a stopped, restored or rebooted guest has a new agent: reconnect
+		a.closeProber()
 	}
 	if targetChanged && !fresh && a.runs() {
 		// keep the counters, but a probe of the old address proves nothing

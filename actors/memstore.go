@@ -8,7 +8,7 @@ import (
 	"github.com/vigilhq/vigil/actors/health"
 )
 
-// MemoryEventRetention is how many events a MemoryStore keeps.
+// MemoryEventRetention is how many events a MemoryStore keeps at least.
 const MemoryEventRetention = 100_000
 
 // MemoryStore is an in-memory Store: nothing survives the process. It is for
@@ -99,7 +99,8 @@ func (m *MemoryStore) AppendTransition(snap *Snapshot, ev Event, publish func(Ev
 	m.seq++
 	ev.Seq = m.seq
 	m.events = append(m.events, ev)
-	if len(m.events) > MemoryEventRetention {
+	// trim in steps of a quarter, so appends stay amortized O(1)
+	if len(m.events) > MemoryEventRetention+MemoryEventRetention/4 {
 		m.events = append(m.events[:0:0], m.events[len(m.events)-MemoryEventRetention:]...)
 	}
 	if publish != nil {

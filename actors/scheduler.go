@@ -207,7 +207,10 @@ func (s *Scheduler) spawnAll(entries []*entry) error {
 		batch.ids[i] = e.id
 		batch.props[i] = actor.PropsFromProducer(func() actor.Actor { return &instanceActor{s: s, e: e} })
 	}
-	res, err := s.root.RequestFuture(s.parent, batch, s.opt.askTimeout+time.Duration(len(entries))*10*time.Microsecond).Result()
+	// the parent is local and only spawns: the bound is there to turn a bug
+	// into an error, not to hurry a busy host at boot
+	timeout := s.opt.askTimeout + time.Minute + time.Duration(len(entries))*100*time.Microsecond
+	res, err := s.root.RequestFuture(s.parent, batch, timeout).Result()
 	if err != nil {
 		return fmt.Errorf("actors: spawn %d instances: %w", len(entries), err)
 	}

@@ -32,10 +32,6 @@ type Func func(ctx context.Context) health.Result
 // Probe calls f.
 func (f Func) Probe(ctx context.Context) health.Result { return f(ctx) }
 
-// ErrNoTransport is returned for exec policies when no guest transport is
-// configured.
-var ErrNoTransport = errors.New("probes: exec probes need a guest transport")
-
 // New builds the prober for an instance's policy. It returns an error for a
 // policy it cannot run (disabled, or exec without a guest transport); a
 // validated instance never yields one for http, tcp or grpc.
@@ -45,7 +41,10 @@ func New(in health.Instance) (Prober, error) {
 		return nil, errors.New("probes: health checking is disabled")
 	}
 	if p.Type == health.TypeExec {
-		return nil, ErrNoTransport
+		if in.Vsock == nil {
+			return nil, errors.New("probes: exec probe needs vsock")
+		}
+		return NewExec(*in.Vsock, *p.Exec), nil
 	}
 	if in.Network == nil {
 		return nil, fmt.Errorf("probes: %s probe needs network.ip", p.Type)
@@ -71,12 +70,17 @@ type TCP struct {
 	Addr string
 }
 
-// Probe connects and closes.
+// Probe connects and closes with a reset (linger 0), as the kubelet does:
+// a probe every few seconds per instance must not leave a TIME_WAIT socket
+// behind each time, which on a busy host exhausts the ephemeral ports.
 func (t *TCP) Probe(ctx context.Context) health.Result {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "tcp", t.Addr)
 	if err != nil {
 		return Fail(ctx, err)
+	}
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
 	}
 	_ = c.Close()
 	return health.Result{Outcome: health.Success}

@@ -222,8 +222,12 @@ func TestNewRejectsWhatItCannotRun(t *testing.T) {
 	in, err := health.InstanceSpec{State: health.Running, Vsock: &health.Vsock{CID: 3},
 		HealthCheck: &health.PolicySpec{Exec: &health.ExecSpec{Command: []string{"true"}}}}.Normalize("x")
 	require.NoError(t, err)
+	p, err := New(in)
+	require.NoError(t, err, "exec with a vsock target has a prober")
+	assert.IsType(t, &Exec{}, p)
+	in.Vsock = nil
 	_, err = New(in)
-	assert.ErrorIs(t, err, ErrNoTransport)
+	assert.ErrorContains(t, err, "vsock")
 }
 
 func TestClassify(t *testing.T) {

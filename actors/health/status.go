@@ -159,6 +159,10 @@ func (s *State) Observe(c Config, r *Result, now time.Time) (Transition, bool) {
 	if !p.Enabled() || !c.Lifecycle.Active() {
 		return Transition{}, false
 	}
+	if r.Outcome == Failure && r.Reason == ReasonAgentUnreachable && c.Lifecycle == Initializing {
+		// the guest agent is not up yet while the VM boots: no evidence
+		r.Outcome = Skipped
+	}
 	if r.Outcome != Skipped {
 		r.Message = TruncateUTF8(r.Message, MaxLastError)
 		r.Output = TailUTF8(r.Output, MaxOutput)
