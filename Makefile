@@ -3,7 +3,11 @@ GO        ?= go
 DATA_DIR  ?= ./vigil-data
 PKGS      := ./...
 
-.PHONY: run build test check bench bench-persistence bench-scale fmt vet tidy-check clean
+PROTOC_GEN_GO      := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
+TOOLS              := $(CURDIR)/bin/tools
+
+.PHONY: run build test check bench bench-persistence bench-scale bench-api bench-exec fmt vet tidy-check clean generate generate-check tools
 
 ## run: build and start `vigil serve` on 127.0.0.1:8484 with its data in ./vigil-data
 run: build
@@ -18,8 +22,24 @@ test:
 	$(GO) test -race -shuffle=on -count=1 $(PKGS)
 	$(GO) test -count=1 -run 'TestHungTargetsDoNotDelayHealthyOnes' -v ./actors
 
-## check: formatting, module tidiness, then the tests
-check: tidy-check fmt-check test
+## check: formatting, module tidiness, generated code, then the tests
+check: tidy-check fmt-check generate-check test
+
+## tools: the pinned protoc plugins, into bin/tools
+tools:
+	GOBIN=$(TOOLS) $(GO) install $(PROTOC_GEN_GO)
+	GOBIN=$(TOOLS) $(GO) install $(PROTOC_GEN_GO_GRPC)
+
+## generate: regenerate probes/guest from guest.proto (needs protoc: Debian's protobuf-compiler)
+generate: tools
+	cd probes/guest && PATH="$(TOOLS):$$PATH" protoc --go_out=. --go_opt=paths=source_relative \
+		--go-grpc_out=. --go-grpc_opt=paths=source_relative guest.proto
+
+## generate-check: fail when the checked-in generated code drifts from guest.proto (skipped without protoc)
+generate-check:
+	@if ! command -v protoc >/dev/null; then echo "protoc not installed: skipping the generated-code drift check"; exit 0; fi; \
+	$(MAKE) --no-print-directory generate >/dev/null && \
+	if ! git diff --exit-code --stat -- probes/guest; then echo "probes/guest is out of date: run make generate and commit"; exit 1; fi
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -34,6 +54,14 @@ bench:
 ## bench-scale: the hung-target scale test with its measured lags
 bench-scale:
 	$(GO) test -count=1 -run 'TestHungTargetsDoNotDelayHealthyOnes' -v ./actors
+
+## bench-api: summary and list latency with 100 000 probing instances
+bench-api:
+	$(GO) test -run '^$$' -bench ReadsAt100k -benchtime 2000x -count 3 ./api
+
+## bench-exec: exec probes per second through the muxer and the real agent
+bench-exec:
+	$(GO) test -run '^$$' -bench ExecTrue -benchtime 3s -count 3 ./probes
 
 clean:
 	rm -rf bin

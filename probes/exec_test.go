@@ -39,13 +39,13 @@ var vigilBinary = sync.OnceValues(func() (string, error) {
 // guestVM is one simulated VM: the real agent as a subprocess, listening on
 // a Unix socket, behind the hybrid-vsock test muxer.
 type guestVM struct {
-	t     *testing.T
+	t     testing.TB
 	dir   string
 	agent *exec.Cmd
 	mux   *vsocktest.Muxer
 }
 
-func startGuest(t *testing.T, maxConcurrent int) *guestVM {
+func startGuest(t testing.TB, maxConcurrent int) *guestVM {
 	t.Helper()
 	dir, err := os.MkdirTemp("/tmp", "vm") // short: Unix socket paths stay under 108 bytes
 	require.NoError(t, err)

@@ -19,7 +19,13 @@ import (
 	"github.com/vigilhq/vigil/actors/health"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		// the scheduler tests: protoactor's dead-letter throttle goroutine
+		// ends by itself one throttle interval after the first dead letter
+		goleak.IgnoreTopFunction("github.com/asynkron/protoactor-go/actor.NewDeadLetter.NewThrottle.func4.1"),
+	)
+}
 
 // instance builds a validated instance probing host:port with policy js.
 func instance(t *testing.T, addr string, policy string) health.Instance {

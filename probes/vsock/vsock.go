@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"syscall"
@@ -77,8 +78,9 @@ func DialHybrid(ctx context.Context, socket string, port uint32) (net.Conn, erro
 		return nil, fmt.Errorf("vsock connect %s: %w", socket, err)
 	}
 	deadline := time.Now().Add(HandshakeTimeout)
+	ctxBound := false
 	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
-		deadline = dl
+		deadline, ctxBound = dl, true
 	}
 	_ = c.SetDeadline(deadline)
 	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
@@ -88,6 +90,9 @@ func DialHybrid(ctx context.Context, socket string, port uint32) (net.Conn, erro
 		_ = c.Close()
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("vsock handshake %s port %d: %w", socket, port, ctx.Err())
+		}
+		if ctxBound && errors.Is(err, os.ErrDeadlineExceeded) {
+			return nil, fmt.Errorf("vsock handshake %s port %d: %w", socket, port, context.DeadlineExceeded)
 		}
 		return nil, fmt.Errorf("vsock handshake %s port %d: %w", socket, port, err)
 	}
