@@ -2,6 +2,7 @@
 //
 //	vigil serve     run the scheduler with its HTTP API
 //	vigil agent     run the guest agent inside a VM
+//	vigil loadtest  drive an embedded scheduler with a synthetic fleet
 //	vigil version   print the version
 package main
 
@@ -15,6 +16,8 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"syscall"
 	"time"
@@ -23,6 +26,7 @@ import (
 
 	"github.com/vigilhq/vigil/actors"
 	"github.com/vigilhq/vigil/api"
+	"github.com/vigilhq/vigil/loadtest"
 	"github.com/vigilhq/vigil/persistence"
 	"github.com/vigilhq/vigil/probes/agent"
 )
@@ -47,6 +51,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return serve(args[1:], stderr)
 	case "agent":
 		return agentCmd(args[1:], stderr)
+	case "loadtest":
+		return loadtestCmd(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		usage(stdout)
 		return 0
@@ -62,6 +68,7 @@ func usage(w io.Writer) {
 commands:
   serve     run the scheduler and its HTTP API
   agent     run the guest agent (inside a VM) that serves exec probes
+  loadtest  drive an embedded scheduler with a synthetic fleet and report
   version   print the version
 `)
 }
@@ -236,6 +243,78 @@ func agentCmd(args []string, stderr io.Writer) int {
 	}()
 	if err := g.Serve(l); err != nil {
 		log.Error().Err(err).Msg("agent_serve_failed")
+		return 1
+	}
+	return 0
+}
+
+func loadtestCmd(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("loadtest", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cfg loadtest.Config
+	fs.IntVar(&cfg.Instances, "instances", 1000, "instances in the fleet")
+	fs.StringVar(&cfg.Type, "type", "tcp", "probe type: tcp, http, grpc, exec or mixed")
+	fs.DurationVar(&cfg.Interval, "interval", 10*time.Second, "probe interval")
+	fs.DurationVar(&cfg.Timeout, "timeout", time.Second, "probe timeout")
+	fs.DurationVar(&cfg.StartPeriod, "start-period", -1, "start period (default: the policy default)")
+	fs.Float64Var(&cfg.Hung, "hung", 0, "fraction of targets that accept and never answer")
+	fs.Float64Var(&cfg.Flip, "flip", 0, "fraction of targets that turn unhealthy a third of the way in, and back at two thirds")
+	fs.DurationVar(&cfg.Duration, "duration", 30*time.Second, "how long to drive the fleet after registering it")
+	fs.StringVar(&cfg.Store, "store", "badger", "memory or badger (in a temp dir unless --data-dir)")
+	fs.StringVar(&cfg.DataDir, "data-dir", "", "Badger directory (default: a temp dir, removed after)")
+	fs.IntVar(&cfg.Budget, "probe-budget", actors.DefaultProbeBudget, "host-wide cap on probes in flight")
+	asJSON := fs.Bool("json", false, "print the report as one JSON object on the last line")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the run to this file")
+	memProfile := fs.String("memprofile", "", "write a heap profile at the end of the run to this file")
+	level := fs.String("log-level", "warn", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	log, err := newLogger(*level, "json", stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, "vigil loadtest:", err)
+		return 2
+	}
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintln(stderr, "vigil loadtest:", err)
+		return 2
+	}
+	cfg.Log, cfg.Progress = log, stderr
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fmt.Fprintln(stderr, "vigil loadtest: --cpuprofile:", err)
+			return 2
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(stderr, "vigil loadtest: --cpuprofile:", err)
+			return 2
+		}
+		defer pprof.StopCPUProfile()
+	}
+	if *memProfile != "" {
+		cfg.AtEnd = func() {
+			if f, err := os.Create(*memProfile); err == nil {
+				runtime.GC()
+				_ = pprof.WriteHeapProfile(f)
+				_ = f.Close()
+			}
+		}
+	}
+	rep, err := loadtest.Run(ctx, cfg)
+	if err != nil {
+		fmt.Fprintln(stderr, "vigil loadtest:", err)
+		return 1
+	}
+	if *asJSON {
+		err = rep.WriteJSON(stdout)
+	} else {
+		err = rep.WriteTable(stdout)
+	}
+	if err != nil {
 		return 1
 	}
 	return 0

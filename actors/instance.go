@@ -64,9 +64,11 @@ type instanceActor struct {
 	steady     bool // the window has reached steady cadence once
 	waiters    []*actor.PID
 
-	dirty     bool // counters changed since the last snapshot
+	dirty     bool            // state changed since the last snapshot
+	saved     health.Progress // progress in the last snapshot
 	ckptTimer clock.Timer
 	ckptToken uint64
+	ckptDue   time.Time
 }
 
 func (a *instanceActor) Receive(ctx actor.Context) {
@@ -131,6 +133,7 @@ func (a *instanceActor) start(ctx actor.Context) {
 	}
 	// resume: reconcile the snapshot with the spec that is durable now
 	a.st = snap.State
+	a.saved = a.st.Progress(snap.Policy)
 	tr, changed, fresh := a.st.Configure(snap.Config(), a.cfg, now)
 	if fresh || changed {
 		a.afterChange(ctx, tr, changed, fresh, true)
@@ -222,12 +225,14 @@ func (a *instanceActor) snapshot() *Snapshot {
 
 func (a *instanceActor) save() {
 	a.dirty = false
+	a.saved = a.st.Progress(a.cfg.Policy)
 	a.s.opt.store.SaveSnapshot(a.snapshot())
 }
 
 // transition makes the transition durable, then publishes it.
 func (a *instanceActor) transition(tr health.Transition) {
 	a.dirty = false
+	a.saved = a.st.Progress(a.cfg.Policy)
 	id := a.inst.ID
 	log := a.s.log
 	a.s.opt.store.AppendTransition(a.snapshot(), Event{InstanceID: id, Transition: tr}, func(ev Event) {
@@ -418,8 +423,15 @@ func (a *instanceActor) finishProbe(ctx actor.Context, r health.Result) {
 	if changed {
 		a.transition(tr)
 	} else {
+		// progress is checkpointed within the checkpoint interval; evidence
+		// alone (times, history, counters past their thresholds) within the
+		// refresh interval, so a steady fleet writes a twentieth as much
 		a.dirty = true
-		a.armCheckpoint(ctx)
+		wait := a.s.opt.checkpoint * refreshFactor
+		if a.st.Progress(a.cfg.Policy) != a.saved {
+			wait = a.s.opt.checkpoint
+		}
+		a.armCheckpoint(ctx, wait)
 	}
 	a.publish()
 	if len(a.waiters) > 0 {
@@ -431,12 +443,21 @@ func (a *instanceActor) finishProbe(ctx actor.Context, r health.Result) {
 	}
 }
 
-func (a *instanceActor) armCheckpoint(ctx actor.Context) {
+// refreshFactor stretches the checkpoint interval for changes that are
+// evidence only.
+const refreshFactor = 20
+
+// armCheckpoint makes sure a checkpoint fires within wait.
+func (a *instanceActor) armCheckpoint(ctx actor.Context, wait time.Duration) {
+	due := a.now().Add(wait)
 	if a.ckptToken != 0 {
-		return
+		if !a.ckptDue.After(due) {
+			return
+		}
+		a.ckptTimer.Stop()
 	}
 	token := tokens.Add(1)
-	a.ckptToken = token
+	a.ckptToken, a.ckptDue = token, due
 	self, root := ctx.Self(), a.s.root
-	a.ckptTimer = a.s.opt.clock.AfterFunc(a.s.opt.checkpoint, func() { root.Send(self, &checkpoint{token: token}) })
+	a.ckptTimer = a.s.opt.clock.AfterFunc(wait, func() { root.Send(self, &checkpoint{token: token}) })
 }

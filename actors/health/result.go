@@ -112,16 +112,99 @@ func TailUTF8(s string, n int) string {
 	return s[i:]
 }
 
-// History is a ring of the last HistorySize results, allocation-free.
+// History is a ring of the last HistorySize results. It keeps each result
+// compactly — times as integers, outcome and reason as codes, the texts
+// behind one pointer that is nil for a plain result — because every
+// instance holds one and the garbage collector scans them all. Adding a
+// plain result allocates nothing.
 type History struct {
-	buf  [HistorySize]Result
+	buf  [HistorySize]entry
 	next int
 	n    int
 }
 
+// entry is one result as History keeps it.
+type entry struct {
+	start, dur int64 // unix nanoseconds, nanoseconds
+	http, exit int32
+	outcome    uint8
+	reason     uint8 // index in reasonCodes; otherReason: in extra
+	hasExit    bool
+	extra      *entryText
+}
+
+// entryText is the rarely present part of a result.
+type entryText struct {
+	reason    Reason
+	message   string
+	output    string
+	truncated bool
+}
+
+var outcomeCodes = [...]Outcome{"", Success, Failure, Skipped}
+
+var reasonCodes = [...]Reason{"", ReasonTimeout, ReasonConnectionRefused, ReasonUnreachable, ReasonStatusMismatch,
+	ReasonTLS, ReasonExitNonzero, ReasonExecError, ReasonAgentUnreachable, ReasonNotServing, ReasonIOError,
+	ReasonPanic, ReasonUnsupported, ReasonBudgetFull, ReasonInactive, ReasonDisabled, ReasonCanceled}
+
+const otherReason = 255
+
+func codeOf[T comparable](codes []T, v T) (uint8, bool) {
+	for i, c := range codes {
+		if c == v {
+			return uint8(i), true
+		}
+	}
+	return 0, false
+}
+
+func pack(r *Result) entry {
+	e := entry{dur: int64(r.Duration), http: int32(r.HTTPStatus)}
+	if !r.Start.IsZero() {
+		e.start = r.Start.UnixNano()
+	}
+	if r.ExitCode != nil {
+		e.exit, e.hasExit = int32(*r.ExitCode), true
+	}
+	e.outcome, _ = codeOf(outcomeCodes[:], r.Outcome)
+	code, known := codeOf(reasonCodes[:], r.Reason)
+	e.reason = code
+	if !known {
+		e.reason = otherReason
+	}
+	if !known || r.Message != "" || r.Output != "" || r.Truncated {
+		e.extra = &entryText{message: r.Message, output: r.Output, truncated: r.Truncated}
+		if !known {
+			e.extra.reason = r.Reason
+		}
+	}
+	return e
+}
+
+func (e *entry) unpack() Result {
+	r := Result{Duration: Duration(e.dur), HTTPStatus: int(e.http), Outcome: outcomeCodes[e.outcome]}
+	if e.start != 0 {
+		r.Start = time.Unix(0, e.start).UTC()
+	}
+	if e.hasExit {
+		code := int(e.exit)
+		r.ExitCode = &code
+	}
+	if e.reason != otherReason {
+		r.Reason = reasonCodes[e.reason]
+	}
+	if x := e.extra; x != nil {
+		if e.reason == otherReason {
+			r.Reason = x.reason
+		}
+		r.Message, r.Output, r.Truncated = x.message, x.output, x.truncated
+	}
+	return r
+}
+
 // Add records r, dropping the oldest result when full.
 func (h *History) Add(r Result) {
-	h.buf[h.next] = r
+	h.buf[h.next] = pack(&r)
 	h.next = (h.next + 1) % HistorySize
 	if h.n < HistorySize {
 		h.n++
@@ -136,7 +219,7 @@ func (h *History) Results() []Result {
 	out := make([]Result, 0, h.n)
 	start := (h.next - h.n + HistorySize) % HistorySize
 	for i := 0; i < h.n; i++ {
-		out = append(out, h.buf[(start+i)%HistorySize])
+		out = append(out, h.buf[(start+i)%HistorySize].unpack())
 	}
 	return out
 }
@@ -146,7 +229,7 @@ func (h *History) Last() (Result, bool) {
 	if h.n == 0 {
 		return Result{}, false
 	}
-	return h.buf[(h.next-1+HistorySize)%HistorySize], true
+	return h.buf[(h.next-1+HistorySize)%HistorySize].unpack(), true
 }
 
 // MarshalJSON writes the results oldest first.

@@ -85,6 +85,28 @@ type State struct {
 	History              History   `json:"history"`
 }
 
+// Progress is the part of a State whose loss in a crash would change what
+// happens next: the window, the statuses, the grace, and the counters up to
+// their thresholds. Counters past a threshold, times and history are
+// evidence, not progress.
+type Progress struct {
+	Window    uint64
+	Eval      Status
+	Status    Status
+	GraceOver bool
+	Successes int
+	Failures  int
+}
+
+// Progress returns the state's progress under policy p.
+func (s *State) Progress(p *Policy) Progress {
+	succ, fail := s.ConsecutiveSuccesses, s.ConsecutiveFailures
+	if p != nil {
+		succ, fail = min(succ, p.SuccessThreshold), min(fail, p.FailureThreshold)
+	}
+	return Progress{Window: s.Window, Eval: s.Eval, Status: s.Status, GraceOver: s.GraceOver, Successes: succ, Failures: fail}
+}
+
 // Configure applies a configuration change (registration when prev is the
 // zero Config) at now. It reports the transition, if the shown status
 // changed, and whether a fresh window opened: the caller then cancels any
@@ -249,16 +271,18 @@ type View struct {
 
 // View renders the state for readers; nextCheck is zero when no probe is due.
 func (s *State) View(nextCheck time.Time, withHistory bool) View {
+	// the five times share one allocation
+	times := &[5]time.Time{s.Since, s.LastCheckedAt, s.LastSuccessAt, s.LastFailureAt, nextCheck}
 	v := View{
 		Status:               s.Status,
-		Since:                timePtr(s.Since),
+		Since:                timeAt(times, 0),
 		ConsecutiveSuccesses: s.ConsecutiveSuccesses,
 		ConsecutiveFailures:  s.ConsecutiveFailures,
-		LastCheckedAt:        timePtr(s.LastCheckedAt),
-		LastSuccessAt:        timePtr(s.LastSuccessAt),
-		LastFailureAt:        timePtr(s.LastFailureAt),
+		LastCheckedAt:        timeAt(times, 1),
+		LastSuccessAt:        timeAt(times, 2),
+		LastFailureAt:        timeAt(times, 3),
 		LastError:            s.LastError,
-		NextCheckAt:          timePtr(nextCheck),
+		NextCheckAt:          timeAt(times, 4),
 	}
 	if withHistory {
 		v.History = s.History.Results()
@@ -266,10 +290,11 @@ func (s *State) View(nextCheck time.Time, withHistory bool) View {
 	return v
 }
 
-func timePtr(t time.Time) *time.Time {
-	if t.IsZero() {
+// timeAt points at times[i] in UTC, or is nil for the zero time.
+func timeAt(times *[5]time.Time, i int) *time.Time {
+	if times[i].IsZero() {
 		return nil
 	}
-	t = t.UTC()
-	return &t
+	times[i] = times[i].UTC()
+	return &times[i]
 }

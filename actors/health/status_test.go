@@ -300,3 +300,27 @@ func BenchmarkObserve(b *testing.B) {
 		i++
 	}
 }
+
+func TestHistoryKeepsEveryFieldCompactly(t *testing.T) {
+	code := -1
+	in := []Result{
+		{Outcome: Success, Start: t0, Duration: Duration(3 * time.Millisecond), HTTPStatus: 200},
+		{Outcome: Failure, Reason: ReasonExitNonzero, Message: "exit code -1", Start: t0.Add(time.Second), ExitCode: &code,
+			Output: "tail", Truncated: true},
+		{Outcome: Failure, Reason: Reason("custom_reason"), Start: t0.Add(2 * time.Second)},
+		{Outcome: Skipped, Reason: ReasonBudgetFull},
+	}
+	var h History
+	for _, r := range in {
+		h.Add(r)
+	}
+	assert.Equal(t, in, h.Results())
+	last, ok := h.Last()
+	require.True(t, ok)
+	assert.Equal(t, in[3], last)
+	for range HistorySize {
+		h.Add(in[0])
+	}
+	assert.Len(t, h.Results(), HistorySize)
+	assert.Equal(t, 0.0, testing.AllocsPerRun(100, func() { h.Add(in[0]) }), "a plain result allocates nothing")
+}

@@ -1,0 +1,47 @@
+package loadtest
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"text/tabwriter"
+)
+
+// WriteTable writes the report as a two-column table.
+func (r *Report) WriteTable(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	rows := []struct {
+		k string
+		v any
+	}{
+		{"instances", r.Instances}, {"type", r.Type}, {"interval", fmt.Sprintf("%.0f ms", r.IntervalMS)},
+		{"store", r.Store}, {"measured for", fmt.Sprintf("%.1f s", r.DurationS)},
+		{"registration", fmt.Sprintf("%.2f s", r.RegistrationS)},
+		{"probes", r.Probes}, {"probes/s", fmt.Sprintf("%.0f", r.ProbesPerSecond)},
+		{"lag p50 / p99 / max", fmt.Sprintf("%.1f / %.1f / %.1f ms", r.LagP50MS, r.LagP99MS, r.LagMaxMS)},
+		{"healthy instances' lag p99", fmt.Sprintf("%.1f ms", r.HealthyLagP99MS)},
+		{"starved", r.Starved},
+		{"detection p50 / p99", fmt.Sprintf("%.0f / %.0f ms (%d transitions)", r.DetectionP50MS, r.DetectionP99MS, r.Detections)},
+		{"readiness p99", fmt.Sprintf("%.0f ms", r.ReadinessP99MS)},
+		{"skipped / failures", fmt.Sprintf("%d / %d", r.Skipped, r.Failures)},
+		{"cpu", fmt.Sprintf("%.0f %% of one core", r.CPUPercent)},
+		{"rss", fmt.Sprintf("%.0f MiB (%d B per instance)", float64(r.RSSBytes)/(1<<20), r.RSSPerInstance)},
+		{"raw ceiling", fmt.Sprintf("%.0f probes/s", r.RawCeilingPerSec)},
+		{"cpu per probe raw / vigil", fmt.Sprintf("%.1f / %.1f µs", r.RawCPUPerProbeUS, r.VigilCPUPerProbeUS)},
+		{"efficiency", fmt.Sprintf("%.2f", r.Efficiency)},
+	}
+	for _, row := range rows {
+		fmt.Fprintf(tw, "%s\t%v\n", row.k, row.v)
+	}
+	return tw.Flush()
+}
+
+// WriteJSON writes the report as one JSON object on one line.
+func (r *Report) WriteJSON(w io.Writer) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(w, "%s\n", b)
+	return err
+}
