@@ -7,7 +7,7 @@ PROTOC_GEN_GO      := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 TOOLS              := $(CURDIR)/bin/tools
 
-.PHONY: run build test check bench bench-persistence bench-scale bench-api bench-exec fmt vet tidy-check clean generate generate-check tools
+.PHONY: run build test check bench bench-persistence bench-scale bench-api bench-exec bench-smoke bench-fleet fmt vet tidy-check clean generate generate-check tools
 
 ## run: build and start `vigil serve` on 127.0.0.1:8484 with its data in ./vigil-data
 run: build
@@ -62,6 +62,17 @@ bench-api:
 ## bench-exec: exec probes per second through the muxer and the real agent
 bench-exec:
 	$(GO) test -run '^$$' -bench ExecTrue -benchtime 3s -count 3 ./probes
+
+## bench-smoke: a small mixed fleet through `vigil loadtest` (≤ 60 s); CI runs it
+bench-smoke: build
+	./bin/vigil loadtest --instances 2000 --type mixed --interval 2s --timeout 1s --hung 0.01 --flip 0.05 --duration 20s --json
+
+## bench-fleet: the issue-6 scenarios, as recorded in BENCHMARKS.md (≈ 5 minutes each run)
+bench-fleet: build
+	./bin/vigil loadtest --instances 100000 --type tcp --interval 10s --duration 30s
+	./bin/vigil loadtest --instances 5000 --type http --interval 2s --timeout 1s --hung 0.01 --duration 30s
+	./bin/vigil loadtest --instances 10000 --type http --interval 5s --timeout 1s --flip 0.05 --duration 60s
+	./bin/vigil loadtest --instances 10000 --type http --interval 10s --timeout 2s --duration 20s
 
 clean:
 	rm -rf bin

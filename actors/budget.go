@@ -26,6 +26,17 @@ type budgetWaiter struct {
 
 func newBudget(n int) *budget { return &budget{free: n} }
 
+// tryAcquire takes a free slot without waiting, when the queues allow it.
+func (b *budget) tryAcquire(urgent bool) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.free > 0 && b.urgent.Len() == 0 && (urgent || b.normal.Len() == 0) {
+		b.free--
+		return true
+	}
+	return false
+}
+
 // acquire takes a slot, waiting until ctx ends. It reports whether it got one.
 func (b *budget) acquire(ctx context.Context, urgent bool) bool {
 	b.mu.Lock()

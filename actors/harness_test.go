@@ -141,3 +141,54 @@ func deadPort(t *testing.T) int {
 	require.NoError(t, l.Close())
 	return port
 }
+
+// TestCheckpointsProgressSoonAndEvidenceLater checks the checkpoint policy:
+// a change of progress (here a failure below the threshold) reaches the
+// store within the checkpoint interval, a change of evidence only (more
+// successes past the threshold) within the refresh interval.
+func TestCheckpointsProgressSoonAndEvidenceLater(t *testing.T) {
+	h := newHarness(t, WithCheckpoint(30*time.Second))
+	tg := newTarget(t)
+	h.put("a", tg.policy(`,"interval":"10s","start_period":"0s"`))
+	h.advance(0)
+	info := h.results("a", 1)
+	require.Equal(t, health.StatusHealthy, info.Health.Status)
+	stored := func() *Snapshot {
+		snap, err := h.store.Snapshot("a")
+		require.NoError(t, err)
+		return snap
+	}
+	require.Equal(t, 1, stored().State.ConsecutiveSuccesses, "the transition to healthy was stored")
+
+	// evidence only: successes 2..4 are not written within the checkpoint interval
+	for n := 2; n <= 4; n++ {
+		h.advance(10 * time.Second)
+		h.results("a", n)
+	}
+	for n := 5; n <= 8; n++ { // 40 s on: past the checkpoint interval
+		h.advance(10 * time.Second)
+		h.results("a", n)
+	}
+	require.Equal(t, 1, stored().State.ConsecutiveSuccesses, "evidence waits for the refresh interval")
+	// ... but is written within it
+	for n := 9; h.clk.Now().Before(t0.Add(refreshFactor*30*time.Second + 20*time.Second)); n++ {
+		h.advance(10 * time.Second)
+		h.results("a", n)
+	}
+	require.Eventually(t, func() bool { return stored().State.ConsecutiveSuccesses > 1 }, 5*time.Second, time.Millisecond)
+
+	// progress: one failure (threshold 3) is written within the checkpoint interval
+	tg.code.Store(http.StatusInternalServerError)
+	n := h.rec.count("a")
+	h.advance(10 * time.Second)
+	info = h.results("a", n+1)
+	require.Equal(t, 1, info.Health.ConsecutiveFailures)
+	tg.code.Store(http.StatusOK) // later probes succeed again; the failure is what must be stored
+	for range 3 {
+		n++
+		h.advance(10 * time.Second)
+		h.results("a", n+1)
+	}
+	require.Eventually(t, func() bool { return stored().State.ConsecutiveFailures == 1 || stored().State.LastFailureAt.After(t0) },
+		5*time.Second, time.Millisecond, "the failure was checkpointed within 30 s")
+}

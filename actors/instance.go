@@ -364,9 +364,12 @@ func (a *instanceActor) startProbe(ctx actor.Context) {
 
 func runProbe(ctx context.Context, s *Scheduler, id string, p *health.Policy, prober probes.Prober, proberErr error, due time.Time, urgent bool) (r health.Result) {
 	clk := s.opt.clock
-	wait, cancelWait := context.WithTimeout(ctx, p.Timeout)
-	ok := s.budget.acquire(wait, urgent)
-	cancelWait()
+	ok := s.budget.tryAcquire(urgent) // the common case needs no waiting context
+	if !ok {
+		wait, cancelWait := context.WithTimeout(ctx, p.Timeout)
+		ok = s.budget.acquire(wait, urgent)
+		cancelWait()
+	}
 	if !ok {
 		if ctx.Err() != nil {
 			return health.Result{Outcome: health.Skipped, Reason: health.ReasonCanceled, Start: clk.Now()}

@@ -115,6 +115,7 @@ type Scheduler struct {
 	budget *budget
 	probes sync.WaitGroup // probe goroutines in flight
 	closed atomic.Bool
+	shared *clock.Shared // the default clock, closed with the scheduler
 
 	mu      sync.RWMutex
 	entries map[string]*entry
@@ -141,7 +142,7 @@ type entry struct {
 
 // New builds a scheduler, loads every stored instance and spawns its actor.
 func New(ctx context.Context, opts ...Option) (*Scheduler, error) {
-	o := options{log: zerolog.Nop(), clock: clock.Real, budget: DefaultProbeBudget,
+	o := options{log: zerolog.Nop(), budget: DefaultProbeBudget,
 		askTimeout: DefaultAskTimeout, factory: probes.New, checkpoint: DefaultCheckpoint}
 	for _, f := range opts {
 		f(&o)
@@ -152,8 +153,14 @@ func New(ctx context.Context, opts ...Option) (*Scheduler, error) {
 	if o.budget < 1 {
 		return nil, fmt.Errorf("actors: probe budget must be at least 1 (got %d)", o.budget)
 	}
+	var shared *clock.Shared
+	if o.clock == nil {
+		// one heap of timers for every actor instead of a runtime timer each
+		shared = clock.NewShared()
+		o.clock = shared
+	}
 	s := &Scheduler{opt: o, log: o.log, budget: newBudget(o.budget), entries: map[string]*entry{},
-		subs: map[*Subscription]struct{}{}}
+		subs: map[*Subscription]struct{}{}, shared: shared}
 	slogger := slog.New(zerolog.NewSlogHandler(o.log.With().Str("component", "protoactor").Logger()))
 	s.system = actor.NewActorSystem(
 		actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return slogger }),
@@ -167,6 +174,7 @@ func New(ctx context.Context, opts ...Option) (*Scheduler, error) {
 	parent, err := s.root.SpawnNamed(actor.PropsFromProducer(func() actor.Actor { return &parentActor{} },
 		actor.WithSupervisor(strategy)), "instances")
 	if err != nil {
+		s.shutdownSystem()
 		return nil, fmt.Errorf("actors: spawn parent: %w", err)
 	}
 	s.parent = parent
@@ -652,7 +660,12 @@ func (s *Scheduler) Close(ctx context.Context) error {
 	return err
 }
 
-func (s *Scheduler) shutdownSystem() { s.system.Shutdown() }
+func (s *Scheduler) shutdownSystem() {
+	s.system.Shutdown()
+	if s.shared != nil {
+		s.shared.Close()
+	}
+}
 
 // parentActor spawns and supervises the instance actors.
 type parentActor struct{}

@@ -1,6 +1,7 @@
 package loadtest
 
 import (
+	"net"
 	"testing"
 	"time"
 
@@ -32,4 +33,13 @@ func TestRSSAndCPU(t *testing.T) {
 	}
 	_ = x
 	assert.Greater(t, cpuTime(), began)
+}
+
+func mustTCPAddr(t *testing.T, ip string) *net.TCPAddr {
+	t.Helper()
+	a, err := net.ResolveTCPAddr("tcp", net.JoinHostPort(ip, "80"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
 }

@@ -1,6 +1,7 @@
 package clock
 
 import (
+	"sync"
 	"testing"
 	"time"
 
@@ -29,4 +30,59 @@ func TestRealClock(t *testing.T) {
 	Real.AfterFunc(time.Millisecond, func() { close(done) })
 	<-done
 	assert.WithinDuration(t, time.Now(), Real.Now(), time.Second)
+}
+
+func TestSharedFiresInOrderAndStops(t *testing.T) {
+	s := NewShared()
+	defer s.Close()
+	var mu sync.Mutex
+	var order []int
+	done := make(chan struct{})
+	for i, d := range []time.Duration{30, 10, 20, 40} {
+		s.AfterFunc(d*time.Millisecond, func() {
+			mu.Lock()
+			defer mu.Unlock()
+			order = append(order, i)
+			if len(order) == 3 {
+				close(done)
+			}
+		})
+	}
+	stopped := s.AfterFunc(25*time.Millisecond, func() { t.Error("a stopped timer fired") })
+	assert.True(t, stopped.Stop())
+	assert.False(t, stopped.Stop(), "only once")
+	began := time.Now()
+	<-done
+	assert.GreaterOrEqual(t, time.Since(began), 30*time.Millisecond-Slack)
+	mu.Lock()
+	assert.Equal(t, []int{1, 2, 0}, order)
+	mu.Unlock()
+
+	// an earlier timer added while the goroutine waits for a later one
+	fired := make(chan time.Time, 1)
+	s.AfterFunc(time.Hour, func() {})
+	began = time.Now()
+	s.AfterFunc(5*time.Millisecond, func() { fired <- time.Now() })
+	at := <-fired
+	assert.Less(t, at.Sub(began), time.Second)
+}
+
+func TestSharedManyTimers(t *testing.T) {
+	s := NewShared()
+	defer s.Close()
+	var wg sync.WaitGroup
+	var stops []Timer
+	for i := range 10_000 {
+		d := time.Duration(i%50) * time.Millisecond
+		if i%4 == 0 {
+			stops = append(stops, s.AfterFunc(d+time.Second, func() { t.Error("stopped timer fired") }))
+			continue
+		}
+		wg.Add(1)
+		s.AfterFunc(d, wg.Done)
+	}
+	for _, st := range stops {
+		assert.True(t, st.Stop())
+	}
+	wg.Wait()
 }

@@ -1,0 +1,117 @@
+package loadtest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestAddressesMapBackToInstances(t *testing.T) {
+	for _, i := range []int{0, 1, 255, 256, 65535, 65536, 99_999, MaxInstances - 1} {
+		a := addrOf(i)
+		ip := mustTCPAddr(t, a)
+		assert.Equal(t, i, indexOf(ip, MaxInstances), a)
+	}
+	assert.Equal(t, -1, indexOf(mustTCPAddr(t, "127.0.0.1"), 10))
+	assert.Equal(t, -1, indexOf(mustTCPAddr(t, addrOf(10)), 10), "beyond the fleet")
+}
+
+func TestConfigErrorsNameTheFlag(t *testing.T) {
+	base := Config{Instances: 10, Type: "http", Interval: time.Second, Timeout: time.Second, Duration: time.Second, Store: "memory"}
+	require.NoError(t, base.Validate())
+	for flag, change := range map[string]func(*Config){
+		"--instances": func(c *Config) { c.Instances = 0 },
+		"--type":      func(c *Config) { c.Type = "udp" },
+		"--interval":  func(c *Config) { c.Interval = time.Millisecond },
+		"--timeout":   func(c *Config) { c.Timeout = 2 * time.Second },
+		"--hung":      func(c *Config) { c.Hung = 2 },
+		"--flip":      func(c *Config) { c.Flip = -1 },
+		"--duration":  func(c *Config) { c.Duration = 0 },
+		"--store":     func(c *Config) { c.Store = "disk" },
+	} {
+		c := base
+		change(&c)
+		assert.ErrorContains(t, c.Validate(), flag)
+	}
+	c := base
+	c.Type, c.Hung = "tcp", 0.1
+	assert.ErrorContains(t, c.Validate(), "--hung")
+}
+
+// TestRunMeasuresEveryScenarioType drives a small fleet of each type with
+// hung and flipping targets and checks the report is measured, not made up.
+func TestRunMeasuresEveryScenarioType(t *testing.T) {
+	if testing.Short() {
+		t.Skip("drives fleets for seconds")
+	}
+	for _, typ := range []string{"tcp", "http", "grpc", "mixed", "exec"} {
+		t.Run(typ, func(t *testing.T) {
+			cfg := Config{Instances: 60, Type: typ, Interval: time.Second, Timeout: 500 * time.Millisecond, StartPeriod: 0,
+				Flip: 0.1, Hung: 0.05, Duration: 9 * time.Second, Store: "badger", RawFor: 500 * time.Millisecond}
+			if typ == "tcp" {
+				cfg.Hung = 0
+			}
+			if typ == "exec" {
+				cfg.Instances = 20
+				cfg.AgentBinary = vigilBinary(t)
+			}
+			rep, err := Run(context.Background(), cfg)
+			require.NoError(t, err)
+			assert.Equal(t, cfg.Instances, rep.Instances)
+			assert.Positive(t, rep.Probes)
+			assert.InDelta(t, float64(cfg.Instances), rep.ProbesPerSecond, float64(cfg.Instances)*0.5, "one probe a second each")
+			assert.Zero(t, rep.Starved)
+			assert.Positive(t, rep.Failures, "flipped and hung targets fail")
+			// the flipping instances turn unhealthy and back: two detections each
+			flips := cfg.Instances / every(cfg.Flip)
+			assert.Equal(t, uint64(2*flips), rep.Detections)
+			assert.Less(t, rep.DetectionP99MS, 3*1000+500+1000.0, "failure_threshold × interval + timeout + slack")
+			assert.Positive(t, rep.ReadinessP99MS)
+			assert.Positive(t, rep.RSSBytes)
+			assert.Positive(t, rep.RawCeilingPerSec)
+			assert.Positive(t, rep.Efficiency)
+			var buf bytes.Buffer
+			require.NoError(t, rep.WriteJSON(&buf))
+			var fields map[string]any
+			require.NoError(t, json.Unmarshal(buf.Bytes(), &fields))
+			for _, k := range []string{"instances", "probes_per_second", "lag_p50_ms", "lag_p99_ms", "lag_max_ms", "starved",
+				"detection_p50_ms", "detection_p99_ms", "readiness_p99_ms", "skipped", "cpu_percent", "rss_bytes",
+				"rss_per_instance_bytes", "raw_ceiling_per_second", "efficiency"} {
+				assert.Contains(t, fields, k)
+			}
+			buf.Reset()
+			require.NoError(t, rep.WriteTable(&buf))
+			assert.Contains(t, buf.String(), "efficiency")
+		})
+	}
+}
+
+var buildOnce = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "vigil-lt-bin")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "vigil")
+	cmd := exec.Command("go", "build", "-o", bin, "github.com/vigilhq/vigil")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	return bin, nil
+})
+
+func vigilBinary(t *testing.T) string {
+	t.Helper()
+	bin, err := buildOnce()
+	require.NoError(t, err)
+	return bin
+}
