@@ -132,10 +132,13 @@ func Open(dir string, opt Options) (*Store, error) {
 	bo := badger.DefaultOptions(dir).
 		WithLogger(badgerLogger{opt.Logger}).
 		WithSyncWrites(false).
-		WithMemTableSize(16 << 20).
-		WithNumMemtables(3).
-		WithBlockCacheSize(32 << 20).
-		WithIndexCacheSize(16 << 20).
+		// small caches: writes are small and batched, reads happen at boot
+		// (one sequential scan) and for event streams; every byte here is Go
+		// heap that also raises the garbage collector's target
+		WithMemTableSize(8 << 20).
+		WithNumMemtables(2).
+		WithBlockCacheSize(8 << 20).
+		WithIndexCacheSize(8 << 20).
 		WithValueLogFileSize(128 << 20).
 		WithValueThreshold(1 << 10).
 		WithNumCompactors(2).
