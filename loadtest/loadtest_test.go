@@ -54,10 +54,10 @@ func TestRunMeasuresEveryScenarioType(t *testing.T) {
 	if testing.Short() {
 		t.Skip("drives fleets for seconds")
 	}
-	for _, typ := range []string{"tcp", "http", "grpc", "mixed", "exec"} {
+	for _, typ := range []string{"tcp", "mixed", "exec"} { // mixed is tcp, http and grpc
 		t.Run(typ, func(t *testing.T) {
 			cfg := Config{Instances: 60, Type: typ, Interval: time.Second, Timeout: 500 * time.Millisecond, StartPeriod: 0,
-				Flip: 0.1, Hung: 0.05, Duration: 9 * time.Second, Store: "badger", RawFor: 500 * time.Millisecond}
+				Flip: 0.1, Hung: 0.05, Duration: 15 * time.Second, Store: "badger", RawFor: 500 * time.Millisecond}
 			if typ == "tcp" {
 				cfg.Hung = 0
 			}
@@ -73,6 +73,7 @@ func TestRunMeasuresEveryScenarioType(t *testing.T) {
 			assert.Zero(t, rep.Starved)
 			assert.Positive(t, rep.Failures, "flipped and hung targets fail")
 			// the flipping instances turn unhealthy and back: two detections each
+			// (each phase lasts 5 s: 3 failures a second apart, with room for -race)
 			flips := cfg.Instances / every(cfg.Flip)
 			assert.Equal(t, uint64(2*flips), rep.Detections)
 			assert.Less(t, rep.DetectionP99MS, 3*1000+500+1000.0, "failure_threshold × interval + timeout + slack")
