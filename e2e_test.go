@@ -8,9 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,23 +19,11 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/vigilhq/vigil/internal/vigilbin"
 )
 
 const e2eToken = "e2e-token"
-
-// buildVigil builds the real binary once per test run.
-var buildVigil = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "vigil-e2e-bin")
-	if err != nil {
-		return "", err
-	}
-	bin := filepath.Join(dir, "vigil")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("go build: %v\n%s", err, out)
-	}
-	return bin, nil
-})
 
 // proc is one running `vigil serve`.
 type proc struct {
@@ -49,7 +35,7 @@ type proc struct {
 
 func startVigil(t *testing.T, dataDir string) *proc {
 	t.Helper()
-	bin, err := buildVigil()
+	bin, err := vigilbin.Path()
 	require.NoError(t, err)
 	cmd := exec.Command(bin, "serve", "--listen", "127.0.0.1:0", "--data-dir", dataDir, "--token", e2eToken, "--log-level", "info")
 	stderr, err := cmd.StderrPipe()

@@ -454,3 +454,34 @@ func TestCloseIsIdempotentAndRejectsCalls(t *testing.T) {
 	assert.ErrorIs(t, sub.Err(), ErrClosed)
 	assert.False(t, h.s.Ready())
 }
+
+// closingProber counts how often the actor releases what it pools.
+type closingProber struct {
+	closes *atomic.Int32
+}
+
+func (closingProber) Probe(context.Context) health.Result { return health.Result{Outcome: health.Success} }
+func (p closingProber) Close() error                      { p.closes.Add(1); return nil }
+
+// TestPooledConnectionsAreReleased checks that an exec prober's pooled
+// connection (any prober that is an io.Closer) is released on a lifecycle
+// change, when the prober is rebuilt, and on delete.
+func TestPooledConnectionsAreReleased(t *testing.T) {
+	var closes atomic.Int32
+	h := newHarness(t, WithProberFactory(func(health.Instance) (probes.Prober, error) {
+		return closingProber{closes: &closes}, nil
+	}))
+	js := `{"state":"Running","network":{"ip":"127.0.0.1"},"health_check":{"tcp":{"port":1}}}`
+	h.put("vm-1", js)
+	ctx := context.Background()
+	_, err := h.s.SetState(ctx, "vm-1", health.Stopped, nil)
+	require.NoError(t, err)
+	assert.Equal(t, int32(1), closes.Load(), "lifecycle change")
+	_, err = h.s.SetState(ctx, "vm-1", health.Running, nil)
+	require.NoError(t, err)
+	assert.Equal(t, int32(2), closes.Load(), "back to running: a new guest agent")
+	h.put("vm-1", `{"state":"Running","network":{"ip":"127.0.0.2"},"health_check":{"tcp":{"port":1}}}`)
+	assert.Equal(t, int32(3), closes.Load(), "new target: the prober is rebuilt")
+	require.NoError(t, h.s.Remove(ctx, "vm-1"))
+	require.Eventually(t, func() bool { return closes.Load() == 4 }, 5*time.Second, time.Millisecond, "delete")
+}

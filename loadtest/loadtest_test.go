@@ -4,16 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/vigilhq/vigil/internal/vigilbin"
 )
 
 func TestAddressesMapBackToInstances(t *testing.T) {
@@ -97,22 +94,9 @@ func TestRunMeasuresEveryScenarioType(t *testing.T) {
 	}
 }
 
-var buildOnce = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "vigil-lt-bin")
-	if err != nil {
-		return "", err
-	}
-	bin := filepath.Join(dir, "vigil")
-	cmd := exec.Command("go", "build", "-o", bin, "github.com/vigilhq/vigil")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build: %v\n%s", err, out)
-	}
-	return bin, nil
-})
-
 func vigilBinary(t *testing.T) string {
 	t.Helper()
-	bin, err := buildOnce()
+	bin, err := vigilbin.Path()
 	require.NoError(t, err)
 	return bin
 }

@@ -2,7 +2,6 @@ package probes
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,24 +16,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/vigilhq/vigil/actors/health"
+	"github.com/vigilhq/vigil/internal/vigilbin"
 	"github.com/vigilhq/vigil/probes/vsock/vsocktest"
 )
-
-// vigilBinary builds the real binary once; its `agent` subcommand is the
-// guest agent under test.
-var vigilBinary = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "vigil-agent-bin")
-	if err != nil {
-		return "", err
-	}
-	bin := filepath.Join(dir, "vigil")
-	cmd := exec.Command("go", "build", "-o", bin, "github.com/vigilhq/vigil")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build: %v\n%s", err, out)
-	}
-	return bin, nil
-})
 
 // guestVM is one simulated VM: the real agent as a subprocess, listening on
 // a Unix socket, behind the hybrid-vsock test muxer.
@@ -63,7 +47,7 @@ func startGuest(t testing.TB, maxConcurrent int) *guestVM {
 
 func (vm *guestVM) startAgent(maxConcurrent int) {
 	vm.t.Helper()
-	bin, err := vigilBinary()
+	bin, err := vigilbin.Path()
 	require.NoError(vm.t, err)
 	ready := filepath.Join(vm.dir, "ready")
 	_ = os.Remove(ready)
