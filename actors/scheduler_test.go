@@ -460,8 +460,10 @@ type closingProber struct {
 	closes *atomic.Int32
 }
 
-func (closingProber) Probe(context.Context) health.Result { return health.Result{Outcome: health.Success} }
-func (p closingProber) Close() error                      { p.closes.Add(1); return nil }
+func (closingProber) Probe(context.Context) health.Result {
+	return health.Result{Outcome: health.Success}
+}
+func (p closingProber) Close() error { p.closes.Add(1); return nil }
 
 // TestPooledConnectionsAreReleased checks that an exec prober's pooled
 // connection (any prober that is an io.Closer) is released on a lifecycle
