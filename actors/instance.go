@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"runtime/debug"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -346,8 +347,8 @@ func (a *instanceActor) startProbe(ctx actor.Context) {
 	a.probeToken = token
 	a.timer = nil
 	a.nextCheck = time.Time{}
-	pctx, cancel := context.WithCancel(context.Background())
-	a.cancel = cancel
+	run := &probeRun{}
+	a.cancel = run.abort
 	s, self := a.s, ctx.Self()
 	prober, proberErr := a.prober, a.proberErr
 	p := a.cfg.Policy
@@ -356,22 +357,65 @@ func (a *instanceActor) startProbe(ctx actor.Context) {
 	s.probes.Add(1)
 	go func() {
 		defer s.probes.Done()
-		defer cancel()
-		r := runProbe(pctx, s, id, p, prober, proberErr, due, urgent)
+		r := runProbe(run, s, id, p, prober, proberErr, due, urgent)
 		s.root.Send(self, &probeDone{token: token, result: r})
 	}()
 }
 
-func runProbe(ctx context.Context, s *Scheduler, id string, p *health.Policy, prober probes.Prober, proberErr error, due time.Time, urgent bool) (r health.Result) {
+// probeRun lets the actor abort a probe whose contexts its goroutine creates:
+// the probe's context is a root, not the child of a per-probe cancel context,
+// which saves three allocations a probe.
+type probeRun struct {
+	mu      sync.Mutex
+	cancel  context.CancelFunc // of the context in use, once there is one
+	aborted bool
+}
+
+func (r *probeRun) abort() {
+	r.mu.Lock()
+	r.aborted = true
+	cancel := r.cancel
+	r.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+}
+
+// context returns a context with the timeout that the actor can abort, or
+// nil if it already did.
+func (r *probeRun) context(timeout time.Duration) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.aborted {
+		cancel()
+		return nil, nil
+	}
+	r.cancel = cancel
+	return ctx, cancel
+}
+
+func (r *probeRun) isAborted() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.aborted
+}
+
+func runProbe(run *probeRun, s *Scheduler, id string, p *health.Policy, prober probes.Prober, proberErr error, due time.Time, urgent bool) (r health.Result) {
 	clk := s.opt.clock
 	ok := s.budget.tryAcquire(urgent) // the common case needs no waiting context
 	if !ok {
-		wait, cancelWait := context.WithTimeout(ctx, p.Timeout)
-		ok = s.budget.acquire(wait, urgent)
-		cancelWait()
+		if wait, cancelWait := run.context(p.Timeout); wait != nil {
+			ok = s.budget.acquire(wait, urgent)
+			cancelWait()
+		}
+	}
+	if ok && run.isAborted() {
+		s.budget.release()
+		ok = false
 	}
 	if !ok {
-		if ctx.Err() != nil {
+		if run.isAborted() {
 			return health.Result{Outcome: health.Skipped, Reason: health.ReasonCanceled, Start: clk.Now()}
 		}
 		return health.Result{Outcome: health.Skipped, Reason: health.ReasonBudgetFull, Start: clk.Now(),
@@ -396,7 +440,10 @@ func runProbe(ctx context.Context, s *Scheduler, id string, p *health.Policy, pr
 	if proberErr != nil {
 		return health.Result{Outcome: health.Failure, Reason: health.ReasonUnsupported, Message: proberErr.Error()}
 	}
-	pctx, cancel := context.WithTimeout(ctx, p.Timeout)
+	pctx, cancel := run.context(p.Timeout)
+	if pctx == nil {
+		return health.Result{Outcome: health.Skipped, Reason: health.ReasonCanceled}
+	}
 	defer cancel()
 	r = prober.Probe(pctx)
 	if r.Outcome == health.Failure && errors.Is(pctx.Err(), context.DeadlineExceeded) && r.Reason != health.ReasonTimeout {

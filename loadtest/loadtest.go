@@ -107,6 +107,8 @@ type Report struct {
 	RawCPUPerProbeUS   float64 `json:"raw_cpu_per_probe_us"`
 	VigilCPUPerProbeUS float64 `json:"vigil_cpu_per_probe_us"`
 	Efficiency         float64 `json:"efficiency"`
+	AllocPerProbe      float64 `json:"alloc_per_probe_bytes"`
+	GCCycles           uint32  `json:"gc_cycles"`
 }
 
 // collector is the scheduler's Observer during a run.
@@ -285,6 +287,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 
 	// drive it
 	col.counting.Store(true)
+	var msBegan runtime.MemStats
+	runtime.ReadMemStats(&msBegan)
 	began, cpuBegan := time.Now(), cpuTime()
 	warm := began.Add(3 * cfg.Interval)
 	tick := time.NewTicker(time.Second)
@@ -328,6 +332,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	col.counting.Store(false)
 	wall, cpu := time.Since(began), cpuTime()-cpuBegan
+	var msEnd runtime.MemStats
+	runtime.ReadMemStats(&msEnd)
 	mem := rss()
 	if cfg.AtEnd != nil {
 		cfg.AtEnd()
@@ -348,6 +354,10 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		Skipped: col.skipped.Load(), Failures: col.failures.Load(),
 		CPUPercent: 100 * cpu.Seconds() / wall.Seconds(), RSSBytes: mem, RSSPerInstance: mem / int64(n)}
 	rep.ProbesPerSecond = float64(rep.Probes) / wall.Seconds()
+	rep.GCCycles = msEnd.NumGC - msBegan.NumGC
+	if rep.Probes > 0 {
+		rep.AllocPerProbe = float64(msEnd.TotalAlloc-msBegan.TotalAlloc) / float64(rep.Probes)
+	}
 	if rep.Probes > 0 {
 		rep.VigilCPUPerProbeUS = float64(cpu.Microseconds()) / float64(rep.Probes)
 	}
@@ -429,6 +439,8 @@ func rawCeiling(ctx context.Context, f *fleet, cfg Config, d time.Duration, work
 	var count atomic.Uint64
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
+	var msBegan runtime.MemStats
+	runtime.ReadMemStats(&msBegan)
 	began, cpuBegan := time.Now(), cpuTime()
 	for w := range workers {
 		wg.Add(1)

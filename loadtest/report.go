@@ -29,6 +29,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 		{"raw ceiling", fmt.Sprintf("%.0f probes/s", r.RawCeilingPerSec)},
 		{"cpu per probe raw / vigil", fmt.Sprintf("%.1f / %.1f µs", r.RawCPUPerProbeUS, r.VigilCPUPerProbeUS)},
 		{"efficiency", fmt.Sprintf("%.2f", r.Efficiency)},
+		{"allocated per probe", fmt.Sprintf("%.0f B (%d GC cycles)", r.AllocPerProbe, r.GCCycles)},
 	}
 	for _, row := range rows {
 		fmt.Fprintf(tw, "%s\t%v\n", row.k, row.v)
