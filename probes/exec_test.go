@@ -6,8 +6,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -117,8 +119,33 @@ func TestExecHugeOutputIsBoundedAndTruncated(t *testing.T) {
 		t.Skip("runs the agent")
 	}
 	vm := startGuest(t, 4)
-	// 64 MiB of output ending in a known line
+	// 64 MiB of output ending in a known line, while the host's heap is sampled
+	var peak atomic.Uint64
+	stop := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		var ms runtime.MemStats
+		for {
+			runtime.ReadMemStats(&ms)
+			if ms.HeapInuse > peak.Load() {
+				peak.Store(ms.HeapInuse)
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(2 * time.Millisecond):
+			}
+		}
+	}()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
 	r := probeWithin(vm.prober("/bin/sh", "-c", "head -c 67108864 /dev/zero | tr '\\0' x; echo; echo THE-END"), 30*time.Second)
+	close(stop)
+	<-sampled
+	grew := int64(peak.Load()) - int64(before.HeapInuse)
+	t.Logf("host heap in use grew by at most %d KiB while 64 MiB passed", grew>>10)
+	assert.Less(t, grew, int64(24<<20), "the host drains the output instead of buffering it")
 	require.Equal(t, health.Success, r.Outcome, r.Message)
 	assert.True(t, r.Truncated)
 	assert.LessOrEqual(t, len(r.Output), health.MaxOutput)
