@@ -45,6 +45,7 @@ const (
 	DefaultQueueWait       = time.Second
 	DefaultKeepAlive       = 15 * time.Second
 	DefaultEventBuffer     = 1024
+	DefaultMaxStreams      = 256
 )
 
 // Registry is what the API needs of the actor system.
@@ -82,6 +83,8 @@ type Options struct {
 	// EventBuffer is how many live events a stream may fall behind by before
 	// it drops its subscription and catches up from the log (default 1024).
 	EventBuffer int
+	// MaxStreams caps open event streams (default 256); more get a 503.
+	MaxStreams int
 	// Shutdown, when closed, ends every event stream (http.Server.Shutdown
 	// waits for open requests, and a stream never ends on its own).
 	Shutdown <-chan struct{}
@@ -125,6 +128,9 @@ func New(reg Registry, opt Options) *echo.Echo {
 	if opt.QueueWait <= 0 {
 		opt.QueueWait = DefaultQueueWait
 	}
+	if opt.MaxStreams <= 0 {
+		opt.MaxStreams = DefaultMaxStreams
+	}
 	if opt.EventBuffer <= 0 {
 		opt.EventBuffer = DefaultEventBuffer
 	}
@@ -139,7 +145,8 @@ func New(reg Registry, opt Options) *echo.Echo {
 	if opt.Token != "" {
 		e.Use(bearer(opt.Token))
 	}
-	h := &handlers{reg: reg, opt: opt, slots: make(chan struct{}, opt.MaxActorQueries)}
+	h := &handlers{reg: reg, opt: opt, slots: make(chan struct{}, opt.MaxActorQueries),
+		streams: make(chan struct{}, opt.MaxStreams)}
 	actor := h.limit
 	e.GET("/healthz", func(c echo.Context) error { return c.JSON(http.StatusOK, map[string]string{"status": "ok"}) })
 	e.GET("/readyz", h.ready)
@@ -202,9 +209,10 @@ func (h *handlers) limit(next echo.HandlerFunc) echo.HandlerFunc {
 }
 
 type handlers struct {
-	reg   Registry
-	opt   Options
-	slots chan struct{} // semaphore of actor queries
+	reg     Registry
+	opt     Options
+	slots   chan struct{} // semaphore of actor queries
+	streams chan struct{} // semaphore of event streams
 }
 
 func (h *handlers) ready(c echo.Context) error {

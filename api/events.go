@@ -45,6 +45,13 @@ func (h *handlers) events(c echo.Context) error {
 			return invalid("instance_id", "instance_id: %v", err)
 		}
 	}
+	select {
+	case h.streams <- struct{}{}:
+		defer func() { <-h.streams }()
+	default:
+		c.Response().Header().Set("Retry-After", "5")
+		return fail(http.StatusServiceUnavailable, "unavailable", fmt.Sprintf("too many event streams (at most %d)", cap(h.streams)), "")
+	}
 	if m := h.opt.Metrics; m != nil {
 		m.streams.Inc()
 		defer m.streams.Dec()

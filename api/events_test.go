@@ -289,3 +289,20 @@ func TestEventsEndWhenTheSchedulerCloses(t *testing.T) {
 	for range c.frames { //nolint:revive // drain until the server ends the stream
 	}
 }
+
+func TestEventStreamsAreCapped(t *testing.T) {
+	srv, _ := server(t, Options{MaxStreams: 1})
+	first := openEvents(t, srv.URL+"/v1/events")
+	code, out := call(t, "GET", srv.URL+"/v1/events", "", "")
+	assert.Equal(t, http.StatusServiceUnavailable, code)
+	assert.Contains(t, out["error"].(map[string]any)["message"], "too many event streams")
+	require.NoError(t, first.resp.Body.Close())
+	require.Eventually(t, func() bool {
+		resp, err := http.Get(srv.URL + "/v1/events")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}, 5*time.Second, 10*time.Millisecond, "a closed stream frees its place")
+}
