@@ -524,8 +524,6 @@ func classify(err error) (int, ErrorDetail) {
 		return http.StatusServiceUnavailable, ErrorDetail{Code: "unavailable", Message: err.Error()}
 	case errors.As(err, &he):
 		switch he.Code {
-		case http.StatusUnauthorized:
-			return he.Code, ErrorDetail{Code: "unauthorized", Message: "missing or wrong bearer token"}
 		case http.StatusNotFound:
 			return he.Code, ErrorDetail{Code: "not_found", Message: "no such route"}
 		case http.StatusMethodNotAllowed:

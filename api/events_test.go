@@ -29,7 +29,7 @@ type frame struct {
 	comment string
 }
 
-// stream reads frames from GET url in the background.
+// sseClient reads the frames of one event stream in the background.
 type sseClient struct {
 	t      *testing.T
 	frames chan frame

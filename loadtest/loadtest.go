@@ -17,6 +17,7 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -133,8 +134,13 @@ type collector struct {
 	starvedOnce []atomic.Bool
 }
 
+// index is the fleet position of an instance id (-1 for another id).
 func index(id string) int {
-	i, err := strconv.Atoi(id[len(idPrefix):])
+	n, ok := strings.CutPrefix(id, idPrefix)
+	if !ok {
+		return -1
+	}
+	i, err := strconv.Atoi(n)
 	if err != nil {
 		return -1
 	}

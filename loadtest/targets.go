@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -101,10 +102,7 @@ func startFleet(cfg Config) (_ *fleet, err error) {
 		f.flips[i] = !f.hung[i] && flipEvery > 0 && i%flipEvery == flipEvery/3
 	}
 	if need[health.TypeTCP] {
-		if f.tcpPort, err = f.serveTCP(); err != nil {
-			return nil, err
-		}
-		if f.tcpFlipPort, err = f.serveTCP(); err != nil {
+		if err = f.startTCP(); err != nil {
 			return nil, err
 		}
 	}
@@ -134,26 +132,37 @@ func every(frac float64) int {
 	return max(1, int(1/frac+0.5))
 }
 
-// serveTCP accepts and closes; the second listener is the flipping one,
-// which closes while the fleet is down so its instances see refusals.
-func (f *fleet) serveTCP() (int, error) {
-	ls, err := listenShards("0.0.0.0:0")
+// serveTCP opens a TCP target on addr that accepts and closes.
+func serveTCP(addr string) (shards, error) {
+	ls, err := listenShards(addr)
 	if err != nil {
-		return 0, err
-	}
-	if f.tcpPort != 0 {
-		f.tcpFlip = ls
+		return nil, err
 	}
 	go acceptAndClose(ls)
+	return ls, nil
+}
+
+// startTCP opens the healthy TCP target and the flipping one, which closes
+// while the fleet is down so its instances see refusals.
+func (f *fleet) startTCP() error {
+	main, err := serveTCP("0.0.0.0:0")
+	if err != nil {
+		return err
+	}
+	f.stopFuncs = append(f.stopFuncs, func() { _ = main.Close() })
+	flip, err := serveTCP("0.0.0.0:0")
+	if err != nil {
+		return err
+	}
+	f.tcpPort, f.tcpFlipPort, f.tcpFlip = main.port(), flip.port(), flip
 	f.stopFuncs = append(f.stopFuncs, func() {
 		f.flipMu.Lock()
 		defer f.flipMu.Unlock()
-		_ = ls.Close()
 		if f.tcpFlip != nil {
 			_ = f.tcpFlip.Close()
 		}
 	})
-	return ls.port(), nil
+	return nil
 }
 
 // acceptShards is how many SO_REUSEPORT listeners share a target port: the
@@ -179,7 +188,7 @@ func (s shards) Close() error {
 func listenShards(addr string) (shards, error) {
 	lc := net.ListenConfig{KeepAlive: -1, Control: func(_, _ string, c syscall.RawConn) error {
 		var serr error
-		err := c.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, reusePort, 1) })
+		err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1) })
 		if err != nil {
 			return err
 		}
@@ -197,9 +206,6 @@ func listenShards(addr string) (shards, error) {
 	}
 	return out, nil
 }
-
-// reusePort is SO_REUSEPORT on Linux.
-const reusePort = 0xf
 
 // acceptAndClose accepts on every shard and closes at once.
 func acceptAndClose(ls shards) {
@@ -240,12 +246,11 @@ func (f *fleet) setDown(down bool) error {
 		}
 		return nil
 	}
-	ls, err := listenShards("0.0.0.0:" + strconv.Itoa(f.tcpFlipPort))
+	ls, err := serveTCP("0.0.0.0:" + strconv.Itoa(f.tcpFlipPort))
 	if err != nil {
 		return fmt.Errorf("reopen the flipping tcp target: %w", err)
 	}
 	f.tcpFlip = ls
-	go acceptAndClose(ls)
 	return nil
 }
 
