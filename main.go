@@ -264,8 +264,8 @@ func loadtestCmd(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "Badger directory (default: a temp dir, removed after)")
 	fs.IntVar(&cfg.Budget, "probe-budget", actors.DefaultProbeBudget, "host-wide cap on probes in flight")
 	asJSON := fs.Bool("json", false, "print the report as one JSON object on the last line")
-	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the run to this file")
-	memProfile := fs.String("memprofile", "", "write a heap profile at the end of the run to this file")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the measurement window to this file")
+	memProfile := fs.String("memprofile", "", "write a heap profile at the end of the run to this file (and one at the start of the measurement to FILE.start)")
 	level := fs.String("log-level", "warn", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -289,19 +289,39 @@ func loadtestCmd(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			fmt.Fprintln(stderr, "vigil loadtest: --cpuprofile:", err)
-			return 2
+		// the measurement window only: registration and the raw loop would
+		// drown the steady state
+		cfg.AtStart = func() {
+			if err := pprof.StartCPUProfile(f); err != nil {
+				fmt.Fprintln(stderr, "vigil loadtest: --cpuprofile:", err)
+			}
 		}
-		defer pprof.StopCPUProfile()
 	}
 	if *memProfile != "" {
-		cfg.AtEnd = func() {
-			if f, err := os.Create(*memProfile); err == nil {
-				runtime.GC()
+		// a heap profile at the start too: allocations of the window are the
+		// difference (go tool pprof -diff_base FILE.start FILE)
+		atStart := cfg.AtStart
+		cfg.AtStart = func() {
+			if f, err := os.Create(*memProfile + ".start"); err == nil {
 				_ = pprof.WriteHeapProfile(f)
 				_ = f.Close()
 			}
+			if atStart != nil {
+				atStart()
+			}
+		}
+	}
+	cfg.AtEnd = func() {
+		if *cpuProfile != "" {
+			pprof.StopCPUProfile()
+		}
+		if *memProfile == "" {
+			return
+		}
+		if f, err := os.Create(*memProfile); err == nil {
+			runtime.GC()
+			_ = pprof.WriteHeapProfile(f)
+			_ = f.Close()
 		}
 	}
 	rep, err := loadtest.Run(ctx, cfg)

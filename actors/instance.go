@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,23 +18,26 @@ import (
 	"github.com/vigilhq/vigil/probes"
 )
 
-// tokens tags timer ticks and probe results process-wide, so a message from
-// an older window, an aborted probe or a previous incarnation of an actor
-// never matches what the current one expects.
+// tokens tags probe results process-wide, so a result of an aborted probe
+// or of a previous incarnation of an actor never matches what the current
+// one expects. Timer messages are checked against the actor's own due time
+// instead: a late or early one is ignored.
 var tokens atomic.Uint64
 
 // Messages to an instance actor.
 type (
-	configure struct{ inst health.Instance } // reply *Info
-	getInfo   struct{ history bool }         // reply *Info
-	probeNow  struct{}                       // reply *probeNowReply
-	tick      struct{ token uint64 }
+	configure struct{ inst *health.Instance } // reply *Info; the entry's spec
+	getInfo   struct{ history bool }          // reply *Info
+	probeNow  struct{}                        // reply *probeNowReply
+	wake      struct{}                        // the actor's timer fired: a probe or a checkpoint may be due
 	probeDone struct {
 		token  uint64
 		result health.Result
 	}
-	checkpoint struct{ token uint64 }
 )
+
+// wakeMsg carries nothing, so every timer sends the same value.
+var wakeMsg = &wake{}
 
 type probeNowReply struct {
 	result health.Result
@@ -49,17 +53,20 @@ type instanceActor struct {
 	s *Scheduler
 	e *entry
 
-	inst   health.Instance
+	inst   *health.Instance // the applied spec; shared with the entry, never mutated
 	cfg    health.Config
 	st     health.State
 	prober probes.Prober
 	// proberErr is why no prober could be built; probes then fail with it.
 	proberErr error
 
+	// one timer for the actor's lifetime, reset to the earlier of the due
+	// probe and the due checkpoint
 	timer      clock.Timer
-	tickToken  uint64
+	timerAt    time.Time // when the timer fires; zero when it is stopped
+	armed      bool      // a probe is scheduled at due
 	probeToken uint64
-	cancel     context.CancelFunc
+	run        *probeRun // the probe in flight, to abort it
 	due        time.Time // when the pending or running probe was due
 	nextCheck  time.Time
 	steady     bool // the window has reached steady cadence once
@@ -67,24 +74,40 @@ type instanceActor struct {
 
 	dirty     bool            // state changed since the last snapshot
 	saved     health.Progress // progress in the last snapshot
-	ckptTimer clock.Timer
-	ckptToken uint64
+	ckptArmed bool            // a checkpoint is scheduled at ckptDue
 	ckptDue   time.Time
 }
 
 func (a *instanceActor) Receive(ctx actor.Context) {
+	if a.e == nil {
+		// not started, or its entry is gone: answer requests, drop the rest
+		if _, ok := ctx.Message().(*actor.Started); ok {
+			a.start(ctx)
+		} else if ctx.Sender() != nil {
+			ctx.Respond(ErrNotFound)
+		}
+		return
+	}
 	switch m := ctx.Message().(type) {
-	case *actor.Started:
-		a.start(ctx)
 	case *configure:
 		a.configure(ctx, m.inst)
 		ctx.Respond(a.info(false))
 	case *getInfo:
 		ctx.Respond(a.info(m.history))
-	case *tick:
-		if m.token == a.tickToken {
-			a.tickToken = 0
+	case *wake:
+		a.timerAt = time.Time{}
+		if a.ckptArmed && a.reached(a.ckptDue) {
+			a.ckptArmed = false
+			if a.dirty {
+				a.save()
+			}
+		}
+		if a.armed && a.reached(a.due) {
+			a.armed = false
+			// the probe's end resets the timer
 			a.startProbe(ctx)
+		} else {
+			a.rearm(ctx)
 		}
 	case *probeDone:
 		if m.token == a.probeToken && m.token != 0 {
@@ -92,13 +115,6 @@ func (a *instanceActor) Receive(ctx actor.Context) {
 		}
 	case *probeNow:
 		a.probeNow(ctx)
-	case *checkpoint:
-		if m.token == a.ckptToken {
-			a.ckptToken = 0
-			if a.dirty {
-				a.save()
-			}
-		}
 	case *actor.Restarting:
 		a.halt(errRestarted)
 		a.closeProber()
@@ -116,8 +132,14 @@ func (a *instanceActor) now() time.Time { return a.s.opt.clock.Now() }
 // start loads the instance: on a fresh registration it opens the first
 // window; after a restart or at boot it resumes from the last snapshot.
 func (a *instanceActor) start(ctx actor.Context) {
-	a.inst = *a.e.spec.Load()
-	a.cfg = health.ConfigOf(a.inst)
+	// every incarnation finds its registry entry by its name: the actors
+	// share one Props
+	if a.e = a.s.lookup(strings.TrimPrefix(ctx.Self().Id, a.s.parent.Id+"/")); a.e == nil {
+		ctx.Stop(ctx.Self())
+		return
+	}
+	a.inst = a.e.spec.Load()
+	a.cfg = health.ConfigOf(*a.inst)
 	a.buildProber()
 	snap := a.e.boot
 	a.e.boot = nil
@@ -160,7 +182,7 @@ func (a *instanceActor) buildProber() {
 	if !a.cfg.Policy.Enabled() {
 		return
 	}
-	a.prober, a.proberErr = a.s.opt.factory(a.inst)
+	a.prober, a.proberErr = a.s.opt.factory(*a.inst)
 }
 
 // closeProber releases what the prober pools (an exec probe's connection to
@@ -172,13 +194,13 @@ func (a *instanceActor) closeProber() {
 }
 
 // configure applies a new durable spec.
-func (a *instanceActor) configure(ctx actor.Context, in health.Instance) {
+func (a *instanceActor) configure(ctx actor.Context, in *health.Instance) {
 	prev, prevInst := a.cfg, a.inst
-	a.inst, a.cfg = in, health.ConfigOf(in)
+	a.inst, a.cfg = in, health.ConfigOf(*in)
 	now := a.now()
 	tr, changed, fresh := a.st.Configure(prev, a.cfg, now)
 	policyChanged := !prev.Policy.Equal(a.cfg.Policy)
-	targetChanged := !prevInst.SameTarget(in)
+	targetChanged := !prevInst.SameTarget(*in)
 	if policyChanged || targetChanged {
 		a.buildProber()
 	} else if prev.Lifecycle != a.cfg.Lifecycle || fresh {
@@ -188,7 +210,7 @@ func (a *instanceActor) configure(ctx actor.Context, in health.Instance) {
 	if targetChanged && !fresh && a.runs() {
 		// keep the counters, but a probe of the old address proves nothing
 		a.abortProbe()
-		a.stopTimer()
+		a.stopTimer(ctx)
 		a.schedule(ctx, 0)
 	}
 	a.afterChange(ctx, tr, changed, fresh, policyChanged || targetChanged || prev.Lifecycle != a.cfg.Lifecycle)
@@ -200,15 +222,15 @@ func (a *instanceActor) afterChange(ctx actor.Context, tr health.Transition, cha
 	switch {
 	case !a.runs():
 		a.abortProbe()
-		a.stopTimer()
+		a.stopTimer(ctx)
 		a.nextCheck = time.Time{}
 		a.failWaiters(nil)
 	case fresh:
 		a.abortProbe()
-		a.stopTimer()
+		a.stopTimer(ctx)
 		a.steady = false
 		a.schedule(ctx, 0)
-	case a.timer == nil && a.probeToken == 0:
+	case !a.armed && a.probeToken == 0:
 		a.schedule(ctx, 0)
 	}
 	if changed {
@@ -246,57 +268,86 @@ func (a *instanceActor) transition(tr health.Transition) {
 
 // info renders what readers see.
 func (a *instanceActor) info(history bool) *Info {
-	return &Info{Instance: a.inst, Health: a.st.View(a.nextCheck, history)}
+	return &Info{Instance: *a.inst, Health: a.st.View(a.nextCheck, history)}
 }
 
-// publish stores the immutable Info that list readers load and keeps the
-// scheduler's status counts in step with it.
+// publish makes the applied spec and the current status what list readers
+// see, without allocating, and keeps the scheduler's status counts in step.
 func (a *instanceActor) publish() {
-	info := a.info(false)
-	old := a.e.info.Swap(info)
+	e := a.e
+	brief := a.st.Brief(a.nextCheck)
+	e.pubMu.Lock()
+	old := e.pub
+	e.pub = published{spec: a.inst, brief: brief}
+	e.pubMu.Unlock()
 	switch {
-	case old == nil:
-		a.s.count(info.Health.Status, +1)
-	case old.Health.Status != info.Health.Status:
-		a.s.count(old.Health.Status, -1)
-		a.s.count(info.Health.Status, +1)
+	case old.spec == nil:
+		a.s.count(brief.Status, +1)
+	case old.brief.Status != brief.Status:
+		a.s.count(old.brief.Status, -1)
+		a.s.count(brief.Status, +1)
 	}
 }
 
 func (a *instanceActor) schedule(ctx actor.Context, d time.Duration) {
-	a.stopTimer()
-	token := tokens.Add(1)
-	a.tickToken = token
-	now := a.now()
-	a.due = now.Add(d)
+	a.due = a.now().Add(d)
 	a.nextCheck = a.due
-	self, root := ctx.Self(), a.s.root
-	a.timer = a.s.opt.clock.AfterFunc(d, func() { root.Send(self, &tick{token: token}) })
+	a.armed = true
+	a.rearm(ctx)
 }
 
-func (a *instanceActor) stopTimer() {
-	if a.timer != nil {
-		a.timer.Stop()
-		a.timer = nil
+// rearm sets the timer to the earlier of the due probe and the due
+// checkpoint, or stops it when neither is.
+func (a *instanceActor) rearm(ctx actor.Context) {
+	var at time.Time
+	if a.armed {
+		at = a.due
 	}
-	a.tickToken = 0
+	if a.ckptArmed && (at.IsZero() || a.ckptDue.Before(at)) {
+		at = a.ckptDue
+	}
+	if at.Equal(a.timerAt) {
+		return
+	}
+	a.timerAt = at
+	switch {
+	case at.IsZero():
+		a.timer.Stop()
+	case a.timer == nil:
+		self, root := ctx.Self(), a.s.root
+		a.timer = a.s.opt.clock.AfterFunc(at.Sub(a.now()), func() { root.Send(self, wakeMsg) })
+	default:
+		a.timer.Reset(at.Sub(a.now()))
+	}
+}
+
+// reached reports whether a timer due at t has come, allowing for the
+// shared clock firing timers up to its slack early.
+func (a *instanceActor) reached(t time.Time) bool {
+	return !a.now().Before(t.Add(-clock.Slack))
+}
+
+// stopTimer cancels the due probe.
+func (a *instanceActor) stopTimer(ctx actor.Context) {
+	if a.armed {
+		a.armed = false
+		a.rearm(ctx)
+	}
 }
 
 func (a *instanceActor) abortProbe() {
-	if a.cancel != nil {
-		a.cancel()
-		a.cancel = nil
+	if a.run != nil {
+		a.run.abort()
+		a.run = nil
 	}
 	a.probeToken = 0
 }
 
 // halt stops timers and the probe and answers every waiter with err.
 func (a *instanceActor) halt(err error) {
-	a.stopTimer()
+	a.armed, a.ckptArmed = false, false
+	a.rearm(nil)
 	a.abortProbe()
-	if a.ckptTimer != nil {
-		a.ckptTimer.Stop()
-	}
 	a.failWaiters(err)
 }
 
@@ -330,7 +381,7 @@ func (a *instanceActor) probeNow(ctx actor.Context) {
 	}
 	a.waiters = append(a.waiters, ctx.Sender())
 	if a.probeToken == 0 {
-		a.stopTimer()
+		a.stopTimer(ctx)
 		a.due = a.now()
 		a.startProbe(ctx)
 	}
@@ -345,21 +396,21 @@ func (a *instanceActor) startProbe(ctx actor.Context) {
 	}
 	token := tokens.Add(1)
 	a.probeToken = token
-	a.timer = nil
+	a.armed = false
 	a.nextCheck = time.Time{}
 	run := &probeRun{}
-	a.cancel = run.abort
-	s, self := a.s, ctx.Self()
-	prober, proberErr := a.prober, a.proberErr
-	p := a.cfg.Policy
-	id, due := a.inst.ID, a.due
-	urgent := a.st.Status == health.StatusStarting || a.st.ConsecutiveFailures > 0
-	s.probes.Add(1)
-	go func() {
-		defer s.probes.Done()
-		r := runProbe(run, s, id, p, prober, proberErr, due, urgent)
-		s.root.Send(self, &probeDone{token: token, result: r})
-	}()
+	a.run = run
+	job := probeJob{self: ctx.Self(), run: run, token: token, id: a.inst.ID, policy: a.cfg.Policy,
+		prober: a.prober, proberErr: a.proberErr, due: a.due,
+		urgent: a.st.Status == health.StatusStarting || a.st.ConsecutiveFailures > 0}
+	a.s.workers.do(job)
+}
+
+// runJob runs one probe on a worker and hands the result to its actor.
+func (s *Scheduler) runJob(j probeJob) {
+	done := &probeDone{token: j.token}
+	runProbe(&done.result, j.run, s, j.id, j.policy, j.prober, j.proberErr, j.due, j.urgent)
+	s.root.Send(j.self, done)
 }
 
 // probeRun lets the actor abort a probe whose contexts its goroutine creates:
@@ -401,7 +452,9 @@ func (r *probeRun) isAborted() bool {
 	return r.aborted
 }
 
-func runProbe(run *probeRun, s *Scheduler, id string, p *health.Policy, prober probes.Prober, proberErr error, due time.Time, urgent bool) (r health.Result) {
+// runProbe runs one probe into r: the probeDone message that carries the
+// result to the actor is its only allocation.
+func runProbe(r *health.Result, run *probeRun, s *Scheduler, id string, p *health.Policy, prober probes.Prober, proberErr error, due time.Time, urgent bool) {
 	clk := s.opt.clock
 	ok := s.budget.tryAcquire(urgent) // the common case needs no waiting context
 	if !ok {
@@ -416,46 +469,55 @@ func runProbe(run *probeRun, s *Scheduler, id string, p *health.Policy, prober p
 	}
 	if !ok {
 		if run.isAborted() {
-			return health.Result{Outcome: health.Skipped, Reason: health.ReasonCanceled, Start: clk.Now()}
+			*r = health.Result{Outcome: health.Skipped, Reason: health.ReasonCanceled, Start: clk.Now()}
+			return
 		}
-		return health.Result{Outcome: health.Skipped, Reason: health.ReasonBudgetFull, Start: clk.Now(),
+		*r = health.Result{Outcome: health.Skipped, Reason: health.ReasonBudgetFull, Start: clk.Now(),
 			Message: fmt.Sprintf("probe budget full: no slot within %s", p.Timeout)}
+		return
 	}
-	defer s.budget.release()
 	start := clk.Now()
 	if ob := s.opt.observer; ob != nil {
 		ob.ProbeStarted(id, p.Type, due, start)
 	}
+	switch pctx, cancel := run.context(p.Timeout); {
+	case proberErr != nil:
+		*r = health.Result{Outcome: health.Failure, Reason: health.ReasonUnsupported, Message: proberErr.Error()}
+		if cancel != nil {
+			cancel()
+		}
+	case pctx == nil:
+		*r = health.Result{Outcome: health.Skipped, Reason: health.ReasonCanceled}
+	default:
+		probeSafely(r, s, id, prober, pctx)
+		if r.Outcome == health.Failure && errors.Is(pctx.Err(), context.DeadlineExceeded) && r.Reason != health.ReasonTimeout {
+			r.Reason = health.ReasonTimeout
+		}
+		cancel()
+	}
+	s.budget.release()
+	r.Start = start
+	r.Duration = health.Duration(clk.Now().Sub(start))
+	if ob := s.opt.observer; ob != nil {
+		ob.ProbeFinished(id, p.Type, r)
+	}
+}
+
+// probeSafely runs the prober; a panic becomes a failed result.
+func probeSafely(r *health.Result, s *Scheduler, id string, prober probes.Prober, ctx context.Context) {
 	defer func() {
 		if v := recover(); v != nil {
 			s.log.Error().Str("instance_id", id).Str("panic", fmt.Sprint(v)).Bytes("stack", debug.Stack()).Msg("probe_panicked")
-			r = health.Result{Outcome: health.Failure, Reason: health.ReasonPanic, Message: fmt.Sprintf("probe panicked: %v", v)}
-		}
-		r.Start = start
-		r.Duration = health.Duration(clk.Now().Sub(start))
-		if ob := s.opt.observer; ob != nil {
-			ob.ProbeFinished(id, p.Type, &r)
+			*r = health.Result{Outcome: health.Failure, Reason: health.ReasonPanic, Message: fmt.Sprintf("probe panicked: %v", v)}
 		}
 	}()
-	if proberErr != nil {
-		return health.Result{Outcome: health.Failure, Reason: health.ReasonUnsupported, Message: proberErr.Error()}
-	}
-	pctx, cancel := run.context(p.Timeout)
-	if pctx == nil {
-		return health.Result{Outcome: health.Skipped, Reason: health.ReasonCanceled}
-	}
-	defer cancel()
-	r = prober.Probe(pctx)
-	if r.Outcome == health.Failure && errors.Is(pctx.Err(), context.DeadlineExceeded) && r.Reason != health.ReasonTimeout {
-		r.Reason = health.ReasonTimeout
-	}
-	return r
+	*r = prober.Probe(ctx)
 }
 
 // finishProbe applies a probe result of the current window.
 func (a *instanceActor) finishProbe(ctx actor.Context, r health.Result) {
 	a.probeToken = 0
-	a.cancel = nil
+	a.run = nil
 	now := a.now()
 	tr, changed := a.st.Observe(a.cfg, &r, now)
 	if ev := a.s.log.Debug(); ev.Enabled() {
@@ -500,14 +562,9 @@ const refreshFactor = 20
 // armCheckpoint makes sure a checkpoint fires within wait.
 func (a *instanceActor) armCheckpoint(ctx actor.Context, wait time.Duration) {
 	due := a.now().Add(wait)
-	if a.ckptToken != 0 {
-		if !a.ckptDue.After(due) {
-			return
-		}
-		a.ckptTimer.Stop()
+	if a.ckptArmed && !a.ckptDue.After(due) {
+		return
 	}
-	token := tokens.Add(1)
-	a.ckptToken, a.ckptDue = token, due
-	self, root := ctx.Self(), a.s.root
-	a.ckptTimer = a.s.opt.clock.AfterFunc(wait, func() { root.Send(self, &checkpoint{token: token}) })
+	a.ckptArmed, a.ckptDue = true, due
+	a.rearm(ctx)
 }

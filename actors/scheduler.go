@@ -35,6 +35,14 @@ const (
 	DefaultCheckpoint       = 30 * time.Second
 )
 
+const (
+	// workerIdle is how long a probe worker waits for its next probe.
+	workerIdle = 10 * time.Second
+	// actorThroughput is how many messages an instance actor handles before
+	// it yields the goroutine it borrowed.
+	actorThroughput = 300
+)
+
 // ProberFactory builds the prober for an instance; the default is probes.New.
 type ProberFactory func(in health.Instance) (probes.Prober, error)
 
@@ -107,15 +115,16 @@ type Info struct {
 
 // Scheduler runs one supervised actor per instance. Build it with New.
 type Scheduler struct {
-	opt    options
-	log    zerolog.Logger
-	system *actor.ActorSystem
-	root   *actor.RootContext
-	parent *actor.PID
-	budget *budget
-	probes sync.WaitGroup // probe goroutines in flight
-	closed atomic.Bool
-	shared *clock.Shared // the default clock, closed with the scheduler
+	opt     options
+	log     zerolog.Logger
+	system  *actor.ActorSystem
+	root    *actor.RootContext
+	parent  *actor.PID
+	budget  *budget
+	workers *workers     // probes in flight run here
+	props   *actor.Props // of every instance actor
+	closed  atomic.Bool
+	shared  *clock.Shared // the default clock, closed with the scheduler
 
 	mu      sync.RWMutex
 	entries map[string]*entry
@@ -130,15 +139,33 @@ type Scheduler struct {
 // entry is the registry's record of one instance, shared by the scheduler
 // and the instance's actor.
 type entry struct {
-	id   string
-	mu   sync.Mutex // serializes changes of this instance's spec
-	pid  *actor.PID
-	spec atomic.Pointer[health.Instance]
-	info atomic.Pointer[Info]
-	boot *Snapshot // consumed by the first incarnation
-	gone bool      // removed; guarded by mu
-	dead atomic.Bool
+	id    string
+	mu    sync.Mutex // serializes changes of this instance's spec
+	pid   *actor.PID
+	spec  atomic.Pointer[health.Instance]
+	pubMu sync.Mutex // guards pub
+	pub   published  // set by the actor
+	boot  *Snapshot  // consumed by the first incarnation
+	gone  bool       // removed; guarded by mu
+	dead  atomic.Bool
 }
+
+// published is what an instance's actor last published: the spec it applied
+// and the status.
+type published struct {
+	spec  *health.Instance
+	brief health.Brief
+}
+
+// published returns what the actor last published, if it has.
+func (e *entry) published() (published, bool) {
+	e.pubMu.Lock()
+	p := e.pub
+	e.pubMu.Unlock()
+	return p, p.spec != nil
+}
+
+func (p *published) info() Info { return Info{Instance: *p.spec, Health: p.brief.View()} }
 
 // New builds a scheduler, loads every stored instance and spawns its actor.
 func New(ctx context.Context, opts ...Option) (*Scheduler, error) {
@@ -161,6 +188,15 @@ func New(ctx context.Context, opts ...Option) (*Scheduler, error) {
 	}
 	s := &Scheduler{opt: o, log: o.log, budget: newBudget(o.budget), entries: map[string]*entry{},
 		subs: map[*Subscription]struct{}{}, shared: shared}
+	s.workers = newWorkers(workerIdle, s.runJob)
+	// Instance actors run on the goroutine that sends to them (the timer,
+	// the probe's worker, the asking request) instead of a new goroutine per
+	// message: their handlers never block, and a probe then costs one
+	// goroutine hand-off instead of three goroutines. The lock-free mailbox is
+	// the smaller one; an idle actor holds no buffer.
+	s.props = actor.PropsFromProducer(func() actor.Actor { return &instanceActor{s: s} },
+		actor.WithDispatcher(actor.NewSynchronizedDispatcher(actorThroughput)),
+		actor.WithMailbox(actor.UnboundedLockfree()))
 	slogger := slog.New(zerolog.NewSlogHandler(o.log.With().Str("component", "protoactor").Logger()))
 	s.system = actor.NewActorSystem(
 		actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return slogger }),
@@ -210,10 +246,9 @@ func (s *Scheduler) spawnAll(entries []*entry) error {
 	if len(entries) == 0 {
 		return nil
 	}
-	batch := &spawnChildren{ids: make([]string, len(entries)), props: make([]*actor.Props, len(entries))}
+	batch := &spawnChildren{ids: make([]string, len(entries)), props: s.props}
 	for i, e := range entries {
 		batch.ids[i] = e.id
-		batch.props[i] = actor.PropsFromProducer(func() actor.Actor { return &instanceActor{s: s, e: e} })
 	}
 	// the parent is local and only spawns: the bound is there to turn a bug
 	// into an error, not to hurry a busy host at boot
@@ -340,7 +375,7 @@ func (s *Scheduler) apply(ctx context.Context, id string, build func(cur *health
 			return Info{}, false, err
 		}
 		e.spec.Store(&in)
-		info, err := s.ask(e, &configure{inst: in})
+		info, err := s.ask(e, &configure{inst: &in})
 		e.mu.Unlock()
 		return info, false, err
 	}
@@ -356,8 +391,8 @@ func (s *Scheduler) unregister(id string, e *entry) {
 	if i := sort.SearchStrings(s.ids, id); i < len(s.ids) && s.ids[i] == id {
 		s.ids = append(s.ids[:i], s.ids[i+1:]...)
 	}
-	if info := e.info.Load(); info != nil {
-		s.count(info.Health.Status, -1)
+	if p, ok := e.published(); ok {
+		s.count(p.brief.Status, -1)
 	}
 }
 
@@ -441,8 +476,8 @@ func (s *Scheduler) Peek(id string) (Info, bool) {
 	if e == nil {
 		return Info{}, false
 	}
-	if info := e.info.Load(); info != nil {
-		return *info, true
+	if p, ok := e.published(); ok {
+		return p.info(), true
 	}
 	return Info{}, false
 }
@@ -458,14 +493,14 @@ func (s *Scheduler) List(statuses []health.Status, cursor string, limit int) (pa
 	defer s.mu.RUnlock()
 	i := sort.Search(len(s.ids), func(i int) bool { return s.ids[i] > cursor })
 	for ; i < len(s.ids); i++ {
-		info := s.entries[s.ids[i]].info.Load()
-		if info == nil || !statusIn(info.Health.Status, statuses) {
+		p, ok := s.entries[s.ids[i]].published()
+		if !ok || !statusIn(p.brief.Status, statuses) {
 			continue
 		}
 		if len(page) == limit {
 			return page, page[len(page)-1].ID
 		}
-		page = append(page, *info)
+		page = append(page, p.info())
 	}
 	return page, ""
 }
@@ -507,7 +542,7 @@ func (s *Scheduler) Ready() bool {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	for _, e := range s.entries {
-		if e.pid == nil || e.dead.Load() || e.info.Load() == nil {
+		if _, ok := e.published(); e.pid == nil || e.dead.Load() || !ok {
 			return false
 		}
 	}
@@ -641,11 +676,7 @@ func (s *Scheduler) Close(ctx context.Context) error {
 	if err := s.root.StopFuture(s.parent).Wait(); err != nil {
 		s.log.Warn().Err(err).Msg("stop_actors")
 	}
-	done := make(chan struct{})
-	go func() { s.probes.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-ctx.Done():
+	if !s.workers.close(ctx.Done()) {
 		return fmt.Errorf("actors: waiting for probes to end: %w", ctx.Err())
 	}
 	err := s.opt.store.Flush(ctx)
@@ -672,7 +703,7 @@ type parentActor struct{}
 
 type spawnChildren struct {
 	ids   []string
-	props []*actor.Props
+	props *actor.Props
 }
 
 type spawnedChildren struct {
@@ -685,7 +716,7 @@ func (p *parentActor) Receive(ctx actor.Context) {
 	case *spawnChildren:
 		out := &spawnedChildren{pids: make([]*actor.PID, len(m.ids)), errs: make([]error, len(m.ids))}
 		for i, id := range m.ids {
-			out.pids[i], out.errs[i] = ctx.SpawnNamed(m.props[i], id)
+			out.pids[i], out.errs[i] = ctx.SpawnNamed(m.props, id)
 		}
 		ctx.Respond(out)
 	}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/asynkron/protoactor-go/actor"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -270,25 +271,27 @@ func TestProbeNowJoinsInFlightProbe(t *testing.T) {
 	}
 	h := newHarness(t, WithProberFactory(factory))
 	h.put("vm-1", `{"state":"Running","network":{"ip":"127.0.0.1"},"health_check":{"tcp":{"port":1},"timeout":"5s"}}`)
-	type out struct {
-		r   health.Result
-		err error
-	}
-	results := make(chan out, 3)
-	for i := 0; i < 3; i++ {
-		go func() {
-			r, _, err := h.s.ProbeNow(context.Background(), "vm-1")
-			results <- out{r, err}
-		}()
+	// three requests in the actor's mailbox before the probe may end: the
+	// first starts it, the others must join it
+	pid := h.s.lookup("vm-1").pid
+	var futures []*actor.Future
+	for range 3 {
+		futures = append(futures, h.s.root.RequestFuture(pid, &probeNow{}, 10*time.Second))
 	}
 	require.Eventually(t, func() bool { return calls.Load() == 1 }, 5*time.Second, time.Millisecond)
 	close(release)
-	for i := 0; i < 3; i++ {
-		o := <-results
-		require.NoError(t, o.err)
-		assert.Equal(t, health.Success, o.r.Outcome)
+	var starts []time.Time
+	for _, f := range futures {
+		res, err := f.Result()
+		require.NoError(t, err)
+		r := res.(*probeNowReply)
+		assert.Equal(t, health.Success, r.result.Outcome)
+		starts = append(starts, r.result.Start)
 	}
-	assert.Equal(t, int32(1), calls.Load(), "three callers, one probe")
+	assert.Equal(t, starts[0], starts[2], "the same result")
+	_, _, err := h.s.ProbeNow(context.Background(), "vm-1")
+	require.NoError(t, err, "through the API too")
+	assert.Equal(t, int32(2), calls.Load(), "three callers, one probe; then one more")
 }
 
 func TestBudgetFullIsSkippedNotFailed(t *testing.T) {

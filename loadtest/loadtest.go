@@ -48,6 +48,9 @@ type Config struct {
 	AgentBinary string        // the vigil binary whose `agent` command serves exec targets
 	Log         zerolog.Logger
 	Progress    io.Writer // a live line every second (nil: none)
+	// AtStart, when set, runs as the measurement begins, after
+	// registration and settling (to profile the steady state only).
+	AtStart func()
 	// AtEnd, when set, runs after the measurement while the fleet still
 	// runs (for a heap profile of the steady state).
 	AtEnd func()
@@ -292,6 +295,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 
 	// drive it
+	if cfg.AtStart != nil {
+		cfg.AtStart()
+	}
 	col.counting.Store(true)
 	var msBegan runtime.MemStats
 	runtime.ReadMemStats(&msBegan)

@@ -23,6 +23,10 @@ type Clock interface {
 type Timer interface {
 	// Stop prevents the function from running; it reports whether it did.
 	Stop() bool
+	// Reset makes the function run after d (again, or instead of when it
+	// was due); it reports whether the timer was pending. A timer that an
+	// actor keeps for its lifetime and resets costs no allocation per use.
+	Reset(d time.Duration) bool
 }
 
 // Real is the system clock.
@@ -72,6 +76,10 @@ func (f *Fake) AfterFunc(d time.Duration, fn func()) Timer {
 func (t *fakeTimer) Stop() bool {
 	t.f.mu.Lock()
 	defer t.f.mu.Unlock()
+	return t.removeLocked()
+}
+
+func (t *fakeTimer) removeLocked() bool {
 	for i, o := range t.f.timers {
 		if o == t {
 			t.f.timers = append(t.f.timers[:i], t.f.timers[i+1:]...)
@@ -79,6 +87,17 @@ func (t *fakeTimer) Stop() bool {
 		}
 	}
 	return false
+}
+
+// Reset schedules the timer's function d after the fake time.
+func (t *fakeTimer) Reset(d time.Duration) bool {
+	t.f.mu.Lock()
+	defer t.f.mu.Unlock()
+	pending := t.removeLocked()
+	t.f.seq++
+	t.at, t.seq, t.fired = t.f.now.Add(d), t.f.seq, false
+	t.f.timers = append(t.f.timers, t)
+	return pending
 }
 
 // Advance moves the clock forward by d, running every timer that falls due,

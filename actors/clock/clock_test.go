@@ -86,3 +86,38 @@ func TestSharedManyTimers(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+func TestFakeReset(t *testing.T) {
+	f := NewFake(time.Unix(0, 0))
+	n := 0
+	tm := f.AfterFunc(time.Second, func() { n++ })
+	assert.True(t, tm.Reset(3*time.Second), "pending")
+	f.Advance(2 * time.Second)
+	assert.Equal(t, 0, n, "moved later")
+	f.Advance(time.Second)
+	assert.Equal(t, 1, n)
+	assert.False(t, tm.Reset(time.Second), "fired already")
+	f.Advance(time.Second)
+	assert.Equal(t, 2, n, "fires again after a reset")
+	assert.Equal(t, 0, f.Pending())
+}
+
+func TestSharedReset(t *testing.T) {
+	s := NewShared()
+	defer s.Close()
+	fired := make(chan time.Time, 4)
+	tm := s.AfterFunc(time.Hour, func() { fired <- time.Now() })
+	began := time.Now()
+	assert.True(t, tm.Reset(5*time.Millisecond), "pending")
+	at := <-fired
+	assert.Less(t, at.Sub(began), time.Second, "moved earlier")
+	assert.False(t, tm.Reset(5*time.Millisecond), "fired already")
+	<-fired
+	tm.Reset(time.Hour)
+	assert.True(t, tm.Stop())
+	select {
+	case <-fired:
+		t.Fatal("stopped timer fired")
+	case <-time.After(20 * time.Millisecond):
+	}
+}

@@ -44,10 +44,7 @@ func (s *Shared) AfterFunc(d time.Duration, f func()) Timer {
 	first := t.index == 0
 	s.mu.Unlock()
 	if first {
-		select {
-		case s.wake <- struct{}{}:
-		default:
-		}
+		s.poke()
 	}
 	return t
 }
@@ -121,6 +118,33 @@ func (t *sharedTimer) Stop() bool {
 	}
 	heap.Remove(&t.s.timers, t.index)
 	return true
+}
+
+// Reset makes the timer due d from now, pending or not.
+func (t *sharedTimer) Reset(d time.Duration) bool {
+	at := time.Now().Add(d).UnixNano()
+	s := t.s
+	s.mu.Lock()
+	pending := t.index >= 0
+	t.at = at
+	if pending {
+		heap.Fix(&s.timers, t.index)
+	} else {
+		heap.Push(&s.timers, t)
+	}
+	first := t.index == 0
+	s.mu.Unlock()
+	if first {
+		s.poke()
+	}
+	return pending
+}
+
+func (s *Shared) poke() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
 }
 
 // timerHeap orders timers by due time; guarded by Shared.mu.

@@ -3,6 +3,7 @@ package health
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"time"
 	"unicode/utf8"
 )
@@ -113,25 +114,30 @@ func TailUTF8(s string, n int) string {
 }
 
 // History is a ring of the last HistorySize results. It keeps each result
-// compactly — times as integers, outcome and reason as codes, the texts
-// behind one pointer that is nil for a plain result — because every
-// instance holds one and the garbage collector scans them all. Adding a
-// plain result allocates nothing.
+// compactly — times as integers, outcome and reason as codes, without
+// pointers — because every instance holds one and the garbage collector
+// scans them all. The texts of results that carry any (a message, output, a
+// reason outside the known codes) live in one array beside the ring,
+// allocated only when needed and never changed once shared: a History
+// copied into a snapshot keeps the texts it had. Adding a plain result to a
+// history without texts allocates nothing.
 type History struct {
-	buf  [HistorySize]entry
-	next int
-	n    int
+	buf   [HistorySize]entry
+	texts *[HistorySize]*entryText // nil when no held result has text
+	next  uint8
+	n     uint8
 }
 
-// entry is one result as History keeps it.
+// entry is one result as History keeps it (24 bytes).
 type entry struct {
 	start, dur int64 // unix nanoseconds, nanoseconds
-	http, exit int32
-	outcome    uint8
-	reason     uint8 // index in reasonCodes; otherReason: in extra
-	hasExit    bool
-	extra      *entryText
+	exit       int32
+	http       int16
+	outcome    uint8 // index in outcomeCodes; hasExit set when exit is valid
+	reason     uint8 // index in reasonCodes; otherReason: in the texts
 }
+
+const hasExit = 0x80
 
 // entryText is the rarely present part of a result.
 type entryText struct {
@@ -158,42 +164,44 @@ func codeOf[T comparable](codes []T, v T) (uint8, bool) {
 	return 0, false
 }
 
-func pack(r *Result) entry {
-	e := entry{dur: int64(r.Duration), http: int32(r.HTTPStatus)}
+func pack(r *Result) (entry, *entryText) {
+	e := entry{dur: int64(r.Duration), http: int16(min(max(r.HTTPStatus, 0), math.MaxInt16))}
 	if !r.Start.IsZero() {
 		e.start = r.Start.UnixNano()
 	}
-	if r.ExitCode != nil {
-		e.exit, e.hasExit = int32(*r.ExitCode), true
-	}
 	e.outcome, _ = codeOf(outcomeCodes[:], r.Outcome)
+	if r.ExitCode != nil {
+		e.exit = int32(min(max(*r.ExitCode, math.MinInt32), math.MaxInt32))
+		e.outcome |= hasExit
+	}
 	code, known := codeOf(reasonCodes[:], r.Reason)
 	e.reason = code
 	if !known {
 		e.reason = otherReason
 	}
-	if !known || r.Message != "" || r.Output != "" || r.Truncated {
-		e.extra = &entryText{message: r.Message, output: r.Output, truncated: r.Truncated}
-		if !known {
-			e.extra.reason = r.Reason
-		}
+	if known && r.Message == "" && r.Output == "" && !r.Truncated {
+		return e, nil
 	}
-	return e
+	x := &entryText{message: r.Message, output: r.Output, truncated: r.Truncated}
+	if !known {
+		x.reason = r.Reason
+	}
+	return e, x
 }
 
-func (e *entry) unpack() Result {
-	r := Result{Duration: Duration(e.dur), HTTPStatus: int(e.http), Outcome: outcomeCodes[e.outcome]}
+func (e *entry) unpack(x *entryText) Result {
+	r := Result{Duration: Duration(e.dur), HTTPStatus: int(e.http), Outcome: outcomeCodes[e.outcome&^hasExit]}
 	if e.start != 0 {
 		r.Start = time.Unix(0, e.start).UTC()
 	}
-	if e.hasExit {
+	if e.outcome&hasExit != 0 {
 		code := int(e.exit)
 		r.ExitCode = &code
 	}
 	if e.reason != otherReason {
 		r.Reason = reasonCodes[e.reason]
 	}
-	if x := e.extra; x != nil {
+	if x != nil {
 		if e.reason == otherReason {
 			r.Reason = x.reason
 		}
@@ -202,24 +210,47 @@ func (e *entry) unpack() Result {
 	return r
 }
 
+// text is the text of the result in slot i, if any.
+func (h *History) text(i int) *entryText {
+	if h.texts == nil {
+		return nil
+	}
+	return h.texts[i]
+}
+
 // Add records r, dropping the oldest result when full.
 func (h *History) Add(r Result) {
-	h.buf[h.next] = pack(&r)
-	h.next = (h.next + 1) % HistorySize
+	e, x := pack(&r)
+	i := int(h.next)
+	h.buf[i] = e
+	if x != nil || h.text(i) != nil {
+		// copy on write: a copy of this History may share the array
+		texts := new([HistorySize]*entryText)
+		if h.texts != nil {
+			*texts = *h.texts
+		}
+		texts[i] = x
+		h.texts = texts
+		if *texts == ([HistorySize]*entryText{}) {
+			h.texts = nil
+		}
+	}
+	h.next = uint8((i + 1) % HistorySize)
 	if h.n < HistorySize {
 		h.n++
 	}
 }
 
 // Len is the number of results held.
-func (h *History) Len() int { return h.n }
+func (h *History) Len() int { return int(h.n) }
 
 // Results returns the held results, oldest first.
 func (h *History) Results() []Result {
 	out := make([]Result, 0, h.n)
-	start := (h.next - h.n + HistorySize) % HistorySize
-	for i := 0; i < h.n; i++ {
-		out = append(out, h.buf[(start+i)%HistorySize].unpack())
+	start := (int(h.next) - int(h.n) + HistorySize) % HistorySize
+	for i := 0; i < int(h.n); i++ {
+		j := (start + i) % HistorySize
+		out = append(out, h.buf[j].unpack(h.text(j)))
 	}
 	return out
 }
@@ -229,7 +260,8 @@ func (h *History) Last() (Result, bool) {
 	if h.n == 0 {
 		return Result{}, false
 	}
-	return h.buf[(h.next-1+HistorySize)%HistorySize].unpack(), true
+	j := (int(h.next) - 1 + HistorySize) % HistorySize
+	return h.buf[j].unpack(h.text(j)), true
 }
 
 // MarshalJSON writes the results oldest first.

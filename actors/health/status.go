@@ -290,6 +290,58 @@ func (s *State) View(nextCheck time.Time, withHistory bool) View {
 	return v
 }
 
+// Brief is a View without history, in a form an actor can publish after
+// every probe without allocating: counts and times as plain numbers.
+type Brief struct {
+	Status               Status
+	ConsecutiveSuccesses int32
+	ConsecutiveFailures  int32
+	// unix nanoseconds; 0 for none
+	Since, LastCheckedAt, LastSuccessAt, LastFailureAt, NextCheckAt int64
+	LastError                                                       string
+}
+
+// Brief is View(nextCheck, false) in compact form.
+func (s *State) Brief(nextCheck time.Time) Brief {
+	return Brief{Status: s.Status, ConsecutiveSuccesses: clamp32(s.ConsecutiveSuccesses),
+		ConsecutiveFailures: clamp32(s.ConsecutiveFailures), Since: nanos(s.Since), LastCheckedAt: nanos(s.LastCheckedAt),
+		LastSuccessAt: nanos(s.LastSuccessAt), LastFailureAt: nanos(s.LastFailureAt), NextCheckAt: nanos(nextCheck),
+		LastError: s.LastError}
+}
+
+// View renders the brief as readers see it.
+func (b *Brief) View() View {
+	times := &[5]time.Time{unnanos(b.Since), unnanos(b.LastCheckedAt), unnanos(b.LastSuccessAt),
+		unnanos(b.LastFailureAt), unnanos(b.NextCheckAt)}
+	return View{
+		Status:               b.Status,
+		Since:                timeAt(times, 0),
+		ConsecutiveSuccesses: int(b.ConsecutiveSuccesses),
+		ConsecutiveFailures:  int(b.ConsecutiveFailures),
+		LastCheckedAt:        timeAt(times, 1),
+		LastSuccessAt:        timeAt(times, 2),
+		LastFailureAt:        timeAt(times, 3),
+		LastError:            b.LastError,
+		NextCheckAt:          timeAt(times, 4),
+	}
+}
+
+func clamp32(n int) int32 { return int32(min(max(n, 0), math.MaxInt32)) }
+
+func nanos(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func unnanos(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n)
+}
+
 // timeAt points at times[i] in UTC, or is nil for the zero time.
 func timeAt(times *[5]time.Time, i int) *time.Time {
 	if times[i].IsZero() {

@@ -1,8 +1,10 @@
 package health
 
 import (
+	"math"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -322,5 +324,32 @@ func TestHistoryKeepsEveryFieldCompactly(t *testing.T) {
 		h.Add(in[0])
 	}
 	assert.Len(t, h.Results(), HistorySize)
+	assert.Nil(t, h.texts, "no text left once plain results replaced those with text")
 	assert.Equal(t, 0.0, testing.AllocsPerRun(100, func() { h.Add(in[0]) }), "a plain result allocates nothing")
+	assert.LessOrEqual(t, unsafe.Sizeof(h), uintptr(256), "24 bytes a result")
+}
+
+func TestHistoryCopiesKeepTheirTexts(t *testing.T) {
+	var h History
+	h.Add(Result{Outcome: Failure, Reason: ReasonConnectionRefused, Message: "refused", Start: t0})
+	snapshot := h // as a snapshot copies the state
+	for range HistorySize {
+		h.Add(Result{Outcome: Failure, Reason: ReasonTimeout, Message: "timed out", Start: t0.Add(time.Second)})
+	}
+	rs := snapshot.Results()
+	require.Len(t, rs, 1)
+	assert.Equal(t, "refused", rs[0].Message, "the copy's text did not change under it")
+	last, _ := h.Last()
+	assert.Equal(t, "timed out", last.Message)
+}
+
+func TestBriefRendersLikeView(t *testing.T) {
+	when := time.Date(2026, 11, 27, 3, 4, 5, 6, time.FixedZone("X", 3600))
+	st := State{Status: StatusUnhealthy, Since: when, ConsecutiveFailures: 4, LastCheckedAt: when.Add(time.Second),
+		LastFailureAt: when.Add(time.Second), LastError: "connection refused"}
+	for _, next := range []time.Time{{}, when.Add(10 * time.Second)} {
+		b := st.Brief(next)
+		assert.Equal(t, st.View(next, false), b.View())
+	}
+	assert.Equal(t, int32(math.MaxInt32), (&State{ConsecutiveSuccesses: math.MaxInt32 + 1}).Brief(time.Time{}).ConsecutiveSuccesses)
 }
