@@ -62,7 +62,7 @@ type harness struct {
 func newHarness(t *testing.T, opts ...Option) *harness {
 	t.Helper()
 	h := &harness{t: t, clk: clock.NewFake(t0), store: NewMemoryStore(), rec: newRecorder()}
-	all := append([]Option{WithClock(h.clk), WithStore(h.store), WithObserver(h.rec),
+	all := append([]Option{WithClock(h.clk), WithStore(h.store), WithObserver(h.rec), withWaitFloor(time.Hour),
 		WithLogger(zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel))}, opts...)
 	s, err := New(context.Background(), all...)
 	require.NoError(t, err)

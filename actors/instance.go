@@ -33,6 +33,9 @@ type (
 	probeDone struct {
 		token  uint64
 		result health.Result
+		// how long the probe waited between its hand-off and its start (a
+		// worker, a budget slot), measured on the monotonic clock
+		waited time.Duration
 	}
 )
 
@@ -69,7 +72,8 @@ type instanceActor struct {
 	run        *probeRun // the probe in flight, to abort it
 	due        time.Time // when the pending or running probe was due
 	nextCheck  time.Time
-	steady     bool // the window has reached steady cadence once
+	steady     bool          // the window has reached steady cadence once
+	late       time.Duration // how late the probe in flight was handed to a worker
 	waiters    []*actor.PID
 
 	dirty     bool            // state changed since the last snapshot
@@ -111,7 +115,7 @@ func (a *instanceActor) Receive(ctx actor.Context) {
 		}
 	case *probeDone:
 		if m.token == a.probeToken && m.token != 0 {
-			a.finishProbe(ctx, m.result)
+			a.finishProbe(ctx, m.result, m.waited)
 		}
 	case *probeNow:
 		a.probeNow(ctx)
@@ -400,8 +404,9 @@ func (a *instanceActor) startProbe(ctx actor.Context) {
 	a.nextCheck = time.Time{}
 	run := &probeRun{}
 	a.run = run
+	a.late = max(a.now().Sub(a.due), 0)
 	job := probeJob{self: ctx.Self(), run: run, token: token, id: a.inst.ID, policy: a.cfg.Policy,
-		prober: a.prober, proberErr: a.proberErr, due: a.due,
+		prober: a.prober, proberErr: a.proberErr, due: a.due, handed: time.Now(),
 		urgent: a.st.Status == health.StatusStarting || a.st.ConsecutiveFailures > 0}
 	a.s.workers.do(job)
 }
@@ -409,7 +414,7 @@ func (a *instanceActor) startProbe(ctx actor.Context) {
 // runJob runs one probe on a worker and hands the result to its actor.
 func (s *Scheduler) runJob(j probeJob) {
 	done := &probeDone{token: j.token}
-	runProbe(&done.result, j.run, s, j.id, j.policy, j.prober, j.proberErr, j.due, j.urgent)
+	done.waited = runProbe(&done.result, j.run, s, j.id, j.policy, j.prober, j.proberErr, j.due, j.handed, j.urgent)
 	s.root.Send(j.self, done)
 }
 
@@ -454,7 +459,9 @@ func (r *probeRun) isAborted() bool {
 
 // runProbe runs one probe into r: the probeDone message that carries the
 // result to the actor is its only allocation.
-func runProbe(r *health.Result, run *probeRun, s *Scheduler, id string, p *health.Policy, prober probes.Prober, proberErr error, due time.Time, urgent bool) {
+// It returns how long the probe waited after handed before it started.
+func runProbe(r *health.Result, run *probeRun, s *Scheduler, id string, p *health.Policy, prober probes.Prober, proberErr error,
+	due, handed time.Time, urgent bool) time.Duration {
 	clk := s.opt.clock
 	ok := s.budget.tryAcquire(urgent) // the common case needs no waiting context
 	if !ok {
@@ -470,12 +477,13 @@ func runProbe(r *health.Result, run *probeRun, s *Scheduler, id string, p *healt
 	if !ok {
 		if run.isAborted() {
 			*r = health.Result{Outcome: health.Skipped, Reason: health.ReasonCanceled, Start: clk.Now()}
-			return
+			return 0
 		}
 		*r = health.Result{Outcome: health.Skipped, Reason: health.ReasonBudgetFull, Start: clk.Now(),
 			Message: fmt.Sprintf("probe budget full: no slot within %s", p.Timeout)}
-		return
+		return 0
 	}
+	waited := time.Since(handed)
 	start := clk.Now()
 	if ob := s.opt.observer; ob != nil {
 		ob.ProbeStarted(id, p.Type, due, start)
@@ -501,6 +509,7 @@ func runProbe(r *health.Result, run *probeRun, s *Scheduler, id string, p *healt
 	if ob := s.opt.observer; ob != nil {
 		ob.ProbeFinished(id, p.Type, r)
 	}
+	return waited
 }
 
 // probeSafely runs the prober; a panic becomes a failed result.
@@ -515,7 +524,7 @@ func probeSafely(r *health.Result, s *Scheduler, id string, prober probes.Prober
 }
 
 // finishProbe applies a probe result of the current window.
-func (a *instanceActor) finishProbe(ctx actor.Context, r health.Result) {
+func (a *instanceActor) finishProbe(ctx actor.Context, r health.Result, waited time.Duration) {
 	a.probeToken = 0
 	a.run = nil
 	now := a.now()
@@ -526,10 +535,17 @@ func (a *instanceActor) finishProbe(ctx actor.Context, r health.Result) {
 	}
 	delay := health.NextDelay(a.cfg.Policy, a.st.Status)
 	if !a.steady && a.st.Status != health.StatusStarting {
-		// first steady pause of the window: shorten it by a per-id fraction
-		// so instances registered together drift apart
+		// first steady pause of the window: shorten it by a per-id part of
+		// the interval, so instances spread evenly over it however they
+		// were registered (in bursts, all at once)
 		a.steady = true
-		delay -= health.Phase(a.inst.ID, delay/2)
+		delay -= health.Phase(a.inst.ID, delay)
+	}
+	if late := a.late + max(waited-a.s.opt.waitFloor, 0); r.Outcome != health.Skipped && late > 0 {
+		// the host started this probe late (a stall, a burst): the instance
+		// keeps its own cadence instead of taking the stall's, so instances
+		// delayed together do not stay bunched and delayed together again
+		delay -= min(late, delay/2)
 	}
 	a.schedule(ctx, delay)
 	if changed {

@@ -41,6 +41,8 @@ const (
 	// actorThroughput is how many messages an instance actor handles before
 	// it yields the goroutine it borrowed.
 	actorThroughput = 300
+	// defaultWaitFloor: shorter waits for a worker or a slot are noise
+	defaultWaitFloor = 10 * time.Millisecond
 )
 
 // ProberFactory builds the prober for an instance; the default is probes.New.
@@ -76,7 +78,14 @@ type options struct {
 	factory    ProberFactory
 	observer   Observer
 	checkpoint time.Duration
+	// waitFloor is how long a probe may wait for a worker or a budget slot
+	// before the wait counts as lateness (see finishProbe)
+	waitFloor time.Duration
 }
+
+// withWaitFloor sets the wait floor; tests on a fake clock make it large, as
+// the real wait would move their exact times.
+func withWaitFloor(d time.Duration) Option { return func(o *options) { o.waitFloor = d } }
 
 // Option configures a Scheduler.
 type Option func(*options)
@@ -170,7 +179,7 @@ func (p *published) info() Info { return Info{Instance: *p.spec, Health: p.brief
 // New builds a scheduler, loads every stored instance and spawns its actor.
 func New(ctx context.Context, opts ...Option) (*Scheduler, error) {
 	o := options{log: zerolog.Nop(), budget: DefaultProbeBudget,
-		askTimeout: DefaultAskTimeout, factory: probes.New, checkpoint: DefaultCheckpoint}
+		askTimeout: DefaultAskTimeout, factory: probes.New, checkpoint: DefaultCheckpoint, waitFloor: defaultWaitFloor}
 	for _, f := range opts {
 		f(&o)
 	}

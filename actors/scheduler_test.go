@@ -490,3 +490,41 @@ func TestPooledConnectionsAreReleased(t *testing.T) {
 	require.NoError(t, h.s.Remove(ctx, "vm-1"))
 	require.Eventually(t, func() bool { return closes.Load() == 4 }, 5*time.Second, time.Millisecond, "delete")
 }
+
+// TestLateProbeKeepsItsCadence: a probe that waited for a budget slot is
+// followed by a pause shortened by the wait, so a host stall does not shift
+// (and bunch) the instances it delayed.
+func TestLateProbeKeepsItsCadence(t *testing.T) {
+	hold := make(chan struct{})
+	factory := func(in health.Instance) (probes.Prober, error) {
+		return probes.Func(func(ctx context.Context) health.Result {
+			if in.ID == "hog" {
+				<-hold
+			}
+			return health.Result{Outcome: health.Success}
+		}), nil
+	}
+	h := newHarness(t, WithProberFactory(factory), WithProbeBudget(1), withWaitFloor(0))
+	spec := `{"state":"Running","network":{"ip":"127.0.0.1"},"health_check":{"tcp":{"port":1},"timeout":"5s","interval":"10s","start_period":"0s"}}`
+	h.put("hog", spec)
+	h.advance(0)
+	require.Eventually(t, func() bool { return h.s.InFlight() == 1 }, 5*time.Second, time.Millisecond)
+	h.put("late", spec)
+	h.advance(0) // due now; waits for the hog's slot
+	const held = 300 * time.Millisecond
+	time.Sleep(held)
+	close(hold)
+	info := h.results("late", 1)
+	require.Equal(t, health.StatusHealthy, info.Health.Status)
+	pause := info.Health.NextCheckAt.Sub(*info.Health.LastCheckedAt)
+	// the first steady pause is 10 s less a per-id phase; the wait comes off
+	// what remains, by at most half of it
+	phased := 10*time.Second - health.Phase("late", 10*time.Second)
+	assert.LessOrEqual(t, pause, phased-min(held, phased/2), "the wait for the slot came off the pause")
+	assert.GreaterOrEqual(t, pause, phased/2, "by no more than half the pause")
+
+	// the hog itself was on time: its pause is not shortened
+	hog := h.results("hog", 1)
+	assert.InDelta(t, 10*time.Second-health.Phase("hog", 10*time.Second), hog.Health.NextCheckAt.Sub(*hog.Health.LastCheckedAt),
+		float64(held/3), "only its hand-off to a worker (this test counts every wait)")
+}

@@ -21,6 +21,7 @@ type probeJob struct {
 	prober    probes.Prober
 	proberErr error
 	due       time.Time
+	handed    time.Time // when the actor handed it over (monotonic)
 	urgent    bool
 }
 
