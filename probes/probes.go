@@ -58,7 +58,7 @@ func New(in health.Instance) (Prober, error) {
 	case health.TypeHTTP:
 		return newHTTP(addr, p.HTTP), nil
 	case health.TypeTCP:
-		return &TCP{Addr: addr}, nil
+		return &TCP{Addr: addr, ap: netip.AddrPortFrom(ip, uint16(p.Port()))}, nil
 	case health.TypeGRPC:
 		return &GRPC{Addr: addr, Service: p.GRPC.Service}, nil
 	}
@@ -73,21 +73,36 @@ var probeDialer = &net.Dialer{KeepAlive: -1}
 // TCP succeeds when a connection to Addr opens.
 type TCP struct {
 	Addr string
+	ap   netip.AddrPort // Addr parsed, when New built the prober
 }
 
 // Probe connects and closes with a reset (linger 0), as the kubelet does:
 // a probe every few seconds per instance must not leave a TIME_WAIT socket
 // behind each time, which on a busy host exhausts the ephemeral ports.
 func (t *TCP) Probe(ctx context.Context) health.Result {
-	c, err := probeDialer.DialContext(ctx, "tcp", t.Addr)
-	if err != nil {
+	ap := t.ap
+	if !ap.IsValid() {
+		var err error
+		if ap, err = netip.ParseAddrPort(t.Addr); err != nil {
+			return health.Result{Outcome: health.Failure, Reason: health.ReasonIOError, Message: err.Error()}
+		}
+	}
+	if err := connectAndReset(ctx, ap); err != nil {
 		return Fail(ctx, err)
+	}
+	return health.Result{Outcome: health.Success}
+}
+
+// dialAndReset is the portable connect-and-reset, through the net package.
+func dialAndReset(ctx context.Context, ap netip.AddrPort) error {
+	c, err := probeDialer.DialContext(ctx, "tcp", ap.String())
+	if err != nil {
+		return err
 	}
 	if tc, ok := c.(*net.TCPConn); ok {
 		_ = tc.SetLinger(0)
 	}
-	_ = c.Close()
-	return health.Result{Outcome: health.Success}
+	return c.Close()
 }
 
 // Fail classifies err into a failure result with a reason code.

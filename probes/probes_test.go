@@ -5,13 +5,16 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	grpchealth "google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -242,4 +245,57 @@ func TestClassify(t *testing.T) {
 	assert.Equal(t, health.ReasonCanceled, Classify(context.Background(), ctx.Err()))
 	_, err := net.Dial("tcp", refusedAddr(t))
 	assert.Equal(t, health.ReasonConnectionRefused, Classify(context.Background(), err))
+}
+
+// synDroppingAddr is a loopback listener whose accept queue is full: the
+// kernel drops further SYNs, so a connect neither completes nor fails.
+func synDroppingAddr(t *testing.T) string {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = unix.Close(fd) })
+	require.NoError(t, unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}))
+	require.NoError(t, unix.Listen(fd, 0)) // one connection fits, never accepted
+	sa, err := unix.Getsockname(fd)
+	require.NoError(t, err)
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*unix.SockaddrInet4).Port))
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Close() })
+	return addr
+}
+
+func TestTCPProbeTimesOutAndCancels(t *testing.T) {
+	addr := synDroppingAddr(t)
+	r, took := probe(t, instance(t, addr, `{"tcp":{"port":PORT}}`), 200*time.Millisecond)
+	assert.Equal(t, health.ReasonTimeout, r.Reason, r.Message)
+	assert.Contains(t, r.Message, "dial tcp "+addr)
+	assert.Less(t, took, time.Second)
+
+	p, err := New(instance(t, addr, `{"tcp":{"port":PORT}}`))
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	time.AfterFunc(50*time.Millisecond, cancel)
+	start := time.Now()
+	r = p.Probe(ctx)
+	assert.Equal(t, health.ReasonCanceled, r.Reason, r.Message)
+	assert.Less(t, time.Since(start), 5*time.Second, "canceling ends the connect")
+}
+
+func TestTCPProbeLeavesNoTimeWait(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	got := make(chan error, 1)
+	go func() {
+		c, err := l.Accept()
+		if err == nil {
+			_, err = c.Read(make([]byte, 1)) // the probe's close arrives as a reset
+			_ = c.Close()
+		}
+		got <- err
+	}()
+	r, _ := probe(t, instance(t, l.Addr().String(), `{"tcp":{"port":PORT}}`), time.Second)
+	require.Equal(t, health.Success, r.Outcome, r.Message)
+	assert.ErrorIs(t, <-got, syscall.ECONNRESET, "closed with a reset, not a FIN")
 }

@@ -1,6 +1,7 @@
 package clock
 
 import (
+	"container/heap"
 	"sync"
 	"testing"
 	"time"
@@ -119,5 +120,56 @@ func TestSharedReset(t *testing.T) {
 	case <-fired:
 		t.Fatal("stopped timer fired")
 	case <-time.After(20 * time.Millisecond):
+	}
+}
+
+func TestSharedWheel(t *testing.T) {
+	s := NewShared()
+	defer s.Close()
+	// beyond the wheel's span: in the heap, moved into the wheel later
+	far := s.AfterFunc(wheelSpan+time.Hour, func() { t.Error("far timer fired") })
+	// set after the goroutine has slept a while with nothing due soon
+	time.Sleep(30 * time.Millisecond)
+	fired := make(chan int, 8)
+	s.AfterFunc(5*time.Millisecond, func() { fired <- 1 })
+	select {
+	case <-fired:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a timer set while the clock slept did not fire")
+	}
+	// moved from the heap into the wheel and fired
+	s.mu.Lock()
+	moved := &sharedTimer{s: s, fn: func() { fired <- 2 }, slot: idle, index: -1, at: time.Now().Add(-time.Millisecond).UnixNano()}
+	heap.Push(&s.later, moved)
+	moved.slot = inHeap
+	s.mu.Unlock()
+	s.poke()
+	select {
+	case n := <-fired:
+		assert.Equal(t, 2, n)
+	case <-time.After(5 * time.Second):
+		t.Fatal("a heap timer was not moved into the wheel")
+	}
+	assert.True(t, far.Stop(), "the far timer was pending in the heap")
+	// many timers in one slot and in many slots, some stopped, some of those
+	// set again: each fires exactly once or is stopped for good
+	var wg sync.WaitGroup
+	for i := range 2000 {
+		wg.Add(1)
+		tm := s.AfterFunc(time.Duration(i%7)*time.Millisecond, wg.Done)
+		if i%3 == 0 && tm.Stop() {
+			if i%2 == 0 {
+				tm.Reset(time.Duration(i%11) * time.Millisecond)
+			} else {
+				wg.Done()
+			}
+		}
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("timers did not all fire")
 	}
 }

@@ -2,50 +2,70 @@ package clock
 
 import (
 	"container/heap"
+	"math"
+	"math/bits"
 	"sync"
 	"time"
 )
 
-// Shared is the system clock with AfterFunc timers kept in one heap and run
-// by one goroutine, in due order. A fleet of actors that each keep a timer
-// costs one runtime timer instead of one per actor, and a timer firing costs
-// a call instead of a goroutine. Callbacks run on that goroutine and must
-// not block (the actors' only send a message). Timers due within Slack of
-// each other fire together.
+// Shared is the system clock with AfterFunc timers kept in one timing wheel
+// and run by one goroutine. A fleet of actors that each keep a timer costs
+// one runtime timer instead of one per actor, and a timer firing costs a
+// call instead of a goroutine. Callbacks run on that goroutine and must not
+// block (the actors' only send a message).
+//
+// The wheel has one slot per Slack (1 ms) over wheelSpan (≈ 16 s): setting,
+// moving and firing a timer within the span touch only the timer and its
+// slot, however many timers there are. Timers due further out wait in a heap
+// and move into the wheel as it turns. Timers of one slot fire together, in
+// no particular order, up to Slack early; slots fire in order.
 //
 // Concurrency contract: safe for concurrent use; Close stops the goroutine.
 type Shared struct {
 	mu      sync.Mutex
-	timers  timerHeap
+	slots   [wheelSlots]*sharedTimer // each the head of a list
+	full    [wheelSlots / 64]uint64  // bit per non-empty slot
+	fired   int64                    // every tick ≤ fired has fired
+	later   timerHeap                // due beyond the wheel's span
+	wakeAt  int64                    // the tick the goroutine sleeps until
 	wake    chan struct{}
 	done    chan struct{}
 	stopped chan struct{}
 }
 
 // Slack is how early a Shared timer may fire to share a wake-up with an
-// earlier one.
+// earlier one (the width of a slot).
 const Slack = time.Millisecond
+
+const (
+	wheelSlots = 1 << 14
+	wheelMask  = wheelSlots - 1
+	wheelSpan  = wheelSlots * Slack
+)
+
+// Where a timer is: in a slot (≥ 0), in the heap, or pending nowhere.
+const (
+	inHeap = -2
+	idle   = -1
+)
 
 // NewShared starts a shared clock.
 func NewShared() *Shared {
-	s := &Shared{wake: make(chan struct{}, 1), done: make(chan struct{}), stopped: make(chan struct{})}
+	s := &Shared{wake: make(chan struct{}, 1), done: make(chan struct{}), stopped: make(chan struct{}),
+		fired: tick(time.Now().UnixNano()) - 1}
 	go s.run()
 	return s
 }
+
+func tick(unixNano int64) int64 { return unixNano / int64(Slack) }
 
 // Now is the system time.
 func (s *Shared) Now() time.Time { return time.Now() }
 
 // AfterFunc runs f on the clock's goroutine after d.
 func (s *Shared) AfterFunc(d time.Duration, f func()) Timer {
-	t := &sharedTimer{s: s, at: time.Now().Add(d).UnixNano(), fn: f, index: -1}
-	s.mu.Lock()
-	heap.Push(&s.timers, t)
-	first := t.index == 0
-	s.mu.Unlock()
-	if first {
-		s.poke()
-	}
+	t := &sharedTimer{s: s, fn: f, slot: idle, index: -1}
+	t.Reset(d)
 	return t
 }
 
@@ -59,6 +79,117 @@ func (s *Shared) Close() {
 	<-s.stopped
 }
 
+func (s *Shared) poke() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// add files t at t.at; it reports whether the clock's goroutine must look
+// again (t is due before anything it waits for).
+func (s *Shared) add(t *sharedTimer) bool {
+	k := max(tick(t.at), s.fired+1)
+	if k > s.fired+wheelSlots {
+		heap.Push(&s.later, t)
+		t.slot = inHeap
+		return k < s.wakeAt
+	}
+	i := int(k & wheelMask)
+	t.slot, t.prev, t.next = i, nil, s.slots[i]
+	if t.next != nil {
+		t.next.prev = t
+	}
+	s.slots[i] = t
+	s.full[i/64] |= 1 << (i % 64)
+	return k < s.wakeAt
+}
+
+// remove takes a pending t out; it reports whether it was pending.
+func (s *Shared) remove(t *sharedTimer) bool {
+	switch {
+	case t.slot == inHeap:
+		heap.Remove(&s.later, t.index)
+	case t.slot >= 0:
+		if t.prev != nil {
+			t.prev.next = t.next
+		} else {
+			s.slots[t.slot] = t.next
+			if t.next == nil {
+				s.full[t.slot/64] &^= 1 << (t.slot % 64)
+			}
+		}
+		if t.next != nil {
+			t.next.prev = t.prev
+		}
+		t.prev, t.next = nil, nil
+	default:
+		return false
+	}
+	t.slot = idle
+	return true
+}
+
+// nextTick is the first tick after fired with a non-empty slot, or
+// fired+wheelSlots+1 when the wheel is empty.
+func (s *Shared) nextTick() int64 {
+	start := int((s.fired + 1) & wheelMask)
+	for n := 0; n <= wheelSlots; {
+		i := (start + n) & wheelMask
+		w := s.full[i/64] >> (i % 64)
+		if w != 0 {
+			n += bits.TrailingZeros64(w)
+			if n >= wheelSlots {
+				break
+			}
+			return s.fired + 1 + int64(n)
+		}
+		n += 64 - i%64
+	}
+	return s.fired + wheelSlots + 1
+}
+
+// take moves what is due at now into due, in slot order, and returns the
+// wait until the next slot or heap timer is due.
+func (s *Shared) take(now int64, due []*sharedTimer) ([]*sharedTimer, time.Duration) {
+	last := tick(now)
+	for {
+		// timers of the heap that the wheel now spans move into it
+		for len(s.later) > 0 && tick(s.later[0].at) <= s.fired+wheelSlots {
+			t := heap.Pop(&s.later).(*sharedTimer)
+			t.slot = idle
+			s.add(t)
+		}
+		k := s.nextTick()
+		if k > last {
+			break
+		}
+		i := int(k & wheelMask)
+		for t := s.slots[i]; t != nil; {
+			next := t.next
+			t.slot, t.prev, t.next = idle, nil, nil
+			due = append(due, t)
+			t = next
+		}
+		s.slots[i] = nil
+		s.full[i/64] &^= 1 << (i % 64)
+		s.fired = k
+	}
+	// nothing else is due up to last
+	s.fired = max(s.fired, last)
+	next := s.nextTick()
+	if len(s.later) > 0 {
+		next = min(next, tick(s.later[0].at))
+	}
+	s.wakeAt = next
+	if next > s.fired+wheelSlots {
+		// nothing pending: any timer set wakes the goroutine
+		s.wakeAt = math.MaxInt64
+		return due, time.Hour
+	}
+	return due, time.Duration(next*int64(Slack) - now)
+}
+
 func (s *Shared) run() {
 	defer close(s.stopped)
 	wait := time.NewTimer(time.Hour)
@@ -66,15 +197,8 @@ func (s *Shared) run() {
 	var due []*sharedTimer
 	for {
 		s.mu.Lock()
-		now := time.Now().UnixNano()
-		due = due[:0]
-		for len(s.timers) > 0 && s.timers[0].at <= now+int64(Slack) {
-			due = append(due, heap.Pop(&s.timers).(*sharedTimer))
-		}
-		next := time.Duration(-1)
-		if len(s.timers) > 0 {
-			next = time.Duration(s.timers[0].at - now)
-		}
+		var next time.Duration
+		due, next = s.take(time.Now().UnixNano(), due[:0])
 		s.mu.Unlock()
 		for i, t := range due {
 			t.fn()
@@ -82,9 +206,6 @@ func (s *Shared) run() {
 		}
 		if len(due) > 0 {
 			continue // time passed while firing: look again
-		}
-		if next < 0 {
-			next = time.Hour
 		}
 		wait.Reset(next)
 		select {
@@ -103,21 +224,19 @@ func (s *Shared) run() {
 }
 
 type sharedTimer struct {
-	s     *Shared
-	at    int64 // unix nanoseconds
-	fn    func()
-	index int // in the heap; -1 when not in it
+	s          *Shared
+	at         int64 // unix nanoseconds
+	fn         func()
+	prev, next *sharedTimer // in the slot's list
+	slot       int          // in the wheel; inHeap or idle otherwise
+	index      int          // in the heap
 }
 
 // Stop removes the timer; it reports whether it was still pending.
 func (t *sharedTimer) Stop() bool {
 	t.s.mu.Lock()
 	defer t.s.mu.Unlock()
-	if t.index < 0 {
-		return false
-	}
-	heap.Remove(&t.s.timers, t.index)
-	return true
+	return t.s.remove(t)
 }
 
 // Reset makes the timer due d from now, pending or not.
@@ -125,14 +244,9 @@ func (t *sharedTimer) Reset(d time.Duration) bool {
 	at := time.Now().Add(d).UnixNano()
 	s := t.s
 	s.mu.Lock()
-	pending := t.index >= 0
+	pending := s.remove(t)
 	t.at = at
-	if pending {
-		heap.Fix(&s.timers, t.index)
-	} else {
-		heap.Push(&s.timers, t)
-	}
-	first := t.index == 0
+	first := s.add(t)
 	s.mu.Unlock()
 	if first {
 		s.poke()
@@ -140,14 +254,8 @@ func (t *sharedTimer) Reset(d time.Duration) bool {
 	return pending
 }
 
-func (s *Shared) poke() {
-	select {
-	case s.wake <- struct{}{}:
-	default:
-	}
-}
-
-// timerHeap orders timers by due time; guarded by Shared.mu.
+// timerHeap orders the timers beyond the wheel by due time; guarded by
+// Shared.mu.
 type timerHeap []*sharedTimer
 
 func (h timerHeap) Len() int           { return len(h) }

@@ -1,0 +1,124 @@
+package probes
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// connectAndReset opens a TCP connection to ap and closes it with a reset.
+// It is the net package's dial cut to what a probe needs: a non-blocking
+// socket with linger 0, connect, SO_ERROR and the peer; the runtime's poller
+// only when the handshake is still under way. It skips what a probe never
+// uses (TCP_NODELAY, the local address, the address parsing, the poller for
+// an instant handshake) — four system calls and about 2 KB of allocations a
+// probe on loopback. Errors read like the net package's.
+func connectAndReset(ctx context.Context, ap netip.AddrPort) error {
+	family, sa := unix.AF_INET, unix.Sockaddr(nil)
+	if a := ap.Addr(); a.Is4() || a.Is4In6() {
+		sa = &unix.SockaddrInet4{Port: int(ap.Port()), Addr: a.Unmap().As4()}
+	} else {
+		family = unix.AF_INET6
+		sa = &unix.SockaddrInet6{Port: int(ap.Port()), Addr: a.As16()}
+		if z := a.Zone(); z != "" {
+			return dialAndReset(ctx, ap) // zone names need the net package's lookup
+		}
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return dialErr(ap, os.NewSyscallError("socket", err))
+	}
+	// closing with a reset leaves no TIME_WAIT socket behind
+	if err := unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1}); err != nil {
+		_ = unix.Close(fd)
+		return dialErr(ap, os.NewSyscallError("setsockopt", err))
+	}
+	switch err := unix.Connect(fd, sa); err {
+	case nil:
+		return unix.Close(fd)
+	case unix.EINPROGRESS, unix.EINTR:
+	default:
+		_ = unix.Close(fd)
+		return dialErr(ap, os.NewSyscallError("connect", err))
+	}
+	// on loopback and fast links the handshake is often done already: then
+	// the socket never meets the poller
+	if done, err := connected(fd); done {
+		_ = unix.Close(fd)
+		if err != nil {
+			return dialErr(ap, err)
+		}
+		return nil
+	}
+	// the file owns fd from here and registers it with the poller
+	f := os.NewFile(uintptr(fd), "tcp-probe")
+	defer f.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		if err := f.SetWriteDeadline(dl); err != nil {
+			return dialErr(ap, err)
+		}
+	}
+	stop := context.AfterFunc(ctx, func() { _ = f.SetWriteDeadline(time.Unix(1, 0)) })
+	defer stop()
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return dialErr(ap, err)
+	}
+	var connErr error
+	werr := rc.Write(func(fd uintptr) bool {
+		var done bool
+		done, connErr = connected(int(fd))
+		return done
+	})
+	switch {
+	case ctx.Err() != nil:
+		return dialErr(ap, ctx.Err())
+	case werr != nil:
+		return dialErr(ap, werr)
+	case connErr != nil:
+		return dialErr(ap, connErr)
+	}
+	return nil
+}
+
+// connected reports whether a non-blocking connect on fd has finished, and
+// how: SO_ERROR carries a failure; a socket without one is connected once it
+// has a peer (SO_ERROR is also 0 while the handshake is under way).
+func connected(fd int) (bool, error) {
+	n, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
+	switch {
+	case err != nil:
+		return true, os.NewSyscallError("getsockopt", err)
+	case n == int(unix.EINPROGRESS), n == int(unix.EALREADY), n == int(unix.EINTR):
+		return false, nil
+	case n != 0:
+		return true, os.NewSyscallError("connect", unix.Errno(n))
+	}
+	switch err := getpeername(fd); err {
+	case nil:
+		return true, nil
+	case unix.ENOTCONN:
+		return false, nil
+	default:
+		return true, os.NewSyscallError("getpeername", err)
+	}
+}
+
+// getpeername asks only whether fd has a peer: unlike unix.Getpeername it
+// decodes no address and allocates nothing.
+func getpeername(fd int) error {
+	var rsa unix.RawSockaddrAny
+	n := uint32(unsafe.Sizeof(rsa))
+	_, _, e := unix.RawSyscall(unix.SYS_GETPEERNAME, uintptr(fd), uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&n)))
+	if e != 0 {
+		return e
+	}
+	return nil
+}
+
+func dialErr(ap netip.AddrPort, err error) error { return fmt.Errorf("dial tcp %s: %w", ap, err) }
