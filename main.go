@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
 	"syscall"
@@ -48,10 +49,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, "vigil", version)
 		return 0
 	case "serve":
+		defaultGC()
 		return serve(args[1:], stderr)
 	case "agent":
 		return agentCmd(args[1:], stderr)
 	case "loadtest":
+		defaultGC()
 		return loadtestCmd(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		usage(stdout)
@@ -60,6 +63,20 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stderr, "vigil: unknown command %q\n", args[0])
 	usage(stderr)
 	return 2
+}
+
+// defaultGCPercent is the garbage collector's target for the scheduler
+// process unless GOGC says otherwise. Its live heap is large and long-lived
+// (a few KB per instance) while a probe allocates little, so collecting at
+// half the live heap instead of all of it costs a little CPU and keeps the
+// resident set at about 1.5 times the live heap instead of 2 (as Prometheus
+// defaults GOGC to 75 for the same reason).
+const defaultGCPercent = 50
+
+func defaultGC() {
+	if _, set := os.LookupEnv("GOGC"); !set {
+		debug.SetGCPercent(defaultGCPercent)
+	}
 }
 
 func usage(w io.Writer) {

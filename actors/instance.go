@@ -402,19 +402,75 @@ func (a *instanceActor) startProbe(ctx actor.Context) {
 	a.probeToken = token
 	a.armed = false
 	a.nextCheck = time.Time{}
-	run := &probeRun{}
-	a.run = run
 	a.late = max(a.now().Sub(a.due), 0)
-	job := probeJob{self: ctx.Self(), run: run, token: token, id: a.inst.ID, policy: a.cfg.Policy,
-		prober: a.prober, proberErr: a.proberErr, due: a.due, handed: time.Now(),
+	job := probeJob{self: ctx.Self(), token: token, id: a.inst.ID, policy: a.cfg.Policy,
+		prober: a.prober, proberErr: a.proberErr, due: a.due,
 		urgent: a.st.Status == health.StatusStarting || a.st.ConsecutiveFailures > 0}
-	a.s.workers.do(job)
+	if a.startInline(ctx, &job) {
+		return
+	}
+	a.run = &probeRun{}
+	job.run, job.handed = a.run, time.Now()
+	if !a.s.workers.do(job) && job.rest != nil {
+		job.rest(canceled) // closing: release what the started probe holds
+		a.s.budget.release()
+	}
+}
+
+// canceled is a context that has ended.
+var canceled = func() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}()
+
+// startInline begins a probe whose prober can start without blocking (a TCP
+// connect) on the actor's goroutine, when a budget slot is free at once. A
+// probe that settles at once (a loopback handshake, a refusal) is applied
+// right here: no worker, no message, no context. One still under way keeps
+// its slot and continues on a worker (job.rest). It reports whether the
+// probe finished.
+func (a *instanceActor) startInline(ctx actor.Context, j *probeJob) bool {
+	st, ok := j.prober.(probes.Starter)
+	if !ok || j.proberErr != nil || !a.s.budget.tryAcquire(j.urgent) {
+		return false
+	}
+	clk, ob := a.s.opt.clock, a.s.opt.observer
+	j.start = clk.Now()
+	if ob != nil {
+		ob.ProbeStarted(j.id, j.policy.Type, j.due, j.start)
+	}
+	var r health.Result
+	if j.rest = startSafely(&r, a.s, j.id, st); j.rest != nil {
+		return false
+	}
+	a.s.budget.release()
+	r.Start = j.start
+	r.Duration = health.Duration(clk.Now().Sub(j.start))
+	if ob != nil {
+		ob.ProbeFinished(j.id, j.policy.Type, &r)
+	}
+	a.finishProbe(ctx, r, 0)
+	return true
+}
+
+// startSafely starts a probe; a panic becomes a failed result.
+func startSafely(r *health.Result, s *Scheduler, id string, st probes.Starter) (rest probes.Rest) {
+	defer func() {
+		if v := recover(); v != nil {
+			s.log.Error().Str("instance_id", id).Str("panic", fmt.Sprint(v)).Bytes("stack", debug.Stack()).Msg("probe_panicked")
+			*r = health.Result{Outcome: health.Failure, Reason: health.ReasonPanic, Message: fmt.Sprintf("probe panicked: %v", v)}
+			rest = nil
+		}
+	}()
+	*r, rest = st.Start()
+	return rest
 }
 
 // runJob runs one probe on a worker and hands the result to its actor.
 func (s *Scheduler) runJob(j probeJob) {
 	done := &probeDone{token: j.token}
-	done.waited = runProbe(&done.result, j.run, s, j.id, j.policy, j.prober, j.proberErr, j.due, j.handed, j.urgent)
+	done.waited = runProbe(&done.result, &j, s)
 	s.root.Send(j.self, done)
 }
 
@@ -460,44 +516,51 @@ func (r *probeRun) isAborted() bool {
 // runProbe runs one probe into r: the probeDone message that carries the
 // result to the actor is its only allocation.
 // It returns how long the probe waited after handed before it started.
-func runProbe(r *health.Result, run *probeRun, s *Scheduler, id string, p *health.Policy, prober probes.Prober, proberErr error,
-	due, handed time.Time, urgent bool) time.Duration {
-	clk := s.opt.clock
-	ok := s.budget.tryAcquire(urgent) // the common case needs no waiting context
-	if !ok {
-		if wait, cancelWait := run.context(p.Timeout); wait != nil {
-			ok = s.budget.acquire(wait, urgent)
-			cancelWait()
+func runProbe(r *health.Result, j *probeJob, s *Scheduler) time.Duration {
+	clk, p, run := s.opt.clock, j.policy, j.run
+	var waited time.Duration
+	start := j.start
+	if j.rest == nil {
+		ok := s.budget.tryAcquire(j.urgent) // the common case needs no waiting context
+		if !ok {
+			if wait, cancelWait := run.context(p.Timeout); wait != nil {
+				ok = s.budget.acquire(wait, j.urgent)
+				cancelWait()
+			}
 		}
-	}
-	if ok && run.isAborted() {
-		s.budget.release()
-		ok = false
-	}
-	if !ok {
-		if run.isAborted() {
-			*r = health.Result{Outcome: health.Skipped, Reason: health.ReasonCanceled, Start: clk.Now()}
+		if ok && run.isAborted() {
+			s.budget.release()
+			ok = false
+		}
+		if !ok {
+			if run.isAborted() {
+				*r = health.Result{Outcome: health.Skipped, Reason: health.ReasonCanceled, Start: clk.Now()}
+				return 0
+			}
+			*r = health.Result{Outcome: health.Skipped, Reason: health.ReasonBudgetFull, Start: clk.Now(),
+				Message: fmt.Sprintf("probe budget full: no slot within %s", p.Timeout)}
 			return 0
 		}
-		*r = health.Result{Outcome: health.Skipped, Reason: health.ReasonBudgetFull, Start: clk.Now(),
-			Message: fmt.Sprintf("probe budget full: no slot within %s", p.Timeout)}
-		return 0
+		waited = time.Since(j.handed)
+		start = clk.Now()
+		if ob := s.opt.observer; ob != nil {
+			ob.ProbeStarted(j.id, p.Type, j.due, start)
+		}
 	}
-	waited := time.Since(handed)
-	start := clk.Now()
-	if ob := s.opt.observer; ob != nil {
-		ob.ProbeStarted(id, p.Type, due, start)
-	}
-	switch pctx, cancel := run.context(p.Timeout); {
-	case proberErr != nil:
-		*r = health.Result{Outcome: health.Failure, Reason: health.ReasonUnsupported, Message: proberErr.Error()}
+	// a probe started on the actor's goroutine has what is left of its timeout
+	switch pctx, cancel := run.context(p.Timeout - clk.Now().Sub(start)); {
+	case j.proberErr != nil:
+		*r = health.Result{Outcome: health.Failure, Reason: health.ReasonUnsupported, Message: j.proberErr.Error()}
 		if cancel != nil {
 			cancel()
 		}
 	case pctx == nil:
 		*r = health.Result{Outcome: health.Skipped, Reason: health.ReasonCanceled}
+		if j.rest != nil {
+			j.rest(canceled)
+		}
 	default:
-		probeSafely(r, s, id, prober, pctx)
+		probeSafely(r, s, j.id, j.prober, j.rest, pctx)
 		if r.Outcome == health.Failure && errors.Is(pctx.Err(), context.DeadlineExceeded) && r.Reason != health.ReasonTimeout {
 			r.Reason = health.ReasonTimeout
 		}
@@ -507,19 +570,24 @@ func runProbe(r *health.Result, run *probeRun, s *Scheduler, id string, p *healt
 	r.Start = start
 	r.Duration = health.Duration(clk.Now().Sub(start))
 	if ob := s.opt.observer; ob != nil {
-		ob.ProbeFinished(id, p.Type, r)
+		ob.ProbeFinished(j.id, p.Type, r)
 	}
 	return waited
 }
 
-// probeSafely runs the prober; a panic becomes a failed result.
-func probeSafely(r *health.Result, s *Scheduler, id string, prober probes.Prober, ctx context.Context) {
+// probeSafely runs the prober, or the rest of a started probe; a panic
+// becomes a failed result.
+func probeSafely(r *health.Result, s *Scheduler, id string, prober probes.Prober, rest probes.Rest, ctx context.Context) {
 	defer func() {
 		if v := recover(); v != nil {
 			s.log.Error().Str("instance_id", id).Str("panic", fmt.Sprint(v)).Bytes("stack", debug.Stack()).Msg("probe_panicked")
 			*r = health.Result{Outcome: health.Failure, Reason: health.ReasonPanic, Message: fmt.Sprintf("probe panicked: %v", v)}
 		}
 	}()
+	if rest != nil {
+		*r = rest(ctx)
+		return
+	}
 	*r = prober.Probe(ctx)
 }
 

@@ -3,6 +3,7 @@ package actors
 import (
 	"context"
 	"errors"
+	"net"
 	"net/http"
 	"strconv"
 	"sync/atomic"
@@ -527,4 +528,110 @@ func TestLateProbeKeepsItsCadence(t *testing.T) {
 	hog := h.results("hog", 1)
 	assert.InDelta(t, 10*time.Second-health.Phase("hog", 10*time.Second), hog.Health.NextCheckAt.Sub(*hog.Health.LastCheckedAt),
 		float64(held/3), "only its hand-off to a worker (this test counts every wait)")
+}
+
+// starter is a probes.Starter made of a function.
+type starter func() (health.Result, probes.Rest)
+
+func (s starter) Start() (health.Result, probes.Rest) { return s() }
+
+func (s starter) Probe(ctx context.Context) health.Result {
+	r, rest := s()
+	if rest != nil {
+		return rest(ctx)
+	}
+	return r
+}
+
+// TestStartedProbes covers probes that start on the actor's goroutine: one
+// that settles at once (a real loopback TCP connect), one that continues on
+// a worker within what is left of its timeout, one aborted meanwhile, one
+// that panics.
+func TestStartedProbes(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			_ = c.Close()
+		}
+	}()
+	port := l.Addr().(*net.TCPAddr).Port
+
+	release := make(chan struct{})
+	deadlines := make(chan time.Duration, 1)
+	aborted := make(chan error, 1)
+	factory := func(in health.Instance) (probes.Prober, error) {
+		switch in.ID {
+		case "later":
+			return starter(func() (health.Result, probes.Rest) {
+				began := time.Now()
+				return health.Result{}, func(ctx context.Context) health.Result {
+					dl, _ := ctx.Deadline()
+					deadlines <- dl.Sub(began)
+					<-release
+					return health.Result{Outcome: health.Success}
+				}
+			}), nil
+		case "aborted":
+			return starter(func() (health.Result, probes.Rest) {
+				return health.Result{}, func(ctx context.Context) health.Result {
+					<-ctx.Done()
+					aborted <- ctx.Err()
+					return health.Result{Outcome: health.Failure, Reason: health.ReasonCanceled}
+				}
+			}), nil
+		case "panics":
+			return starter(func() (health.Result, probes.Rest) { panic("boom") }), nil
+		}
+		return probes.New(in)
+	}
+	h := newHarness(t, WithProberFactory(factory))
+	spec := func(timeout string) string {
+		return `{"state":"Running","network":{"ip":"127.0.0.1"},"health_check":{"tcp":{"port":` + strconv.Itoa(port) +
+			`},"timeout":"` + timeout + `","start_period":"0s"}}`
+	}
+
+	h.put("tcp", spec("2s"))
+	h.advance(0)
+	info := h.results("tcp", 1)
+	assert.Equal(t, health.StatusHealthy, info.Health.Status, info.Health.LastError)
+
+	h.put("later", spec("3s"))
+	h.advance(0)
+	select {
+	case d := <-deadlines:
+		assert.LessOrEqual(t, d, 3*time.Second+100*time.Millisecond, "the rest has what is left of the timeout")
+		assert.Greater(t, d, 2*time.Second)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the rest did not run")
+	}
+	assert.Equal(t, 1, h.s.InFlight(), "the started probe holds its slot")
+	close(release)
+	info = h.results("later", 1)
+	assert.Equal(t, health.StatusHealthy, info.Health.Status)
+
+	h.put("aborted", spec("9s"))
+	h.advance(0)
+	require.Eventually(t, func() bool { return h.s.InFlight() == 1 }, 5*time.Second, time.Millisecond)
+	_, err = h.s.SetState(context.Background(), "aborted", health.Stopped, nil)
+	require.NoError(t, err)
+	select {
+	case err := <-aborted:
+		assert.ErrorIs(t, err, context.Canceled)
+	case <-time.After(5 * time.Second):
+		t.Fatal("a lifecycle change did not abort the started probe")
+	}
+	require.Eventually(t, func() bool { return h.s.InFlight() == 0 }, 5*time.Second, time.Millisecond)
+
+	h.put("panics", spec("2s"))
+	h.advance(0)
+	info = h.results("panics", 1)
+	require.NotEmpty(t, info.Health.History)
+	assert.Equal(t, health.ReasonPanic, info.Health.History[0].Reason)
+	assert.Equal(t, 0, h.s.InFlight())
 }

@@ -22,7 +22,11 @@ type probeJob struct {
 	proberErr error
 	due       time.Time
 	handed    time.Time // when the actor handed it over (monotonic)
-	urgent    bool
+	// a probe the actor started (holding a budget slot): when, and what is
+	// left to do
+	start  time.Time
+	rest   probes.Rest
+	urgent bool
 }
 
 // workers runs probes on long-lived goroutines. A probe descends through the

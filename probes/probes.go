@@ -26,6 +26,19 @@ type Prober interface {
 	Probe(ctx context.Context) health.Result
 }
 
+// Starter is a Prober whose probe can often finish without blocking. Start
+// does the part that never blocks; when that settles the probe it returns
+// the result and a nil Rest. Otherwise the caller must call the Rest, once,
+// where it may block: it finishes the probe within its context's deadline
+// (counted by the caller from Start) and releases what Start took.
+type Starter interface {
+	Prober
+	Start() (health.Result, Rest)
+}
+
+// Rest finishes a probe that Start began.
+type Rest func(ctx context.Context) health.Result
+
 // Func adapts a function to a Prober.
 type Func func(ctx context.Context) health.Result
 
@@ -80,17 +93,36 @@ type TCP struct {
 // a probe every few seconds per instance must not leave a TIME_WAIT socket
 // behind each time, which on a busy host exhausts the ephemeral ports.
 func (t *TCP) Probe(ctx context.Context) health.Result {
+	r, rest := t.Start()
+	if rest != nil {
+		return rest(ctx)
+	}
+	return r
+}
+
+// Start opens the connection without blocking; a handshake that is done at
+// once (loopback, a refusal) settles the probe.
+func (t *TCP) Start() (health.Result, Rest) {
 	ap := t.ap
 	if !ap.IsValid() {
 		var err error
 		if ap, err = netip.ParseAddrPort(t.Addr); err != nil {
-			return health.Result{Outcome: health.Failure, Reason: health.ReasonIOError, Message: err.Error()}
+			return health.Result{Outcome: health.Failure, Reason: health.ReasonIOError, Message: err.Error()}, nil
 		}
 	}
-	if err := connectAndReset(ctx, ap); err != nil {
-		return Fail(ctx, err)
+	c, err := beginConnect(ap)
+	switch {
+	case c != nil:
+		return health.Result{}, func(ctx context.Context) health.Result {
+			if err := c.finish(ctx); err != nil {
+				return Fail(ctx, err)
+			}
+			return health.Result{Outcome: health.Success}
+		}
+	case err != nil:
+		return Fail(context.Background(), err), nil
 	}
-	return health.Result{Outcome: health.Success}
+	return health.Result{Outcome: health.Success}, nil
 }
 
 // dialAndReset is the portable connect-and-reset, through the net package.

@@ -282,6 +282,44 @@ func TestTCPProbeTimesOutAndCancels(t *testing.T) {
 	assert.Less(t, time.Since(start), 5*time.Second, "canceling ends the connect")
 }
 
+func TestTCPStartSettlesLoopbackAtOnce(t *testing.T) {
+	hung := hungListener(t, "tcp", "127.0.0.1:0")
+	p, err := New(instance(t, hung, `{"tcp":{"port":PORT}}`))
+	require.NoError(t, err)
+	st, ok := p.(Starter)
+	require.True(t, ok, "a TCP prober starts without blocking")
+	settled := 0
+	for range 20 {
+		r, rest := st.Start()
+		if rest == nil {
+			settled++
+			assert.Equal(t, health.Success, r.Outcome, r.Message)
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		assert.Equal(t, health.Success, rest(ctx).Outcome)
+		cancel()
+	}
+	assert.Positive(t, settled, "a loopback handshake is done when connect returns")
+
+	refused, err := New(instance(t, refusedAddr(t), `{"tcp":{"port":PORT}}`))
+	require.NoError(t, err)
+	r, rest := refused.(Starter).Start()
+	if rest != nil {
+		r = rest(context.Background())
+	}
+	assert.Equal(t, health.ReasonConnectionRefused, r.Reason, r.Message)
+
+	// a handshake under way continues in its Rest, within the Rest's context
+	dropping, err := New(instance(t, synDroppingAddr(t), `{"tcp":{"port":PORT}}`))
+	require.NoError(t, err)
+	_, rest = dropping.(Starter).Start()
+	require.NotNil(t, rest, "no SYN-ACK: the connect is under way")
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	assert.Equal(t, health.ReasonTimeout, rest(ctx).Reason)
+}
+
 func TestTCPProbeLeavesNoTimeWait(t *testing.T) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)

@@ -11,53 +11,73 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// connectAndReset opens a TCP connection to ap and closes it with a reset.
-// It is the net package's dial cut to what a probe needs: a non-blocking
-// socket with linger 0, connect, SO_ERROR and the peer; the runtime's poller
-// only when the handshake is still under way. It skips what a probe never
-// uses (TCP_NODELAY, the local address, the address parsing, the poller for
-// an instant handshake) — four system calls and about 2 KB of allocations a
-// probe on loopback. Errors read like the net package's.
-func connectAndReset(ctx context.Context, ap netip.AddrPort) error {
+// beginConnect starts a TCP connection to ap that closes with a reset. It is
+// the net package's dial cut to what a probe needs: a non-blocking socket
+// with linger 0, connect, SO_ERROR and the peer. It skips what a probe never
+// uses (TCP_NODELAY, the local address, the address parsing) and, when the
+// handshake is done at once (loopback), the runtime's poller — four system
+// calls and about 2 KB of allocations a probe. It returns a nil connecting
+// when the connection is settled (err says how); otherwise the connection is
+// under way and connecting.finish must be called. Errors read like the net
+// package's.
+func beginConnect(ap netip.AddrPort) (*connecting, error) {
 	family, sa := unix.AF_INET, unix.Sockaddr(nil)
 	if a := ap.Addr(); a.Is4() || a.Is4In6() {
 		sa = &unix.SockaddrInet4{Port: int(ap.Port()), Addr: a.Unmap().As4()}
 	} else {
+		if a.Zone() != "" {
+			return &connecting{ap: ap, fd: -1}, nil // zone names need the net package's lookup
+		}
 		family = unix.AF_INET6
 		sa = &unix.SockaddrInet6{Port: int(ap.Port()), Addr: a.As16()}
-		if z := a.Zone(); z != "" {
-			return dialAndReset(ctx, ap) // zone names need the net package's lookup
-		}
 	}
 	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return dialErr(ap, os.NewSyscallError("socket", err))
+		return nil, dialErr(ap, os.NewSyscallError("socket", err))
 	}
 	// closing with a reset leaves no TIME_WAIT socket behind
 	if err := unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1}); err != nil {
 		_ = unix.Close(fd)
-		return dialErr(ap, os.NewSyscallError("setsockopt", err))
+		return nil, dialErr(ap, os.NewSyscallError("setsockopt", err))
 	}
 	switch err := unix.Connect(fd, sa); err {
 	case nil:
-		return unix.Close(fd)
+		return nil, unix.Close(fd)
 	case unix.EINPROGRESS, unix.EINTR:
 	default:
 		_ = unix.Close(fd)
-		return dialErr(ap, os.NewSyscallError("connect", err))
+		return nil, dialErr(ap, os.NewSyscallError("connect", err))
 	}
-	// on loopback and fast links the handshake is often done already: then
-	// the socket never meets the poller
+	// on loopback the handshake is done by the time connect returns
 	if done, err := connected(fd); done {
 		_ = unix.Close(fd)
 		if err != nil {
-			return dialErr(ap, err)
+			return nil, dialErr(ap, err)
 		}
-		return nil
+		return nil, nil
 	}
+	return &connecting{ap: ap, fd: fd}, nil
+}
+
+// connecting is a connection whose handshake is under way.
+type connecting struct {
+	ap netip.AddrPort
+	fd int // -1: not begun; finish dials through the net package
+}
+
+// finish waits for the handshake on the runtime's poller until ctx ends,
+// and closes the connection.
+func (c *connecting) finish(ctx context.Context) error {
+	if c.fd < 0 {
+		return dialAndReset(ctx, c.ap)
+	}
+	ap := c.ap
 	// the file owns fd from here and registers it with the poller
-	f := os.NewFile(uintptr(fd), "tcp-probe")
+	f := os.NewFile(uintptr(c.fd), "tcp-probe")
 	defer f.Close()
+	if ctx.Err() != nil {
+		return dialErr(ap, ctx.Err())
+	}
 	if dl, ok := ctx.Deadline(); ok {
 		if err := f.SetWriteDeadline(dl); err != nil {
 			return dialErr(ap, err)

@@ -7,4 +7,9 @@ import (
 	"net/netip"
 )
 
-func connectAndReset(ctx context.Context, ap netip.AddrPort) error { return dialAndReset(ctx, ap) }
+// beginConnect leaves the whole dial to finish, through the net package.
+func beginConnect(ap netip.AddrPort) (*connecting, error) { return &connecting{ap: ap}, nil }
+
+type connecting struct{ ap netip.AddrPort }
+
+func (c *connecting) finish(ctx context.Context) error { return dialAndReset(ctx, c.ap) }
