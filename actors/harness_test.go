@@ -39,7 +39,7 @@ func (r *recorder) ProbeStarted(id string, _ health.Type, _, start time.Time) {
 	r.started[id] = append(r.started[id], start)
 }
 
-func (r *recorder) ProbeFinished(id string, _ health.Type, _ *health.Result) {
+func (r *recorder) ProbeFinished(id string, _ health.Type, _ health.Result) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.finished[id]++

@@ -60,8 +60,6 @@ type instanceActor struct {
 	cfg    health.Config
 	st     health.State
 	prober probes.Prober
-	// proberErr is why no prober could be built; probes then fail with it.
-	proberErr error
 
 	// one timer for the actor's lifetime, reset to the earlier of the due
 	// probe and the due checkpoint
@@ -182,11 +180,19 @@ func (a *instanceActor) runs() bool { return a.cfg.Policy.Enabled() && a.cfg.Lif
 
 func (a *instanceActor) buildProber() {
 	a.closeProber()
-	a.prober, a.proberErr = nil, nil
+	a.prober = nil
 	if !a.cfg.Policy.Enabled() {
 		return
 	}
-	a.prober, a.proberErr = a.s.opt.factory(*a.inst)
+	p, err := a.s.opt.factory(*a.inst)
+	if err != nil {
+		// no prober could be built: every probe fails with why
+		msg := err.Error()
+		p = probes.Func(func(context.Context) health.Result {
+			return health.Result{Outcome: health.Failure, Reason: health.ReasonUnsupported, Message: msg}
+		})
+	}
+	a.prober = p
 }
 
 // closeProber releases what the prober pools (an exec probe's connection to
@@ -404,7 +410,7 @@ func (a *instanceActor) startProbe(ctx actor.Context) {
 	a.nextCheck = time.Time{}
 	a.late = max(a.now().Sub(a.due), 0)
 	job := probeJob{self: ctx.Self(), token: token, id: a.inst.ID, policy: a.cfg.Policy,
-		prober: a.prober, proberErr: a.proberErr, due: a.due,
+		prober: a.prober, due: a.due,
 		urgent: a.st.Status == health.StatusStarting || a.st.ConsecutiveFailures > 0}
 	if a.startInline(ctx, &job) {
 		return
@@ -432,7 +438,7 @@ var canceled = func() context.Context {
 // probe finished.
 func (a *instanceActor) startInline(ctx actor.Context, j *probeJob) bool {
 	st, ok := j.prober.(probes.Starter)
-	if !ok || j.proberErr != nil || !a.s.budget.tryAcquire(j.urgent) {
+	if !ok || !a.s.budget.tryAcquire(j.urgent) {
 		return false
 	}
 	clk, ob := a.s.opt.clock, a.s.opt.observer
@@ -448,7 +454,7 @@ func (a *instanceActor) startInline(ctx actor.Context, j *probeJob) bool {
 	r.Start = j.start
 	r.Duration = health.Duration(clk.Now().Sub(j.start))
 	if ob != nil {
-		ob.ProbeFinished(j.id, j.policy.Type, &r)
+		ob.ProbeFinished(j.id, j.policy.Type, r)
 	}
 	a.finishProbe(ctx, r, 0)
 	return true
@@ -549,11 +555,6 @@ func runProbe(r *health.Result, j *probeJob, s *Scheduler) time.Duration {
 	}
 	// a probe started on the actor's goroutine has what is left of its timeout
 	switch pctx, cancel := run.context(p.Timeout - clk.Now().Sub(start)); {
-	case j.proberErr != nil:
-		*r = health.Result{Outcome: health.Failure, Reason: health.ReasonUnsupported, Message: j.proberErr.Error()}
-		if cancel != nil {
-			cancel()
-		}
 	case pctx == nil:
 		*r = health.Result{Outcome: health.Skipped, Reason: health.ReasonCanceled}
 		if j.rest != nil {
@@ -570,7 +571,7 @@ func runProbe(r *health.Result, j *probeJob, s *Scheduler) time.Duration {
 	r.Start = start
 	r.Duration = health.Duration(clk.Now().Sub(start))
 	if ob := s.opt.observer; ob != nil {
-		ob.ProbeFinished(j.id, p.Type, r)
+		ob.ProbeFinished(j.id, p.Type, *r)
 	}
 	return waited
 }

@@ -39,7 +39,7 @@ func (r *lagRecorder) ProbeStarted(id string, _ health.Type, due, start time.Tim
 	}
 }
 
-func (r *lagRecorder) ProbeFinished(string, health.Type, *health.Result) {}
+func (r *lagRecorder) ProbeFinished(string, health.Type, health.Result) {}
 
 // hungServer accepts connections and never answers; it closes each one when
 // the prober gives up.

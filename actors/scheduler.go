@@ -53,7 +53,7 @@ type ProberFactory func(in health.Instance) (probes.Prober, error)
 // Transitioned from the store's publisher; none may block.
 type Observer interface {
 	ProbeStarted(id string, typ health.Type, due, started time.Time)
-	ProbeFinished(id string, typ health.Type, r *health.Result)
+	ProbeFinished(id string, typ health.Type, r health.Result)
 	Transitioned(ev Event)
 }
 
@@ -64,7 +64,7 @@ type NopObserver struct{}
 func (NopObserver) ProbeStarted(string, health.Type, time.Time, time.Time) {}
 
 // ProbeFinished does nothing.
-func (NopObserver) ProbeFinished(string, health.Type, *health.Result) {}
+func (NopObserver) ProbeFinished(string, health.Type, health.Result) {}
 
 // Transitioned does nothing.
 func (NopObserver) Transitioned(Event) {}

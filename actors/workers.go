@@ -13,15 +13,14 @@ import (
 // probeJob is one probe handed to a worker; a value, so the hand-off
 // allocates nothing.
 type probeJob struct {
-	self      *actor.PID
-	run       *probeRun
-	token     uint64
-	id        string
-	policy    *health.Policy
-	prober    probes.Prober
-	proberErr error
-	due       time.Time
-	handed    time.Time // when the actor handed it over (monotonic)
+	self   *actor.PID
+	run    *probeRun
+	token  uint64
+	id     string
+	policy *health.Policy
+	prober probes.Prober
+	due    time.Time
+	handed time.Time // when the actor handed it over (monotonic)
 	// a probe the actor started (holding a budget slot): when, and what is
 	// left to do
 	start  time.Time

@@ -68,7 +68,7 @@ func (m *Metrics) ProbeStarted(_ string, _ health.Type, due, started time.Time) 
 }
 
 // ProbeFinished counts the probe and records its duration.
-func (m *Metrics) ProbeFinished(_ string, typ health.Type, r *health.Result) {
+func (m *Metrics) ProbeFinished(_ string, typ health.Type, r health.Result) {
 	m.probes.WithLabelValues(string(typ), string(r.Outcome), string(r.Reason)).Inc()
 	m.durations.WithLabelValues(string(typ)).Observe(time.Duration(r.Duration).Seconds())
 }

@@ -170,7 +170,7 @@ func (c *collector) ProbeStarted(id string, _ health.Type, due, started time.Tim
 	}
 }
 
-func (c *collector) ProbeFinished(_ string, _ health.Type, r *health.Result) {
+func (c *collector) ProbeFinished(_ string, _ health.Type, r health.Result) {
 	if !c.counting.Load() {
 		return
 	}

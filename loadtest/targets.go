@@ -9,10 +9,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -64,7 +62,7 @@ type fleet struct {
 	down  atomic.Bool // flipping targets answer unhealthy
 
 	tcpPort, tcpFlipPort, httpPort, grpcPort int
-	tcpFlip                                  shards
+	tcpFlip                                  *shards
 	flipMu                                   sync.Mutex
 
 	dir       string
@@ -132,29 +130,30 @@ func every(frac float64) int {
 	return max(1, int(1/frac+0.5))
 }
 
-// serveTCP opens a TCP target on addr that accepts and closes.
-func serveTCP(addr string) (shards, error) {
-	ls, err := listenShards(addr)
+// serveTCP opens a TCP target on port (0: a free one) that accepts and
+// closes.
+func serveTCP(port int) (*shards, error) {
+	ls, err := listenShards(port)
 	if err != nil {
 		return nil, err
 	}
-	go acceptAndClose(ls)
+	ls.acceptAndClose()
 	return ls, nil
 }
 
 // startTCP opens the healthy TCP target and the flipping one, which closes
 // while the fleet is down so its instances see refusals.
 func (f *fleet) startTCP() error {
-	main, err := serveTCP("0.0.0.0:0")
+	main, err := serveTCP(0)
 	if err != nil {
 		return err
 	}
 	f.stopFuncs = append(f.stopFuncs, func() { _ = main.Close() })
-	flip, err := serveTCP("0.0.0.0:0")
+	flip, err := serveTCP(0)
 	if err != nil {
 		return err
 	}
-	f.tcpPort, f.tcpFlipPort, f.tcpFlip = main.port(), flip.port(), flip
+	f.tcpPort, f.tcpFlipPort, f.tcpFlip = main.port, flip.port, flip
 	f.stopFuncs = append(f.stopFuncs, func() {
 		f.flipMu.Lock()
 		defer f.flipMu.Unlock()
@@ -171,53 +170,86 @@ func (f *fleet) startTCP() error {
 // drops the SYN and the probe waits a 1 s retransmit).
 const acceptShards = 4
 
-// shards is one port served by several SO_REUSEPORT listeners.
-type shards []net.Listener
+// shards is one port on 0.0.0.0 served by several SO_REUSEPORT listening
+// sockets. They are made and served with raw system calls on the runtime's
+// poller: a target in the same process as the scheduler must not make
+// garbage (a net.Conn and two addresses per connection) that the
+// scheduler's collector pays for, as a target in a guest would not.
+type shards struct {
+	files []*os.File
+	port  int
+	done  sync.WaitGroup
+}
 
-func (s shards) port() int { return s[0].Addr().(*net.TCPAddr).Port }
-
-func (s shards) Close() error {
-	for _, l := range s {
-		_ = l.Close()
+// listenShards opens acceptShards listening sockets on port (0: one free
+// port for all).
+func listenShards(port int) (_ *shards, err error) {
+	s := &shards{port: port}
+	defer func() {
+		if err != nil {
+			_ = s.Close()
+		}
+	}()
+	for range acceptShards {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return nil, os.NewSyscallError("socket", err)
+		}
+		f := os.NewFile(uintptr(fd), "tcp-target") // owns fd; on the poller
+		s.files = append(s.files, f)
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+			return nil, os.NewSyscallError("setsockopt", err)
+		}
+		if err := unix.Bind(fd, &unix.SockaddrInet4{Port: s.port}); err != nil {
+			return nil, os.NewSyscallError("bind", err)
+		}
+		if err := unix.Listen(fd, 4096); err != nil {
+			return nil, os.NewSyscallError("listen", err)
+		}
+		if s.port == 0 {
+			sa, err := unix.Getsockname(fd)
+			if err != nil {
+				return nil, os.NewSyscallError("getsockname", err)
+			}
+			s.port = sa.(*unix.SockaddrInet4).Port
+		}
 	}
+	return s, nil
+}
+
+// Close closes the listening sockets and waits for their accept loops.
+func (s *shards) Close() error {
+	for _, f := range s.files {
+		_ = f.Close()
+	}
+	s.done.Wait()
 	return nil
 }
 
-// listenShards opens acceptShards listeners on addr (port 0: one free port
-// for all). Accepted connections get no TCP keep-alive.
-func listenShards(addr string) (shards, error) {
-	lc := net.ListenConfig{KeepAlive: -1, Control: func(_, _ string, c syscall.RawConn) error {
-		var serr error
-		err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1) })
+// acceptAndClose accepts on every shard and closes each connection at once.
+func (s *shards) acceptAndClose() {
+	for _, f := range s.files {
+		rc, err := f.SyscallConn()
 		if err != nil {
-			return err
+			continue
 		}
-		return serr
-	}}
-	var out shards
-	for range acceptShards {
-		l, err := lc.Listen(context.Background(), "tcp", addr)
-		if err != nil {
-			_ = out.Close()
-			return nil, err
-		}
-		out = append(out, l)
-		addr = "0.0.0.0:" + strconv.Itoa(out.port())
-	}
-	return out, nil
-}
-
-// acceptAndClose accepts on every shard and closes at once.
-func acceptAndClose(ls shards) {
-	for _, l := range ls {
+		s.done.Add(1)
 		go func() {
-			for {
-				c, err := l.Accept()
-				if err != nil {
-					return
+			defer s.done.Done()
+			_ = rc.Read(func(fd uintptr) bool {
+				for {
+					nfd, _, errno := unix.Syscall6(unix.SYS_ACCEPT4, fd, 0, 0, unix.SOCK_CLOEXEC, 0, 0)
+					switch errno {
+					case 0:
+						_ = unix.Close(int(nfd))
+					case unix.EINTR, unix.ECONNABORTED:
+					case unix.EAGAIN:
+						return false // wait until readable
+					default:
+						return true
+					}
 				}
-				_ = c.Close()
-			}
+			})
 		}()
 	}
 }
@@ -246,7 +278,7 @@ func (f *fleet) setDown(down bool) error {
 		}
 		return nil
 	}
-	ls, err := serveTCP("0.0.0.0:" + strconv.Itoa(f.tcpFlipPort))
+	ls, err := serveTCP(f.tcpFlipPort)
 	if err != nil {
 		return fmt.Errorf("reopen the flipping tcp target: %w", err)
 	}

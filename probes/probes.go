@@ -66,14 +66,14 @@ func New(in health.Instance) (Prober, error) {
 	if err != nil {
 		return nil, fmt.Errorf("probes: network.ip: %w", err)
 	}
-	addr := net.JoinHostPort(ip.String(), strconv.Itoa(p.Port()))
+	addr := func() string { return net.JoinHostPort(ip.String(), strconv.Itoa(p.Port())) }
 	switch p.Type {
 	case health.TypeHTTP:
-		return newHTTP(addr, p.HTTP), nil
+		return newHTTP(addr(), p.HTTP), nil
 	case health.TypeTCP:
-		return &TCP{Addr: addr, ap: netip.AddrPortFrom(ip, uint16(p.Port()))}, nil
+		return &TCP{ap: netip.AddrPortFrom(ip, uint16(p.Port()))}, nil
 	case health.TypeGRPC:
-		return &GRPC{Addr: addr, Service: p.GRPC.Service}, nil
+		return &GRPC{Addr: addr(), Service: p.GRPC.Service}, nil
 	}
 	return nil, fmt.Errorf("probes: unknown probe type %q", p.Type)
 }
@@ -85,8 +85,8 @@ var probeDialer = &net.Dialer{KeepAlive: -1}
 
 // TCP succeeds when a connection to Addr opens.
 type TCP struct {
-	Addr string
-	ap   netip.AddrPort // Addr parsed, when New built the prober
+	Addr string         // host:port, when ap is not set
+	ap   netip.AddrPort // set by New, which leaves Addr empty
 }
 
 // Probe connects and closes with a reset (linger 0), as the kubelet does:

@@ -21,32 +21,44 @@ import (
 // under way and connecting.finish must be called. Errors read like the net
 // package's.
 func beginConnect(ap netip.AddrPort) (*connecting, error) {
-	family, sa := unix.AF_INET, unix.Sockaddr(nil)
+	var (
+		family = unix.AF_INET
+		sa4    unix.RawSockaddrInet4
+		sa6    unix.RawSockaddrInet6
+		sa     unsafe.Pointer
+		salen  uintptr
+	)
+	// raw addresses on the stack: unix.Connect's Sockaddr would escape
 	if a := ap.Addr(); a.Is4() || a.Is4In6() {
-		sa = &unix.SockaddrInet4{Port: int(ap.Port()), Addr: a.Unmap().As4()}
+		sa4 = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: a.Unmap().As4()}
+		putPort(&sa4.Port, ap.Port())
+		sa, salen = unsafe.Pointer(&sa4), unsafe.Sizeof(sa4)
 	} else {
 		if a.Zone() != "" {
 			return &connecting{ap: ap, fd: -1}, nil // zone names need the net package's lookup
 		}
 		family = unix.AF_INET6
-		sa = &unix.SockaddrInet6{Port: int(ap.Port()), Addr: a.As16()}
+		sa6 = unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: a.As16()}
+		putPort(&sa6.Port, ap.Port())
+		sa, salen = unsafe.Pointer(&sa6), unsafe.Sizeof(sa6)
 	}
 	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, dialErr(ap, os.NewSyscallError("socket", err))
 	}
 	// closing with a reset leaves no TIME_WAIT socket behind
-	if err := unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1}); err != nil {
+	if err := unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &lingerReset); err != nil {
 		_ = unix.Close(fd)
 		return nil, dialErr(ap, os.NewSyscallError("setsockopt", err))
 	}
-	switch err := unix.Connect(fd, sa); err {
-	case nil:
+	_, _, errno := unix.Syscall(unix.SYS_CONNECT, uintptr(fd), uintptr(sa), salen)
+	switch errno {
+	case 0:
 		return nil, unix.Close(fd)
-	case unix.EINPROGRESS, unix.EINTR:
+	case unix.EINPROGRESS, unix.EALREADY, unix.EINTR: // interrupted: it goes on regardless
 	default:
 		_ = unix.Close(fd)
-		return nil, dialErr(ap, os.NewSyscallError("connect", err))
+		return nil, dialErr(ap, os.NewSyscallError("connect", errno))
 	}
 	// on loopback the handshake is done by the time connect returns
 	if done, err := connected(fd); done {
@@ -57,6 +69,15 @@ func beginConnect(ap netip.AddrPort) (*connecting, error) {
 		return nil, nil
 	}
 	return &connecting{ap: ap, fd: fd}, nil
+}
+
+// lingerReset is linger on, for 0 seconds: close sends a reset. Read only.
+var lingerReset = unix.Linger{Onoff: 1}
+
+// putPort stores port in network byte order.
+func putPort(p *uint16, port uint16) {
+	b := (*[2]byte)(unsafe.Pointer(p))
+	b[0], b[1] = byte(port>>8), byte(port)
 }
 
 // connecting is a connection whose handshake is under way.

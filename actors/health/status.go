@@ -91,11 +91,11 @@ type State struct {
 // evidence, not progress.
 type Progress struct {
 	Window    uint64
-	Eval      Status
-	Status    Status
+	Successes int32
+	Failures  int32
+	Eval      uint8 // index in Statuses
+	Status    uint8 // index in Statuses
 	GraceOver bool
-	Successes int
-	Failures  int
 }
 
 // Progress returns the state's progress under policy p.
@@ -104,7 +104,18 @@ func (s *State) Progress(p *Policy) Progress {
 	if p != nil {
 		succ, fail = min(succ, p.SuccessThreshold), min(fail, p.FailureThreshold)
 	}
-	return Progress{Window: s.Window, Eval: s.Eval, Status: s.Status, GraceOver: s.GraceOver, Successes: succ, Failures: fail}
+	return Progress{Window: s.Window, Eval: statusCode(s.Eval), Status: statusCode(s.Status), GraceOver: s.GraceOver,
+		Successes: clamp32(succ), Failures: clamp32(fail)}
+}
+
+// statusCode is st's index in Statuses, or len(Statuses) for another value.
+func statusCode(st Status) uint8 {
+	for i, v := range Statuses {
+		if v == st {
+			return uint8(i)
+		}
+	}
+	return uint8(len(Statuses))
 }
 
 // Configure applies a configuration change (registration when prev is the

@@ -353,3 +353,17 @@ func TestBriefRendersLikeView(t *testing.T) {
 	}
 	assert.Equal(t, int32(math.MaxInt32), (&State{ConsecutiveSuccesses: math.MaxInt32 + 1}).Brief(time.Time{}).ConsecutiveSuccesses)
 }
+
+func TestProgressIsCompactAndComparable(t *testing.T) {
+	p := &Policy{SuccessThreshold: 2, FailureThreshold: 3}
+	a := State{Window: 1, Eval: StatusHealthy, Status: StatusHealthy, ConsecutiveSuccesses: 7}
+	b := a
+	b.ConsecutiveSuccesses = 9
+	assert.Equal(t, a.Progress(p), b.Progress(p), "successes past the threshold are evidence")
+	b.Status = StatusUnhealthy
+	assert.NotEqual(t, a.Progress(p), b.Progress(p))
+	c := a
+	c.ConsecutiveFailures = 1
+	assert.NotEqual(t, a.Progress(p), c.Progress(p), "a failure below the threshold is progress")
+	assert.LessOrEqual(t, unsafe.Sizeof(Progress{}), uintptr(24))
+}
