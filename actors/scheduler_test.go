@@ -3,7 +3,6 @@ package actors
 import (
 	"context"
 	"errors"
-	"net"
 	"net/http"
 	"strconv"
 	"sync/atomic"
@@ -16,6 +15,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/vigilhq/vigil/actors/health"
+	"github.com/vigilhq/vigil/internal/tcptest"
 	"github.com/vigilhq/vigil/probes"
 )
 
@@ -548,19 +548,7 @@ func (s starter) Probe(ctx context.Context) health.Result {
 // a worker within what is left of its timeout, one aborted meanwhile, one
 // that panics.
 func TestStartedProbes(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer l.Close()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			_ = c.Close()
-		}
-	}()
-	port := l.Addr().(*net.TCPAddr).Port
+	port := tcptest.AcceptAndClose(t)
 
 	release := make(chan struct{})
 	deadlines := make(chan time.Duration, 1)
@@ -618,7 +606,7 @@ func TestStartedProbes(t *testing.T) {
 	h.put("aborted", spec("9s"))
 	h.advance(0)
 	require.Eventually(t, func() bool { return h.s.InFlight() == 1 }, 5*time.Second, time.Millisecond)
-	_, err = h.s.SetState(context.Background(), "aborted", health.Stopped, nil)
+	_, err := h.s.SetState(context.Background(), "aborted", health.Stopped, nil)
 	require.NoError(t, err)
 	select {
 	case err := <-aborted:

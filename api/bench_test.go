@@ -17,6 +17,7 @@ import (
 
 	"github.com/vigilhq/vigil/actors"
 	"github.com/vigilhq/vigil/actors/health"
+	"github.com/vigilhq/vigil/internal/tcptest"
 )
 
 // BenchmarkReadsAt100k measures GET /v1/summary and one page of
@@ -30,19 +31,7 @@ import (
 func BenchmarkReadsAt100k(b *testing.B) {
 	const n, unhealthyEvery = 100_000, 100
 	interval := cmp.Or(os.Getenv("VIGIL_BENCH_INTERVAL"), "10s")
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(b, err)
-	defer l.Close()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			_ = c.Close()
-		}
-	}()
-	live := l.Addr().(*net.TCPAddr).Port
+	live := tcptest.AcceptAndClose(b)
 	dead, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(b, err)
 	deadPort := dead.Addr().(*net.TCPAddr).Port

@@ -170,6 +170,10 @@ func (f *fleet) startTCP() error {
 // drops the SYN and the probe waits a 1 s retransmit).
 const acceptShards = 4
 
+// acceptBatch is how long an accept loop lets connections gather once its
+// socket is readable.
+const acceptBatch = time.Millisecond
+
 // shards is one port on 0.0.0.0 served by several SO_REUSEPORT listening
 // sockets. They are made and served with raw system calls on the runtime's
 // poller: a target in the same process as the scheduler must not make
@@ -237,6 +241,10 @@ func (s *shards) acceptAndClose() {
 		go func() {
 			defer s.done.Done()
 			_ = rc.Read(func(fd uintptr) bool {
+				// let connections gather: a wake-up per connection would
+				// cost the process more than the accepts (the handshakes
+				// are done by the kernel; nobody waits for the accept)
+				time.Sleep(acceptBatch)
 				for {
 					nfd, _, errno := unix.Syscall6(unix.SYS_ACCEPT4, fd, 0, 0, unix.SOCK_CLOEXEC, 0, 0)
 					switch errno {

@@ -2,30 +2,17 @@ package probes
 
 import (
 	"context"
-	"net"
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/vigilhq/vigil/internal/tcptest"
 )
 
 // BenchmarkTCPConnect compares the probe's connect-and-reset with the net
 // package's dial against a loopback listener that accepts and closes.
 func BenchmarkTCPConnect(b *testing.B) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer l.Close()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			_ = c.Close()
-		}
-	}()
-	ap := netip.MustParseAddrPort(l.Addr().String())
+	ap := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(tcptest.AcceptAndClose(b)))
 	for _, bc := range []struct {
 		name string
 		dial func(context.Context, netip.AddrPort) error
