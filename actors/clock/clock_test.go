@@ -2,11 +2,13 @@ package clock
 
 import (
 	"container/heap"
+	"math"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 func TestFakeRunsTimersInOrder(t *testing.T) {
@@ -172,4 +174,29 @@ func TestSharedWheel(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("timers did not all fire")
 	}
+}
+
+// TestSharedTakeBeyondTheSpan drives the wheel by hand: a timer due beyond
+// its span, with nothing else pending, sets the wait to its due time, moves
+// into the wheel as time passes, and fires.
+func TestSharedTakeBeyondTheSpan(t *testing.T) {
+	now := time.Now().UnixNano()
+	s := &Shared{fired: tick(now) - 1}
+	fired := false
+	far := &sharedTimer{s: s, fn: func() { fired = true }, slot: idle, index: -1, at: now + int64(wheelSpan) + int64(4*time.Second)}
+	s.add(far)
+	require.Equal(t, inHeap, far.slot)
+	due, wait := s.take(now, nil)
+	assert.Empty(t, due)
+	assert.LessOrEqual(t, wait, wheelSpan+4*time.Second+2*Slack, "wakes by the heap's first timer at the latest")
+	assert.Greater(t, wait, wheelSpan/2, "not an hour, not at once")
+	due, _ = s.take(now+int64(wheelSpan), nil)
+	assert.Empty(t, due, "not yet due")
+	assert.GreaterOrEqual(t, far.slot, 0, "moved into the wheel")
+	due, wait = s.take(far.at, nil)
+	require.Len(t, due, 1)
+	due[0].fn()
+	assert.True(t, fired)
+	assert.Equal(t, time.Hour, wait, "nothing left")
+	assert.Equal(t, int64(math.MaxInt64), s.wakeAt, "any timer set wakes the goroutine")
 }

@@ -154,12 +154,7 @@ func (s *Shared) nextTick() int64 {
 func (s *Shared) take(now int64, due []*sharedTimer) ([]*sharedTimer, time.Duration) {
 	last := tick(now)
 	for {
-		// timers of the heap that the wheel now spans move into it
-		for len(s.later) > 0 && tick(s.later[0].at) <= s.fired+wheelSlots {
-			t := heap.Pop(&s.later).(*sharedTimer)
-			t.slot = idle
-			s.add(t)
-		}
+		s.migrate()
 		k := s.nextTick()
 		if k > last {
 			break
@@ -177,17 +172,28 @@ func (s *Shared) take(now int64, due []*sharedTimer) ([]*sharedTimer, time.Durat
 	}
 	// nothing else is due up to last
 	s.fired = max(s.fired, last)
+	s.migrate()
 	next := s.nextTick()
 	if len(s.later) > 0 {
+		// the wheel may be empty while the heap is not: sleep until its
+		// first timer, however far
 		next = min(next, tick(s.later[0].at))
-	}
-	s.wakeAt = next
-	if next > s.fired+wheelSlots {
+	} else if next > s.fired+wheelSlots {
 		// nothing pending: any timer set wakes the goroutine
 		s.wakeAt = math.MaxInt64
 		return due, time.Hour
 	}
+	s.wakeAt = next
 	return due, time.Duration(next*int64(Slack) - now)
+}
+
+// migrate moves the heap's timers that the wheel now spans into it.
+func (s *Shared) migrate() {
+	for len(s.later) > 0 && tick(s.later[0].at) <= s.fired+wheelSlots {
+		t := heap.Pop(&s.later).(*sharedTimer)
+		t.slot = idle
+		s.add(t)
+	}
 }
 
 func (s *Shared) run() {
