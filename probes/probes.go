@@ -85,7 +85,7 @@ var probeDialer = &net.Dialer{KeepAlive: -1}
 
 // TCP succeeds when a connection to Addr opens.
 type TCP struct {
-	Addr string         // host:port, when ap is not set
+	Addr string         // "ip:port" (an address, not a name), when ap is not set
 	ap   netip.AddrPort // set by New, which leaves Addr empty
 }
 

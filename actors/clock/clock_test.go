@@ -129,7 +129,7 @@ func TestSharedWheel(t *testing.T) {
 	s := NewShared()
 	defer s.Close()
 	// beyond the wheel's span: in the heap, moved into the wheel later
-	far := s.AfterFunc(wheelSpan+time.Hour, func() { t.Error("far timer fired") })
+	far := s.AfterFunc(s.span()+time.Hour, func() { t.Error("far timer fired") })
 	// set after the goroutine has slept a while with nothing due soon
 	time.Sleep(30 * time.Millisecond)
 	fired := make(chan int, 8)
@@ -181,7 +181,9 @@ func TestSharedWheel(t *testing.T) {
 // into the wheel as time passes, and fires.
 func TestSharedTakeBeyondTheSpan(t *testing.T) {
 	now := time.Now().UnixNano()
-	s := &Shared{fired: tick(now) - 1}
+	s := newShared(wheelSlots)
+	s.fired = tick(now) - 1
+	wheelSpan := s.span()
 	fired := false
 	far := &sharedTimer{s: s, fn: func() { fired = true }, slot: idle, index: -1, at: now + int64(wheelSpan) + int64(4*time.Second)}
 	s.add(far)
@@ -199,4 +201,45 @@ func TestSharedTakeBeyondTheSpan(t *testing.T) {
 	assert.True(t, fired)
 	assert.Equal(t, time.Hour, wait, "nothing left")
 	assert.Equal(t, int64(math.MaxInt64), s.wakeAt, "any timer set wakes the goroutine")
+}
+
+// TestSharedRunsPeriodicTimersBeyondItsSpan runs the clock's goroutine with a
+// 64 ms wheel and timers that, like actors, set themselves again each time
+// they fire: a short one that stops, then only ones beyond the span (through
+// the heap), with the wheel empty between them. Every one keeps firing on
+// time.
+func TestSharedRunsPeriodicTimersBeyondItsSpan(t *testing.T) {
+	s := newShared(64)
+	go s.run()
+	defer s.Close()
+	periods := []time.Duration{5 * time.Millisecond, 90 * time.Millisecond, 150 * time.Millisecond}
+	var mu sync.Mutex
+	fires := make([][]time.Time, len(periods))
+	for i, p := range periods {
+		var tm Timer
+		tm = s.AfterFunc(time.Hour, func() {
+			mu.Lock()
+			fires[i] = append(fires[i], time.Now())
+			n := len(fires[i])
+			mu.Unlock()
+			if i == 0 && n == 3 {
+				return // the short one stops: the long ones are left alone
+			}
+			tm.Reset(p)
+		})
+		tm.Reset(p) // set here, so the callback's tm is assigned before it runs
+	}
+	time.Sleep(time.Second)
+	mu.Lock()
+	defer mu.Unlock()
+	assert.Len(t, fires[0], 3)
+	for i, p := range periods[1:] {
+		got := fires[i+1]
+		require.GreaterOrEqual(t, len(got), int(time.Second/p)-2, "period %v keeps firing", p)
+		for j := 1; j < len(got); j++ {
+			gap := got[j].Sub(got[j-1])
+			assert.Greater(t, gap, p-2*Slack, "period %v: not early", p)
+			assert.Less(t, gap, p+200*time.Millisecond, "period %v: not stalled", p)
+		}
+	}
 }

@@ -14,7 +14,7 @@ import (
 // call instead of a goroutine. Callbacks run on that goroutine and must not
 // block (the actors' only send a message).
 //
-// The wheel has one slot per Slack (1 ms) over wheelSpan (≈ 16 s): setting,
+// The wheel has one slot per Slack (1 ms) over ≈ 16 s: setting,
 // moving and firing a timer within the span touch only the timer and its
 // slot, however many timers there are. Timers due further out wait in a heap
 // and move into the wheel as it turns. Timers of one slot fire together, in
@@ -23,11 +23,12 @@ import (
 // Concurrency contract: safe for concurrent use; Close stops the goroutine.
 type Shared struct {
 	mu      sync.Mutex
-	slots   [wheelSlots]*sharedTimer // each the head of a list
-	full    [wheelSlots / 64]uint64  // bit per non-empty slot
-	fired   int64                    // every tick ≤ fired has fired
-	later   timerHeap                // due beyond the wheel's span
-	wakeAt  int64                    // the tick the goroutine sleeps until
+	slots   []*sharedTimer // each the head of a list; a power of two of them
+	full    []uint64       // bit per non-empty slot
+	n       int64          // len(slots)
+	fired   int64          // every tick ≤ fired has fired
+	later   timerHeap      // due beyond the wheel's span
+	wakeAt  int64          // the tick the goroutine sleeps until
 	wake    chan struct{}
 	done    chan struct{}
 	stopped chan struct{}
@@ -37,11 +38,9 @@ type Shared struct {
 // earlier one (the width of a slot).
 const Slack = time.Millisecond
 
-const (
-	wheelSlots = 1 << 14
-	wheelMask  = wheelSlots - 1
-	wheelSpan  = wheelSlots * Slack
-)
+// wheelSlots is how many slots NewShared's wheel has: its span is ≈ 16 s,
+// longer than the default interval.
+const wheelSlots = 1 << 14
 
 // Where a timer is: in a slot (≥ 0), in the heap, or pending nowhere.
 const (
@@ -51,11 +50,21 @@ const (
 
 // NewShared starts a shared clock.
 func NewShared() *Shared {
-	s := &Shared{wake: make(chan struct{}, 1), done: make(chan struct{}), stopped: make(chan struct{}),
-		fired: tick(time.Now().UnixNano()) - 1}
+	s := newShared(wheelSlots)
 	go s.run()
 	return s
 }
+
+// newShared makes a clock with a wheel of slots slots (a power of two, at
+// least 64) without starting its goroutine.
+func newShared(slots int) *Shared {
+	return &Shared{wake: make(chan struct{}, 1), done: make(chan struct{}), stopped: make(chan struct{}),
+		fired: tick(time.Now().UnixNano()) - 1, slots: make([]*sharedTimer, slots), full: make([]uint64, slots/64),
+		n: int64(slots)}
+}
+
+// span is how far ahead the wheel holds timers.
+func (s *Shared) span() time.Duration { return time.Duration(s.n) * Slack }
 
 func tick(unixNano int64) int64 { return unixNano / int64(Slack) }
 
@@ -90,12 +99,12 @@ func (s *Shared) poke() {
 // again (t is due before anything it waits for).
 func (s *Shared) add(t *sharedTimer) bool {
 	k := max(tick(t.at), s.fired+1)
-	if k > s.fired+wheelSlots {
+	if k > s.fired+s.n {
 		heap.Push(&s.later, t)
 		t.slot = inHeap
 		return k < s.wakeAt
 	}
-	i := int(k & wheelMask)
+	i := int(k & (s.n - 1))
 	t.slot, t.prev, t.next = i, nil, s.slots[i]
 	if t.next != nil {
 		t.next.prev = t
@@ -131,22 +140,23 @@ func (s *Shared) remove(t *sharedTimer) bool {
 }
 
 // nextTick is the first tick after fired with a non-empty slot, or
-// fired+wheelSlots+1 when the wheel is empty.
+// fired+n+1 when the wheel is empty.
 func (s *Shared) nextTick() int64 {
-	start := int((s.fired + 1) & wheelMask)
-	for n := 0; n <= wheelSlots; {
-		i := (start + n) & wheelMask
+	slots := int(s.n)
+	start := int((s.fired + 1) & (s.n - 1))
+	for n := 0; n <= slots; {
+		i := (start + n) & (slots - 1)
 		w := s.full[i/64] >> (i % 64)
 		if w != 0 {
 			n += bits.TrailingZeros64(w)
-			if n >= wheelSlots {
+			if n >= slots {
 				break
 			}
 			return s.fired + 1 + int64(n)
 		}
 		n += 64 - i%64
 	}
-	return s.fired + wheelSlots + 1
+	return s.fired + s.n + 1
 }
 
 // take moves what is due at now into due, in slot order, and returns the
@@ -159,7 +169,7 @@ func (s *Shared) take(now int64, due []*sharedTimer) ([]*sharedTimer, time.Durat
 		if k > last {
 			break
 		}
-		i := int(k & wheelMask)
+		i := int(k & (s.n - 1))
 		for t := s.slots[i]; t != nil; {
 			next := t.next
 			t.slot, t.prev, t.next = idle, nil, nil
@@ -178,7 +188,7 @@ func (s *Shared) take(now int64, due []*sharedTimer) ([]*sharedTimer, time.Durat
 		// the wheel may be empty while the heap is not: sleep until its
 		// first timer, however far
 		next = min(next, tick(s.later[0].at))
-	} else if next > s.fired+wheelSlots {
+	} else if next > s.fired+s.n {
 		// nothing pending: any timer set wakes the goroutine
 		s.wakeAt = math.MaxInt64
 		return due, time.Hour
@@ -189,7 +199,7 @@ func (s *Shared) take(now int64, due []*sharedTimer) ([]*sharedTimer, time.Durat
 
 // migrate moves the heap's timers that the wheel now spans into it.
 func (s *Shared) migrate() {
-	for len(s.later) > 0 && tick(s.later[0].at) <= s.fired+wheelSlots {
+	for len(s.later) > 0 && tick(s.later[0].at) <= s.fired+s.n {
 		t := heap.Pop(&s.later).(*sharedTimer)
 		t.slot = idle
 		s.add(t)
