@@ -200,9 +200,10 @@ func New(ctx context.Context, opts ...Option) (*Scheduler, error) {
 	s.workers = newWorkers(workerIdle, s.runJob)
 	// Instance actors run on the goroutine that sends to them (the timer,
 	// the probe's worker, the asking request) instead of a new goroutine per
-	// message: their handlers never block, and a probe then costs one
-	// goroutine hand-off instead of three goroutines. The lock-free mailbox is
-	// the smaller one; an idle actor holds no buffer.
+	// message: their handlers never block, and a probe then costs at most
+	// one goroutine hand-off (none for a TCP probe that settles at once)
+	// instead of three goroutines. The lock-free mailbox is the smaller one;
+	// an idle actor holds no buffer.
 	s.props = actor.PropsFromProducer(func() actor.Actor { return &instanceActor{s: s} },
 		actor.WithDispatcher(actor.NewSynchronizedDispatcher(actorThroughput)),
 		actor.WithMailbox(actor.UnboundedLockfree()))
