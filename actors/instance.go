@@ -20,8 +20,8 @@ import (
 
 // tokens tags probe results process-wide, so a result of an aborted probe
 // or of a previous incarnation of an actor never matches what the current
-// one expects. Timer messages are checked against the actor's own due time
-// instead: a late or early one is ignored.
+// one expects. Timer messages are checked against the actor's own due times
+// instead: a stale one finds nothing due and does nothing.
 var tokens atomic.Uint64
 
 // Messages to an instance actor.
@@ -71,7 +71,7 @@ type instanceActor struct {
 	due        time.Time // when the pending or running probe was due
 	nextCheck  time.Time
 	steady     bool          // the window has reached steady cadence once
-	late       time.Duration // how late the probe in flight was handed to a worker
+	late       time.Duration // how long after its due time the probe in flight was started
 	waiters    []*actor.PID
 
 	dirty     bool            // state changed since the last snapshot
