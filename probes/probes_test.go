@@ -337,3 +337,26 @@ func TestTCPProbeLeavesNoTimeWait(t *testing.T) {
 	require.Equal(t, health.Success, r.Outcome, r.Message)
 	assert.ErrorIs(t, <-got, syscall.ECONNRESET, "closed with a reset, not a FIN")
 }
+
+func TestTCPProbeIPv6(t *testing.T) {
+	l, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		t.Skip("no IPv6 loopback here:", err)
+	}
+	addr := l.Addr().String()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			_ = c.Close()
+		}
+	}()
+	r, _ := probe(t, instance(t, addr, `{"tcp":{"port":PORT}}`), time.Second)
+	assert.Equal(t, health.Success, r.Outcome, r.Message)
+	require.NoError(t, l.Close())
+	r, _ = probe(t, instance(t, addr, `{"tcp":{"port":PORT}}`), time.Second)
+	assert.Equal(t, health.ReasonConnectionRefused, r.Reason, r.Message)
+	assert.Contains(t, r.Message, "dial tcp "+addr)
+}
