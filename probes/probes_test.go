@@ -20,6 +20,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/vigilhq/vigil/actors/health"
+	"github.com/vigilhq/vigil/internal/tcptest"
 )
 
 func TestMain(m *testing.M) {
@@ -344,15 +345,7 @@ func TestTCPProbeIPv6(t *testing.T) {
 		t.Skip("no IPv6 loopback here:", err)
 	}
 	addr := l.Addr().String()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			_ = c.Close()
-		}
-	}()
+	tcptest.Serve(t, l)
 	r, _ := probe(t, instance(t, addr, `{"tcp":{"port":PORT}}`), time.Second)
 	assert.Equal(t, health.Success, r.Outcome, r.Message)
 	require.NoError(t, l.Close())

@@ -282,19 +282,8 @@ type View struct {
 
 // View renders the state for readers; nextCheck is zero when no probe is due.
 func (s *State) View(nextCheck time.Time, withHistory bool) View {
-	// the five times share one allocation
-	times := &[5]time.Time{s.Since, s.LastCheckedAt, s.LastSuccessAt, s.LastFailureAt, nextCheck}
-	v := View{
-		Status:               s.Status,
-		Since:                timeAt(times, 0),
-		ConsecutiveSuccesses: s.ConsecutiveSuccesses,
-		ConsecutiveFailures:  s.ConsecutiveFailures,
-		LastCheckedAt:        timeAt(times, 1),
-		LastSuccessAt:        timeAt(times, 2),
-		LastFailureAt:        timeAt(times, 3),
-		LastError:            s.LastError,
-		NextCheckAt:          timeAt(times, 4),
-	}
+	b := s.Brief(nextCheck)
+	v := b.View()
 	if withHistory {
 		v.History = s.History.Results()
 	}
@@ -320,7 +309,8 @@ func (s *State) Brief(nextCheck time.Time) Brief {
 		LastError: s.LastError}
 }
 
-// View renders the brief as readers see it.
+// View renders the brief as readers see it; the five times share one
+// allocation.
 func (b *Brief) View() View {
 	times := &[5]time.Time{unnanos(b.Since), unnanos(b.LastCheckedAt), unnanos(b.LastSuccessAt),
 		unnanos(b.LastFailureAt), unnanos(b.NextCheckAt)}

@@ -347,9 +347,16 @@ func TestBriefRendersLikeView(t *testing.T) {
 	when := time.Date(2026, 11, 27, 3, 4, 5, 6, time.FixedZone("X", 3600))
 	st := State{Status: StatusUnhealthy, Since: when, ConsecutiveFailures: 4, LastCheckedAt: when.Add(time.Second),
 		LastFailureAt: when.Add(time.Second), LastError: "connection refused"}
+	utc := func(d time.Duration) *time.Time { u := when.Add(d).UTC(); return &u }
 	for _, next := range []time.Time{{}, when.Add(10 * time.Second)} {
+		want := View{Status: StatusUnhealthy, Since: utc(0), ConsecutiveFailures: 4, LastCheckedAt: utc(time.Second),
+			LastFailureAt: utc(time.Second), LastError: "connection refused"}
+		if !next.IsZero() {
+			want.NextCheckAt = utc(10 * time.Second)
+		}
 		b := st.Brief(next)
-		assert.Equal(t, st.View(next, false), b.View())
+		assert.Equal(t, want, b.View(), "times in UTC, zero times absent")
+		assert.Equal(t, want, st.View(next, false))
 	}
 	assert.Equal(t, int32(math.MaxInt32), (&State{ConsecutiveSuccesses: math.MaxInt32 + 1}).Brief(time.Time{}).ConsecutiveSuccesses)
 }

@@ -14,6 +14,12 @@ func AcceptAndClose(tb testing.TB) int {
 	if err != nil {
 		tb.Fatal(err)
 	}
+	Serve(tb, l)
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Serve closes every connection l accepts, until l closes or the test ends.
+func Serve(tb testing.TB, l net.Listener) {
 	tb.Cleanup(func() { _ = l.Close() })
 	go func() {
 		for {
@@ -24,5 +30,4 @@ func AcceptAndClose(tb testing.TB) int {
 			_ = c.Close()
 		}
 	}()
-	return l.Addr().(*net.TCPAddr).Port
 }
