@@ -171,28 +171,33 @@ func (f *fleet) startTCP() error {
 // waits a 1 s retransmit).
 const acceptShards = 2
 
-// acceptBatch is how long an accept loop lets connections gather once its
-// socket is readable: at 10 000 connections a second, about ten a batch
-// per shard, and a few hundred wake-ups a second instead of ten thousand.
+// acceptBatch is how often the accept loop drains its sockets: at 10 000
+// connections a second, about ten a batch per shard, and 500 wake-ups a
+// second instead of ten thousand.
 const acceptBatch = 2 * time.Millisecond
 
 // shards is one port on 0.0.0.0 served by several SO_REUSEPORT listening
-// sockets. They are made and served with raw system calls on the runtime's
-// poller: a target in the same process as the scheduler must not make
-// garbage (a net.Conn and two addresses per connection) that the
-// scheduler's collector pays for, as a target in a guest would not.
+// sockets, made and served with raw system calls. A target in the same
+// process as the scheduler must cost that process no more than the kernel's
+// side of a connection, as a target in a guest would: no garbage (a
+// net.Conn and two addresses per connection), and no wake-up per
+// connection — the sockets are not on the runtime's poller (its epoll would
+// wake an idle thread for every handshake, and make every scheduling round
+// poll), one goroutine drains them on a ticker.
 type shards struct {
-	files []*os.File
-	port  int
-	done  sync.WaitGroup
+	fds  []int
+	port int
+	stop chan struct{}
+	done chan struct{}
 }
 
 // listenShards opens acceptShards listening sockets on port (0: one free
 // port for all).
 func listenShards(port int) (_ *shards, err error) {
-	s := &shards{port: port}
+	s := &shards{port: port, stop: make(chan struct{}), done: make(chan struct{})}
 	defer func() {
 		if err != nil {
+			close(s.done)
 			_ = s.Close()
 		}
 	}()
@@ -201,8 +206,7 @@ func listenShards(port int) (_ *shards, err error) {
 		if err != nil {
 			return nil, os.NewSyscallError("socket", err)
 		}
-		f := os.NewFile(uintptr(fd), "tcp-target") // owns fd; on the poller
-		s.files = append(s.files, f)
+		s.fds = append(s.fds, fd)
 		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
 			return nil, os.NewSyscallError("setsockopt", err)
 		}
@@ -223,44 +227,53 @@ func listenShards(port int) (_ *shards, err error) {
 	return s, nil
 }
 
-// Close closes the listening sockets and waits for their accept loops.
+// Close stops the accept loop and then closes the listening sockets
+// (connections still queued are reset).
 func (s *shards) Close() error {
-	for _, f := range s.files {
-		_ = f.Close()
+	select {
+	case <-s.stop:
+	default:
+		close(s.stop)
 	}
-	s.done.Wait()
+	<-s.done
+	for _, fd := range s.fds {
+		_ = unix.Close(fd)
+	}
+	s.fds = nil
 	return nil
 }
 
-// acceptAndClose accepts on every shard and closes each connection at once.
+// acceptAndClose starts the loop that accepts on every shard and closes each
+// connection at once.
 func (s *shards) acceptAndClose() {
-	for _, f := range s.files {
-		rc, err := f.SyscallConn()
-		if err != nil {
-			continue
+	go func() {
+		defer close(s.done)
+		tick := time.NewTicker(acceptBatch)
+		defer tick.Stop()
+		for {
+			select {
+			case <-s.stop:
+				return
+			case <-tick.C:
+			}
+			for _, fd := range s.fds {
+				drainAccepts(fd)
+			}
 		}
-		s.done.Add(1)
-		go func() {
-			defer s.done.Done()
-			_ = rc.Read(func(fd uintptr) bool {
-				// let connections gather: a wake-up per connection would
-				// cost the process more than the accepts (the handshakes
-				// are done by the kernel; nobody waits for the accept)
-				time.Sleep(acceptBatch)
-				for {
-					nfd, _, errno := unix.Syscall6(unix.SYS_ACCEPT4, fd, 0, 0, unix.SOCK_CLOEXEC, 0, 0)
-					switch errno {
-					case 0:
-						_ = unix.Close(int(nfd))
-					case unix.EINTR, unix.ECONNABORTED:
-					case unix.EAGAIN:
-						return false // wait until readable
-					default:
-						return true
-					}
-				}
-			})
-		}()
+	}()
+}
+
+// drainAccepts accepts and closes what is queued on the listening socket fd.
+func drainAccepts(fd int) {
+	for {
+		nfd, _, errno := unix.Syscall6(unix.SYS_ACCEPT4, uintptr(fd), 0, 0, unix.SOCK_CLOEXEC, 0, 0)
+		switch errno {
+		case 0:
+			_ = unix.Close(int(nfd))
+		case unix.EINTR, unix.ECONNABORTED:
+		default: // EAGAIN: drained
+			return
+		}
 	}
 }
 
