@@ -1,0 +1,77 @@
+package probes
+
+import (
+	"net"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/vigilhq/vigil/actors/health"
+	"github.com/vigilhq/vigil/internal/tcptest"
+)
+
+// openFiles counts the process's open file descriptors.
+func openFiles(t *testing.T) int {
+	t.Helper()
+	fds, err := os.ReadDir("/proc/self/fd")
+	require.NoError(t, err)
+	return len(fds)
+}
+
+func TestTCPProbeReusesItsSockets(t *testing.T) {
+	up := net.JoinHostPort("127.0.0.1", strconv.Itoa(tcptest.AcceptAndClose(t)))
+	down := refusedAddr(t)
+	before := openFiles(t)
+	for i := range 300 {
+		if i%3 == 1 {
+			r, _ := probe(t, instance(t, down, `{"tcp":{"port":PORT}}`), time.Second)
+			require.Equal(t, health.ReasonConnectionRefused, r.Reason, "probe %d: %s", i, r.Message)
+			continue
+		}
+		r, _ := probe(t, instance(t, up, `{"tcp":{"port":PORT}}`), time.Second)
+		require.Equal(t, health.Success, r.Outcome, "probe %d: %s", i, r.Message)
+	}
+	idle := &idleSockets[0]
+	idle.mu.Lock()
+	kept := len(idle.fds)
+	idle.mu.Unlock()
+	assert.Positive(t, kept, "settled connections leave their sockets for the next probe")
+	assert.LessOrEqual(t, kept, idleMax)
+	assert.Less(t, openFiles(t)-before, 2*idleMax, "sockets are reused or closed, never leaked")
+
+	// a socket whose last connection was reset starts clean: a handshake
+	// under way is a timeout, not that reset
+	r, _ := probe(t, instance(t, up, `{"tcp":{"port":PORT}}`), time.Second)
+	require.Equal(t, health.Success, r.Outcome, r.Message)
+	r, _ = probe(t, instance(t, synDroppingAddr(t), `{"tcp":{"port":PORT}}`), 200*time.Millisecond)
+	assert.Equal(t, health.ReasonTimeout, r.Reason, r.Message)
+}
+
+func TestSocketPoolIsBounded(t *testing.T) {
+	var p socketPool
+	t.Cleanup(func() {
+		for _, fd := range p.fds {
+			_ = unix.Close(fd)
+		}
+	})
+	var fds []int
+	for range idleMax + 5 {
+		fd, err := p.get(unix.AF_INET)
+		require.NoError(t, err)
+		fds = append(fds, fd)
+	}
+	for _, fd := range fds {
+		p.put(fd) // never connected: dissolving is a no-op, the socket is kept
+	}
+	assert.Len(t, p.fds, idleMax, "what does not fit is closed")
+	fd, err := p.get(unix.AF_INET)
+	require.NoError(t, err)
+	assert.Equal(t, fds[idleMax-1], fd, "the most recently kept socket comes back first")
+	p.put(fd)
+}
