@@ -52,32 +52,34 @@ type probeNowReply struct {
 var errRestarted = errors.New("actors: instance actor restarted; try again")
 
 // instanceActor owns one instance. Every field is touched only in Receive.
+// The fields a timer's wake reads come first, on the first cache lines: an
+// actor is cold by the time its next probe is due, and each line it touches
+// is a miss.
 type instanceActor struct {
 	s *Scheduler
 	e *entry
-
-	inst   *health.Instance // the applied spec; shared with the entry, never mutated
-	cfg    health.Config
-	st     health.State
-	prober probes.Prober
 
 	// one timer for the actor's lifetime, reset to the earlier of the due
 	// probe and the due checkpoint
 	timer      clock.Timer
 	timerAt    time.Time // when the timer fires; zero when it is stopped
-	armed      bool      // a probe is scheduled at due
-	probeToken uint64
-	run        *probeRun // the probe in flight, to abort it
 	due        time.Time // when the pending or running probe was due
-	nextCheck  time.Time
-	steady     bool          // the window has reached steady cadence once
+	ckptDue    time.Time
+	armed      bool // a probe is scheduled at due
+	ckptArmed  bool // a checkpoint is scheduled at ckptDue
+	steady     bool // the window has reached steady cadence once
+	dirty      bool // state changed since the last snapshot
+	probeToken uint64
+	run        *probeRun     // the probe in flight, to abort it
 	late       time.Duration // how long after its due time the probe in flight was started
+	prober     probes.Prober
+	inst       *health.Instance // the applied spec; shared with the entry, never mutated
+	nextCheck  time.Time
 	waiters    []*actor.PID
 
-	dirty     bool            // state changed since the last snapshot
-	saved     health.Progress // progress in the last snapshot
-	ckptArmed bool            // a checkpoint is scheduled at ckptDue
-	ckptDue   time.Time
+	cfg   health.Config
+	saved health.Progress // progress in the last snapshot
+	st    health.State
 }
 
 func (a *instanceActor) Receive(ctx actor.Context) {
@@ -324,11 +326,25 @@ func (a *instanceActor) rearm(ctx actor.Context) {
 	case at.IsZero():
 		a.timer.Stop()
 	case a.timer == nil:
-		self, root := ctx.Self(), a.s.root
-		a.timer = a.s.opt.clock.AfterFunc(at.Sub(a.now()), func() { root.Send(self, wakeMsg) })
+		a.timer = a.s.opt.clock.AfterFunc(at.Sub(a.now()), a.waker(ctx.Self()))
 	default:
 		a.timer.Reset(at.Sub(a.now()))
 	}
+}
+
+// waker is the timer's callback: a wake message into self's mailbox. It
+// posts to the actor's process directly, as the root context would after
+// resolving the PID, without the two dependent loads of that resolution (a
+// cache miss each, for an actor whose timer has not fired for an interval).
+// A wake that reaches a stopped actor is dropped by its context; one that
+// reaches a halted actor finds nothing armed.
+func (a *instanceActor) waker(self *actor.PID) func() {
+	proc, ok := a.s.system.ProcessRegistry.Get(self)
+	if !ok {
+		root := a.s.root
+		return func() { root.Send(self, wakeMsg) }
+	}
+	return func() { proc.SendUserMessage(self, wakeMsg) }
 }
 
 // reached reports whether a timer due at t has come, allowing for the

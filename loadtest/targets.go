@@ -172,9 +172,9 @@ func (f *fleet) startTCP() error {
 const acceptShards = 2
 
 // acceptBatch is how often the accept loop drains its sockets: at 10 000
-// connections a second, about ten a batch per shard, and 500 wake-ups a
+// connections a second, about 25 a batch per shard, and 200 wake-ups a
 // second instead of ten thousand.
-const acceptBatch = 2 * time.Millisecond
+const acceptBatch = 5 * time.Millisecond
 
 // shards is one port on 0.0.0.0 served by several SO_REUSEPORT listening
 // sockets, made and served with raw system calls. A target in the same
