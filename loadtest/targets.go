@@ -130,17 +130,6 @@ func every(frac float64) int {
 	return max(1, int(1/frac+0.5))
 }
 
-// serveTCP opens a TCP target on port (0: a free one) that accepts and
-// closes.
-func serveTCP(port int) (*shards, error) {
-	ls, err := listenShards(port)
-	if err != nil {
-		return nil, err
-	}
-	ls.acceptAndClose()
-	return ls, nil
-}
-
 // startTCP opens the healthy TCP target and the flipping one, which closes
 // while the fleet is down so its instances see refusals.
 func (f *fleet) startTCP() error {
@@ -191,9 +180,9 @@ type shards struct {
 	done chan struct{}
 }
 
-// listenShards opens acceptShards listening sockets on port (0: one free
-// port for all).
-func listenShards(port int) (_ *shards, err error) {
+// serveTCP opens a TCP target on port (0: a free one) that accepts and
+// closes: acceptShards listening sockets and their accept loop.
+func serveTCP(port int) (_ *shards, err error) {
 	s := &shards{port: port, stop: make(chan struct{}), done: make(chan struct{})}
 	defer func() {
 		if err != nil {
@@ -224,6 +213,7 @@ func listenShards(port int) (_ *shards, err error) {
 			s.port = sa.(*unix.SockaddrInet4).Port
 		}
 	}
+	s.acceptAndClose()
 	return s, nil
 }
 
