@@ -113,6 +113,12 @@ type Report struct {
 	Efficiency         float64 `json:"efficiency"`
 	AllocPerProbe      float64 `json:"alloc_per_probe_bytes"`
 	GCCycles           uint32  `json:"gc_cycles"`
+	// handshakes dropped by full accept queues during the raw loop and the
+	// measurement (TcpExtListenOverflows, the whole network namespace's; -1
+	// where unreadable): each one stalls a probe for a SYN retransmit, so
+	// anything but 0 means the targets, not vigil, set the pace
+	RawListenOverflows int64 `json:"raw_listen_overflows"`
+	ListenOverflows    int64 `json:"listen_overflows"`
 }
 
 // collector is the scheduler's Observer during a run.
@@ -253,10 +259,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if budget == 0 {
 		budget = actors.DefaultProbeBudget
 	}
+	overflowsBefore := listenOverflows()
 	rawRate, rawCPU, err := rawCeiling(ctx, f, cfg, rawFor, budget)
 	if err != nil {
 		return nil, err
 	}
+	rawOverflows := overflowsSince(overflowsBefore)
 	runtime.GC()
 
 	n := cfg.Instances
@@ -301,7 +309,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	col.counting.Store(true)
 	var msBegan runtime.MemStats
 	runtime.ReadMemStats(&msBegan)
-	began, cpuBegan := time.Now(), cpuTime()
+	began, cpuBegan, overflowsBefore := time.Now(), cpuTime(), listenOverflows()
 	warm := began.Add(3 * cfg.Interval)
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -343,7 +351,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 	}
 	col.counting.Store(false)
-	wall, cpu := time.Since(began), cpuTime()-cpuBegan
+	wall, cpu, overflows := time.Since(began), cpuTime()-cpuBegan, overflowsSince(overflowsBefore)
 	var msEnd runtime.MemStats
 	runtime.ReadMemStats(&msEnd)
 	mem := rss()
@@ -364,7 +372,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		DetectionP50MS: col.detection.quantile(0.5), DetectionP99MS: col.detection.quantile(0.99), Detections: col.detections.Load(),
 		ReadinessP99MS: col.readiness.quantile(0.99), RegistrationS: regTook.Seconds(),
 		Skipped: col.skipped.Load(), Failures: col.failures.Load(),
-		CPUPercent: 100 * cpu.Seconds() / wall.Seconds(), RSSBytes: mem, RSSPerInstance: mem / int64(n)}
+		CPUPercent: 100 * cpu.Seconds() / wall.Seconds(), RSSBytes: mem, RSSPerInstance: mem / int64(n),
+		RawListenOverflows: rawOverflows, ListenOverflows: overflows}
 	rep.ProbesPerSecond = float64(rep.Probes) / wall.Seconds()
 	rep.GCCycles = msEnd.NumGC - msBegan.NumGC
 	if rep.Probes > 0 {

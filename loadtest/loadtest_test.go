@@ -78,18 +78,21 @@ func TestRunMeasuresEveryScenarioType(t *testing.T) {
 			assert.Positive(t, rep.RSSBytes)
 			assert.Positive(t, rep.RawCeilingPerSec)
 			assert.Positive(t, rep.Efficiency)
+			assert.GreaterOrEqual(t, rep.RawListenOverflows, int64(0), "the targets' dropped handshakes are counted")
+			assert.GreaterOrEqual(t, rep.ListenOverflows, int64(0))
 			var buf bytes.Buffer
 			require.NoError(t, rep.WriteJSON(&buf))
 			var fields map[string]any
 			require.NoError(t, json.Unmarshal(buf.Bytes(), &fields))
 			for _, k := range []string{"instances", "probes_per_second", "lag_p50_ms", "lag_p99_ms", "lag_max_ms", "starved",
 				"detection_p50_ms", "detection_p99_ms", "readiness_p99_ms", "skipped", "cpu_percent", "rss_bytes",
-				"rss_per_instance_bytes", "raw_ceiling_per_second", "efficiency"} {
+				"rss_per_instance_bytes", "raw_ceiling_per_second", "efficiency", "raw_listen_overflows", "listen_overflows"} {
 				assert.Contains(t, fields, k)
 			}
 			buf.Reset()
 			require.NoError(t, rep.WriteTable(&buf))
 			assert.Contains(t, buf.String(), "efficiency")
+			assert.Contains(t, buf.String(), "accept-queue overflows")
 		})
 	}
 }

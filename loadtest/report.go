@@ -30,6 +30,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 		{"cpu per probe raw / vigil", fmt.Sprintf("%.1f / %.1f µs", r.RawCPUPerProbeUS, r.VigilCPUPerProbeUS)},
 		{"efficiency", fmt.Sprintf("%.2f", r.Efficiency)},
 		{"allocated per probe", fmt.Sprintf("%.0f B (%d GC cycles)", r.AllocPerProbe, r.GCCycles)},
+		{"accept-queue overflows raw / vigil", fmt.Sprintf("%d / %d", r.RawListenOverflows, r.ListenOverflows)},
 	}
 	for _, row := range rows {
 		fmt.Fprintf(tw, "%s\t%v\n", row.k, row.v)

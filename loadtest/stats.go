@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/prometheus/procfs"
 )
 
 // hist is a lock-free log-linear histogram of durations: 16 buckets per
@@ -94,4 +96,29 @@ func rss() int64 {
 		}
 	}
 	return 0
+}
+
+// listenOverflows is the network namespace's count of handshakes dropped
+// because a listening socket's accept queue was full (TcpExt
+// ListenOverflows), or -1 where it cannot be read. It counts every listener
+// of the namespace, not only the load test's.
+func listenOverflows() int64 {
+	p, err := procfs.Self()
+	if err != nil {
+		return -1
+	}
+	ns, err := p.Netstat()
+	if err != nil || ns.ListenOverflows == nil {
+		return -1
+	}
+	return int64(*ns.ListenOverflows)
+}
+
+// overflowsSince is the count of overflows since before (-1 if unknown).
+func overflowsSince(before int64) int64 {
+	now := listenOverflows()
+	if before < 0 || now < 0 {
+		return -1
+	}
+	return now - before
 }

@@ -2,10 +2,13 @@ package loadtest
 
 import (
 	"net"
+	"strconv"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 )
 
 func TestHistQuantiles(t *testing.T) {
@@ -42,4 +45,26 @@ func mustTCPAddr(t *testing.T, ip string) *net.TCPAddr {
 		t.Fatal(err)
 	}
 	return a
+}
+
+func TestListenOverflowsCountsFullAcceptQueues(t *testing.T) {
+	before := listenOverflows()
+	require.GreaterOrEqual(t, before, int64(0), "readable on Linux")
+	// a listener with a one-connection queue that never accepts
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	require.NoError(t, err)
+	defer unix.Close(fd)
+	require.NoError(t, unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}))
+	require.NoError(t, unix.Listen(fd, 0))
+	sa, err := unix.Getsockname(fd)
+	require.NoError(t, err)
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*unix.SockaddrInet4).Port))
+	for range 4 {
+		c, err := net.DialTimeout("tcp", addr, 50*time.Millisecond)
+		if err == nil {
+			defer c.Close()
+		}
+	}
+	assert.Positive(t, overflowsSince(before), "the dropped handshakes are counted")
+	assert.Equal(t, int64(-1), overflowsSince(-1), "unknown stays unknown")
 }
