@@ -1,6 +1,7 @@
 package probes
 
 import (
+	"context"
 	"net"
 	"os"
 	"strconv"
@@ -74,4 +75,24 @@ func TestSocketPoolIsBounded(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, fds[idleMax-1], fd, "the most recently kept socket comes back first")
 	p.put(fd)
+}
+
+func TestTCPProbeWithAZoneDialsThroughTheNetPackage(t *testing.T) {
+	l, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		t.Skip("no IPv6 loopback here:", err)
+	}
+	tcptest.Serve(t, l)
+	port := l.Addr().(*net.TCPAddr).Port
+	p := &TCP{Addr: net.JoinHostPort("::1%lo", strconv.Itoa(port))}
+	r, rest := p.Start()
+	require.NotNil(t, rest, "a zone needs the net package's lookup, on a worker")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	r = rest(ctx)
+	assert.Equal(t, health.Success, r.Outcome, r.Message)
+
+	require.NoError(t, l.Close())
+	r = (&TCP{Addr: net.JoinHostPort("::1%nosuchif0", strconv.Itoa(port))}).Probe(ctx)
+	assert.Equal(t, health.Failure, r.Outcome, "an unknown zone fails the probe: %s", r.Message)
 }
