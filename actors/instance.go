@@ -337,13 +337,10 @@ func (a *instanceActor) rearm(ctx actor.Context) {
 // resolving the PID, without the two dependent loads of that resolution (a
 // cache miss each, for an actor whose timer has not fired for an interval).
 // A wake that reaches a stopped actor is dropped by its context; one that
-// reaches a halted actor finds nothing armed.
+// reaches a halted actor finds nothing armed. (An unregistered PID resolves
+// to the dead-letter process, as a send would.)
 func (a *instanceActor) waker(self *actor.PID) func() {
-	proc, ok := a.s.system.ProcessRegistry.Get(self)
-	if !ok {
-		root := a.s.root
-		return func() { root.Send(self, wakeMsg) }
-	}
+	proc, _ := a.s.system.ProcessRegistry.Get(self)
 	return func() { proc.SendUserMessage(self, wakeMsg) }
 }
 

@@ -309,7 +309,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	col.counting.Store(true)
 	var msBegan runtime.MemStats
 	runtime.ReadMemStats(&msBegan)
-	began, cpuBegan, overflowsBefore := time.Now(), cpuTime(), listenOverflows()
+	began, cpuBegan, overflowsBegan := time.Now(), cpuTime(), listenOverflows()
 	warm := began.Add(3 * cfg.Interval)
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -351,7 +351,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 	}
 	col.counting.Store(false)
-	wall, cpu, overflows := time.Since(began), cpuTime()-cpuBegan, overflowsSince(overflowsBefore)
+	wall, cpu, overflows := time.Since(began), cpuTime()-cpuBegan, overflowsSince(overflowsBegan)
 	var msEnd runtime.MemStats
 	runtime.ReadMemStats(&msEnd)
 	mem := rss()
@@ -463,14 +463,12 @@ func rawCeiling(ctx context.Context, f *fleet, cfg Config, d time.Duration, work
 	var count atomic.Uint64
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	var msBegan runtime.MemStats
-	runtime.ReadMemStats(&msBegan)
 	began, cpuBegan := time.Now(), cpuTime()
 	for w := range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for j := w; ; j += workers {
+			for n, j := 1, w; ; n, j = n+1, j+workers {
 				select {
 				case <-stop:
 					return
@@ -480,7 +478,7 @@ func rawCeiling(ctx context.Context, f *fleet, cfg Config, d time.Duration, work
 				targets[j%len(targets)].Probe(pctx)
 				cancel()
 				count.Add(1)
-				if j%(16*workers) == w {
+				if n%16 == 0 {
 					// let the in-process targets' accept loop in: the
 					// runtime would otherwise run it once per time slice of
 					// every busy worker, its queues would overflow, and a

@@ -186,8 +186,9 @@ func serveTCP(port int) (_ *shards, err error) {
 	s := &shards{port: port, stop: make(chan struct{}), done: make(chan struct{})}
 	defer func() {
 		if err != nil {
-			close(s.done)
-			_ = s.Close()
+			for _, fd := range s.fds {
+				_ = unix.Close(fd)
+			}
 		}
 	}()
 	for range acceptShards {

@@ -3,7 +3,6 @@ package probes
 import (
 	"context"
 	"net"
-	"os"
 	"strconv"
 	"testing"
 	"time"
@@ -17,18 +16,10 @@ import (
 	"github.com/vigilhq/vigil/internal/tcptest"
 )
 
-// openFiles counts the process's open file descriptors.
-func openFiles(t *testing.T) int {
-	t.Helper()
-	fds, err := os.ReadDir("/proc/self/fd")
-	require.NoError(t, err)
-	return len(fds)
-}
-
 func TestTCPProbeReusesItsSockets(t *testing.T) {
 	up := net.JoinHostPort("127.0.0.1", strconv.Itoa(tcptest.AcceptAndClose(t)))
 	down := refusedAddr(t)
-	before := openFiles(t)
+	before := countFDs(t)
 	for i := range 300 {
 		if i%3 == 1 {
 			r, _ := probe(t, instance(t, down, `{"tcp":{"port":PORT}}`), time.Second)
@@ -44,7 +35,7 @@ func TestTCPProbeReusesItsSockets(t *testing.T) {
 	idle.mu.Unlock()
 	assert.Positive(t, kept, "settled connections leave their sockets for the next probe")
 	assert.LessOrEqual(t, kept, idleMax)
-	assert.Less(t, openFiles(t)-before, 2*idleMax, "sockets are reused or closed, never leaked")
+	assert.Less(t, countFDs(t)-before, 2*idleMax, "sockets are reused or closed, never leaked")
 
 	// a socket whose last connection was reset starts clean: a handshake
 	// under way is a timeout, not that reset
@@ -85,11 +76,11 @@ func TestTCPProbeWithAZoneDialsThroughTheNetPackage(t *testing.T) {
 	tcptest.Serve(t, l)
 	port := l.Addr().(*net.TCPAddr).Port
 	p := &TCP{Addr: net.JoinHostPort("::1%lo", strconv.Itoa(port))}
-	r, rest := p.Start()
+	_, rest := p.Start()
 	require.NotNil(t, rest, "a zone needs the net package's lookup, on a worker")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	r = rest(ctx)
+	r := rest(ctx)
 	assert.Equal(t, health.Success, r.Outcome, r.Message)
 
 	require.NoError(t, l.Close())
