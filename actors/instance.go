@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"runtime/debug"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -136,9 +135,10 @@ func (a *instanceActor) now() time.Time { return a.s.opt.clock.Now() }
 // start loads the instance: on a fresh registration it opens the first
 // window; after a restart or at boot it resumes from the last snapshot.
 func (a *instanceActor) start(ctx actor.Context) {
-	// every incarnation finds its registry entry by its name: the actors
-	// share one Props
-	if a.e = a.s.lookup(strings.TrimPrefix(ctx.Self().Id, a.s.parent.Id+"/")); a.e == nil {
+	// every incarnation finds its registry entry by its name (the actors
+	// share one Props), and there the mailbox its spawn recorded
+	if a.e = a.s.entryOf(ctx.Self()); a.e == nil || a.e.mailbox == nil {
+		a.e = nil
 		ctx.Stop(ctx.Self())
 		return
 	}
@@ -326,22 +326,10 @@ func (a *instanceActor) rearm(ctx actor.Context) {
 	case at.IsZero():
 		a.timer.Stop()
 	case a.timer == nil:
-		a.timer = a.s.opt.clock.AfterFunc(at.Sub(a.now()), a.waker(ctx.Self()))
+		a.timer = a.s.opt.clock.AfterWake(at.Sub(a.now()), a.e.mailbox)
 	default:
 		a.timer.Reset(at.Sub(a.now()))
 	}
-}
-
-// waker is the timer's callback: a wake message into self's mailbox. It
-// posts to the actor's process directly, as the root context would after
-// resolving the PID, without the two dependent loads of that resolution (a
-// cache miss each, for an actor whose timer has not fired for an interval).
-// A wake that reaches a stopped actor is dropped by its context; one that
-// reaches a halted actor finds nothing armed. (An unregistered PID resolves
-// to the dead-letter process, as a send would.)
-func (a *instanceActor) waker(self *actor.PID) func() {
-	proc, _ := a.s.system.ProcessRegistry.Get(self)
-	return func() { proc.SendUserMessage(self, wakeMsg) }
 }
 
 // reached reports whether a timer due at t has come, allowing for the

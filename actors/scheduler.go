@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -148,15 +149,18 @@ type Scheduler struct {
 // entry is the registry's record of one instance, shared by the scheduler
 // and the instance's actor.
 type entry struct {
-	id    string
-	mu    sync.Mutex // serializes changes of this instance's spec
-	pid   *actor.PID
-	spec  atomic.Pointer[health.Instance]
-	pubMu sync.Mutex // guards pub
-	pub   published  // set by the actor
-	boot  *Snapshot  // consumed by the first incarnation
-	gone  bool       // removed; guarded by mu
-	dead  atomic.Bool
+	id   string
+	mu   sync.Mutex // serializes changes of this instance's spec
+	pid  *actor.PID
+	spec atomic.Pointer[health.Instance]
+	// the actor's mailbox, set as it is spawned, before its first message;
+	// its timer wakes it
+	mailbox *mailbox
+	pubMu   sync.Mutex // guards pub
+	pub     published  // set by the actor
+	boot    *Snapshot  // consumed by the first incarnation
+	gone    bool       // removed; guarded by mu
+	dead    atomic.Bool
 }
 
 // published is what an instance's actor last published: the spec it applied
@@ -202,11 +206,11 @@ func New(ctx context.Context, opts ...Option) (*Scheduler, error) {
 	// the probe's worker, the asking request) instead of a new goroutine per
 	// message: their handlers never block, and a probe then costs at most
 	// one goroutine hand-off (none for a TCP probe that settles at once)
-	// instead of three goroutines. The lock-free mailbox is the smaller one;
-	// an idle actor holds no buffer.
+	// instead of three goroutines. Their mailbox is one object that
+	// allocates nothing per message (mailbox.go).
 	s.props = actor.PropsFromProducer(func() actor.Actor { return &instanceActor{s: s} },
 		actor.WithDispatcher(actor.NewSynchronizedDispatcher(actorThroughput)),
-		actor.WithMailbox(actor.UnboundedLockfree()))
+		actor.WithMailbox(func() actor.Mailbox { return newMailbox(s) }))
 	slogger := slog.New(zerolog.NewSlogHandler(o.log.With().Str("component", "protoactor").Logger()))
 	s.system = actor.NewActorSystem(
 		actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return slogger }),
@@ -292,6 +296,16 @@ func (s *Scheduler) lookup(id string) *entry {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return s.entries[id]
+}
+
+// entryOf is the registry entry of an instance actor's PID (named
+// parent/id), if there is one.
+func (s *Scheduler) entryOf(pid *actor.PID) *entry {
+	id, ok := strings.CutPrefix(pid.Id, s.parent.Id+"/")
+	if !ok {
+		return nil
+	}
+	return s.lookup(id)
 }
 
 // Put creates or replaces an instance. It returns once the spec is durable

@@ -21,6 +21,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/rs/zerolog"
 
@@ -108,7 +109,9 @@ type Report struct {
 	RSSBytes           int64   `json:"rss_bytes"`
 	RSSPerInstance     int64   `json:"rss_per_instance_bytes"`
 	RawCeilingPerSec   float64 `json:"raw_ceiling_per_second"`
-	RawCPUPerProbeUS   float64 `json:"raw_cpu_per_probe_us"`
+	RawCPUPerProbeUS   float64 `json:"raw_cpu_per_probe_us"` // the mean of the loops before and after
+	RawCPUBeforeUS     float64 `json:"raw_cpu_per_probe_before_us"`
+	RawCPUAfterUS      float64 `json:"raw_cpu_per_probe_after_us"`
 	VigilCPUPerProbeUS float64 `json:"vigil_cpu_per_probe_us"`
 	Efficiency         float64 `json:"efficiency"`
 	AllocPerProbe      float64 `json:"alloc_per_probe_bytes"`
@@ -143,23 +146,50 @@ type collector struct {
 	starvedOnce []atomic.Bool
 }
 
-// index is the fleet position of an instance id (-1 for another id).
-func index(id string) int {
+// index is the fleet position of an instance id (-1 for another id). The
+// scheduler hands back the id string it was given, which points into the
+// fleet's block of ids: its place there is its position, found without
+// reading it (for an instance probed once an interval that read is a cache
+// miss, billed to vigil's CPU). Any other string with a fleet id is parsed.
+func (f *fleet) index(id string) int {
+	if uintptr(len(id)) == idWidth && len(f.ids) > 0 {
+		off := uintptr(unsafe.Pointer(unsafe.StringData(id))) - uintptr(unsafe.Pointer(unsafe.StringData(f.ids)))
+		if off < uintptr(len(f.ids)) && off%idWidth == 0 {
+			return int(off / idWidth)
+		}
+	}
 	n, ok := strings.CutPrefix(id, idPrefix)
 	if !ok {
 		return -1
 	}
 	i, err := strconv.Atoi(n)
-	if err != nil {
+	if err != nil || i < 0 || i >= f.n {
 		return -1
 	}
 	return i
 }
 
+// idWidth is the length of every fleet id: the prefix and 7 digits (more
+// than MaxInstances needs).
+const idWidth = uintptr(len(idPrefix) + 7)
+
+// makeIDs lays the ids of a fleet of n end to end in one string.
+func makeIDs(n int) string {
+	var b strings.Builder
+	b.Grow(n * int(idWidth))
+	for i := range n {
+		fmt.Fprintf(&b, "%s%07d", idPrefix, i)
+	}
+	return b.String()
+}
+
+// id is instance i's id.
+func (f *fleet) id(i int) string { w := int(idWidth); return f.ids[i*w : (i+1)*w] }
+
 const idPrefix = "lt-"
 
 func (c *collector) ProbeStarted(id string, _ health.Type, due, started time.Time) {
-	i := index(id)
+	i := c.f.index(id)
 	if i < 0 || i >= len(c.lastStart) {
 		return
 	}
@@ -190,7 +220,7 @@ func (c *collector) ProbeFinished(_ string, _ health.Type, r health.Result) {
 }
 
 func (c *collector) Transitioned(ev actors.Event) {
-	i := index(ev.InstanceID)
+	i := c.f.index(ev.InstanceID)
 	if i < 0 || i >= len(c.registered) {
 		return
 	}
@@ -249,8 +279,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		defer bs.Close()
 		store = bs
 	}
-	// the same probes in tight loops, without the scheduler, first: on a
-	// small heap, so nothing of vigil's is billed to the raw loop
+	// the same probes in tight loops, without the scheduler, before the
+	// fleet is registered and again once the scheduler is closed: nothing of
+	// vigil's is billed to the raw loop, and the two windows bracket the
+	// measurement, so a machine that drifts faster or slower over the run
+	// moves both sides of the efficiency alike
 	rawFor := cfg.RawFor
 	if rawFor <= 0 {
 		rawFor = min(5*time.Second, cfg.Duration/4)
@@ -365,6 +398,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err := s.Close(ctx); err != nil {
 		return nil, err
 	}
+	overflowsBefore = listenOverflows()
+	rawRateAfter, rawCPUAfter, err := rawCeiling(ctx, f, cfg, rawFor, budget)
+	if err != nil {
+		return nil, err
+	}
+	rawOverflows += overflowsSince(overflowsBefore)
 
 	rep := &Report{Instances: n, Type: cfg.Type, IntervalMS: ms(cfg.Interval), DurationS: wall.Seconds(), Store: cfg.Store,
 		Probes: col.probes.Load(), LagP50MS: col.lag.quantile(0.5), LagP99MS: col.lag.quantile(0.99), LagMaxMS: col.lag.maxMS(),
@@ -383,9 +422,10 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		rep.VigilCPUPerProbeUS = float64(cpu.Microseconds()) / float64(rep.Probes)
 	}
 
-	rep.RawCeilingPerSec, rep.RawCPUPerProbeUS = rawRate, rawCPU
+	rep.RawCPUBeforeUS, rep.RawCPUAfterUS = rawCPU, rawCPUAfter
+	rep.RawCeilingPerSec, rep.RawCPUPerProbeUS = (rawRate+rawRateAfter)/2, (rawCPU+rawCPUAfter)/2
 	if rep.VigilCPUPerProbeUS > 0 {
-		rep.Efficiency = rawCPU / rep.VigilCPUPerProbeUS
+		rep.Efficiency = rep.RawCPUPerProbeUS / rep.VigilCPUPerProbeUS
 	}
 	return rep, nil
 }
@@ -407,7 +447,7 @@ func register(ctx context.Context, s *actors.Scheduler, f *fleet, col *collector
 					return
 				}
 				col.registered[i].Store(time.Now().UnixNano())
-				if _, _, err := s.Put(ctx, fmt.Sprintf("%s%07d", idPrefix, i), f.spec(i, cfg)); err != nil {
+				if _, _, err := s.Put(ctx, f.id(i), f.spec(i, cfg)); err != nil {
 					errc <- fmt.Errorf("register instance %d: %w", i, err)
 					return
 				}
@@ -446,7 +486,7 @@ func rawCeiling(ctx context.Context, f *fleet, cfg Config, d time.Duration, work
 		if f.hung[i] || f.flips[i] {
 			continue
 		}
-		in, err := f.spec(i, cfg).Normalize(fmt.Sprintf("%s%07d", idPrefix, i))
+		in, err := f.spec(i, cfg).Normalize(f.id(i))
 		if err != nil {
 			return 0, 0, err
 		}

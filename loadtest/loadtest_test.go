@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -21,6 +23,19 @@ func TestAddressesMapBackToInstances(t *testing.T) {
 	}
 	assert.Equal(t, -1, indexOf(mustTCPAddr(t, "127.0.0.1"), 10))
 	assert.Equal(t, -1, indexOf(mustTCPAddr(t, addrOf(10)), 10), "beyond the fleet")
+}
+
+func TestIDsMapBackToInstances(t *testing.T) {
+	f := &fleet{n: 1000, ids: makeIDs(1000)}
+	for _, i := range []int{0, 1, 9, 10, 999} {
+		id := f.id(i)
+		assert.Equal(t, fmt.Sprintf("lt-%07d", i), id)
+		assert.Equal(t, i, f.index(id), "by where it points")
+		assert.Equal(t, i, f.index(strings.Clone(id)), "a copy, by what it says")
+	}
+	for _, id := range []string{"lt-0001000", "lt-x", "vm-0000001", "", f.ids[1:1+int(idWidth)], f.ids[:2*int(idWidth)]} {
+		assert.Equal(t, -1, f.index(id), id)
+	}
 }
 
 func TestConfigErrorsNameTheFlag(t *testing.T) {
@@ -77,6 +92,9 @@ func TestRunMeasuresEveryScenarioType(t *testing.T) {
 			assert.Positive(t, rep.ReadinessP99MS)
 			assert.Positive(t, rep.RSSBytes)
 			assert.Positive(t, rep.RawCeilingPerSec)
+			assert.Positive(t, rep.RawCPUBeforeUS, "a raw loop before the measurement")
+			assert.Positive(t, rep.RawCPUAfterUS, "and one after")
+			assert.InDelta(t, (rep.RawCPUBeforeUS+rep.RawCPUAfterUS)/2, rep.RawCPUPerProbeUS, 1e-9)
 			assert.Positive(t, rep.Efficiency)
 			assert.GreaterOrEqual(t, rep.RawListenOverflows, int64(0), "the targets' dropped handshakes are counted")
 			assert.GreaterOrEqual(t, rep.ListenOverflows, int64(0))
@@ -86,7 +104,8 @@ func TestRunMeasuresEveryScenarioType(t *testing.T) {
 			require.NoError(t, json.Unmarshal(buf.Bytes(), &fields))
 			for _, k := range []string{"instances", "probes_per_second", "lag_p50_ms", "lag_p99_ms", "lag_max_ms", "starved",
 				"detection_p50_ms", "detection_p99_ms", "readiness_p99_ms", "skipped", "cpu_percent", "rss_bytes",
-				"rss_per_instance_bytes", "raw_ceiling_per_second", "efficiency", "raw_listen_overflows", "listen_overflows"} {
+				"rss_per_instance_bytes", "raw_ceiling_per_second", "raw_cpu_per_probe_before_us", "raw_cpu_per_probe_after_us",
+				"efficiency", "raw_listen_overflows", "listen_overflows"} {
 				assert.Contains(t, fields, k)
 			}
 			buf.Reset()

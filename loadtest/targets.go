@@ -56,6 +56,7 @@ func indexOf(a net.Addr, n int) int {
 // tells instances apart by destination address.
 type fleet struct {
 	n     int
+	ids   string // every instance's id, end to end (fleet.id)
 	types []health.Type
 	hung  []bool
 	flips []bool
@@ -80,8 +81,8 @@ func (f *fleet) close() {
 }
 
 func startFleet(cfg Config) (_ *fleet, err error) {
-	f := &fleet{n: cfg.Instances, types: make([]health.Type, cfg.Instances), hung: make([]bool, cfg.Instances),
-		flips: make([]bool, cfg.Instances)}
+	f := &fleet{n: cfg.Instances, ids: makeIDs(cfg.Instances), types: make([]health.Type, cfg.Instances),
+		hung: make([]bool, cfg.Instances), flips: make([]bool, cfg.Instances)}
 	defer func() {
 		if err != nil {
 			f.close()
@@ -162,13 +163,13 @@ func (f *fleet) startTCP() error {
 // burst of probes (up to the budget, 1024, at once) never overflows one
 // while the loop gathers a batch (an overflow drops the SYN and the probe
 // waits a 1 s retransmit).
-const acceptShards = 2
+const acceptShards = 4
 
 // acceptBatch is how often the accept loop drains the sockets: at 10 000
 // connections a second, about 50 a batch per shard (at the raw loop's
 // 70 000 a second, 350 of 4096), and 100 wake-ups a second instead of ten
 // thousand.
-const acceptBatch = 10 * time.Millisecond
+const acceptBatch = 50 * time.Millisecond
 
 // acceptor serves a fleet's TCP targets: listening sockets made and served
 // with raw system calls. A target in the same process as the scheduler must

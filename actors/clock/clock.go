@@ -17,7 +17,19 @@ import (
 type Clock interface {
 	Now() time.Time
 	AfterFunc(d time.Duration, f func()) Timer
+	// AfterWake is AfterFunc calling w.Wake: a timer that wakes an object
+	// reaches it from the timer directly, not through a closure (an object
+	// of its own, and a cache miss for a timer that fires once an interval).
+	AfterWake(d time.Duration, w Waker) Timer
 }
+
+// Waker is what an AfterWake timer calls.
+type Waker interface{ Wake() }
+
+// funcWaker makes a function a Waker without an allocation.
+type funcWaker func()
+
+func (f funcWaker) Wake() { f() }
 
 // Timer is a pending AfterFunc.
 type Timer interface {
@@ -36,6 +48,7 @@ type realClock struct{}
 
 func (realClock) Now() time.Time                            { return time.Now() }
 func (realClock) AfterFunc(d time.Duration, f func()) Timer { return time.AfterFunc(d, f) }
+func (realClock) AfterWake(d time.Duration, w Waker) Timer  { return time.AfterFunc(d, w.Wake) }
 
 // Fake is a clock that moves only when told to.
 type Fake struct {
@@ -49,7 +62,7 @@ type fakeTimer struct {
 	f     *Fake
 	at    time.Time
 	seq   uint64
-	fn    func()
+	w     Waker
 	fired bool
 }
 
@@ -64,11 +77,14 @@ func (f *Fake) Now() time.Time {
 }
 
 // AfterFunc schedules fn to run when the clock has advanced by d.
-func (f *Fake) AfterFunc(d time.Duration, fn func()) Timer {
+func (f *Fake) AfterFunc(d time.Duration, fn func()) Timer { return f.AfterWake(d, funcWaker(fn)) }
+
+// AfterWake schedules w.Wake to run when the clock has advanced by d.
+func (f *Fake) AfterWake(d time.Duration, w Waker) Timer {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.seq++
-	t := &fakeTimer{f: f, at: f.now.Add(d), seq: f.seq, fn: fn}
+	t := &fakeTimer{f: f, at: f.now.Add(d), seq: f.seq, w: w}
 	f.timers = append(f.timers, t)
 	return t
 }
@@ -126,7 +142,7 @@ func (f *Fake) Advance(d time.Duration) {
 			f.now = t.at
 		}
 		f.mu.Unlock()
-		t.fn()
+		t.w.Wake()
 	}
 }
 

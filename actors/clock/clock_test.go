@@ -41,8 +41,9 @@ func TestSharedFiresInOrderAndStops(t *testing.T) {
 	var mu sync.Mutex
 	var order []int
 	done := make(chan struct{})
-	for i, d := range []time.Duration{30, 10, 20, 40} {
-		s.AfterFunc(d*time.Millisecond, func() {
+	// a slot apart at least: timers of one slot fire in no particular order
+	for i, d := range []time.Duration{3, 1, 2, 4} {
+		s.AfterFunc(2*d*Slack, func() {
 			mu.Lock()
 			defer mu.Unlock()
 			order = append(order, i)
@@ -51,12 +52,12 @@ func TestSharedFiresInOrderAndStops(t *testing.T) {
 			}
 		})
 	}
-	stopped := s.AfterFunc(25*time.Millisecond, func() { t.Error("a stopped timer fired") })
+	stopped := s.AfterFunc(5*Slack, func() { t.Error("a stopped timer fired") })
 	assert.True(t, stopped.Stop())
 	assert.False(t, stopped.Stop(), "only once")
 	began := time.Now()
 	<-done
-	assert.GreaterOrEqual(t, time.Since(began), 30*time.Millisecond-Slack)
+	assert.GreaterOrEqual(t, time.Since(began), 6*Slack-Slack)
 	mu.Lock()
 	assert.Equal(t, []int{1, 2, 0}, order)
 	mu.Unlock()
@@ -141,7 +142,7 @@ func TestSharedWheel(t *testing.T) {
 	}
 	// moved from the heap into the wheel and fired
 	s.mu.Lock()
-	moved := &sharedTimer{s: s, fn: func() { fired <- 2 }, slot: idle, index: -1, at: time.Now().Add(-time.Millisecond).UnixNano()}
+	moved := &sharedTimer{s: s, w: funcWaker(func() { fired <- 2 }), slot: idle, index: -1, at: time.Now().Add(-time.Millisecond).UnixNano()}
 	heap.Push(&s.later, moved)
 	moved.slot = inHeap
 	s.mu.Unlock()
@@ -185,7 +186,7 @@ func TestSharedTakeBeyondTheSpan(t *testing.T) {
 	s.fired = tick(now) - 1
 	wheelSpan := s.span()
 	fired := false
-	far := &sharedTimer{s: s, fn: func() { fired = true }, slot: idle, index: -1, at: now + int64(wheelSpan) + int64(4*time.Second)}
+	far := &sharedTimer{s: s, w: funcWaker(func() { fired = true }), slot: idle, index: -1, at: now + int64(wheelSpan) + int64(4*time.Second)}
 	s.add(far)
 	require.Equal(t, inHeap, far.slot)
 	due, wait := s.take(now, nil)
@@ -197,7 +198,7 @@ func TestSharedTakeBeyondTheSpan(t *testing.T) {
 	assert.GreaterOrEqual(t, far.slot, 0, "moved into the wheel")
 	due, wait = s.take(far.at, nil)
 	require.Len(t, due, 1)
-	due[0].fn()
+	due[0].w.Wake()
 	assert.True(t, fired)
 	assert.Equal(t, time.Hour, wait, "nothing left")
 	assert.Equal(t, int64(math.MaxInt64), s.wakeAt, "any timer set wakes the goroutine")

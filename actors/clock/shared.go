@@ -40,7 +40,7 @@ type Shared struct {
 // back to back, instead of a thousand wake-ups of a few each (every wake-up
 // costs the runtime a thread's wake and sleep, ≈ 30 µs of CPU on a virtual
 // machine). Intervals are at least a second: 10 ms early is under 1 %.
-const Slack = 10 * time.Millisecond
+const Slack = 25 * time.Millisecond
 
 // wheelSlots is how many slots NewShared's wheel has: its span is ≈ 41 s,
 // longer than the default interval.
@@ -76,8 +76,11 @@ func tick(unixNano int64) int64 { return unixNano / int64(Slack) }
 func (s *Shared) Now() time.Time { return time.Now() }
 
 // AfterFunc runs f on the clock's goroutine after d.
-func (s *Shared) AfterFunc(d time.Duration, f func()) Timer {
-	t := &sharedTimer{s: s, fn: f, slot: idle, index: -1}
+func (s *Shared) AfterFunc(d time.Duration, f func()) Timer { return s.AfterWake(d, funcWaker(f)) }
+
+// AfterWake calls w.Wake on the clock's goroutine after d.
+func (s *Shared) AfterWake(d time.Duration, w Waker) Timer {
+	t := &sharedTimer{s: s, w: w, slot: idle, index: -1}
 	t.Reset(d)
 	return t
 }
@@ -221,7 +224,7 @@ func (s *Shared) run() {
 		due, next = s.take(time.Now().UnixNano(), due[:0])
 		s.mu.Unlock()
 		for i, t := range due {
-			t.fn()
+			t.w.Wake()
 			due[i] = nil
 		}
 		if len(due) > 0 {
@@ -246,7 +249,7 @@ func (s *Shared) run() {
 type sharedTimer struct {
 	s          *Shared
 	at         int64 // unix nanoseconds
-	fn         func()
+	w          Waker
 	prev, next *sharedTimer // in the slot's list
 	slot       int          // in the wheel; inHeap or idle otherwise
 	index      int          // in the heap
