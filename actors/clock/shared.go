@@ -1,9 +1,11 @@
 package clock
 
 import (
+	"cmp"
 	"container/heap"
 	"math"
 	"math/bits"
+	"slices"
 	"sync"
 	"time"
 )
@@ -17,8 +19,8 @@ import (
 // The wheel has one slot per Slack (10 ms) over ≈ 41 s: setting,
 // moving and firing a timer within the span touch only the timer and its
 // slot, however many timers there are. Timers due further out wait in a heap
-// and move into the wheel as it turns. Timers of one slot fire together, in
-// no particular order, up to Slack early; slots fire in order.
+// and move into the wheel as it turns. Timers of one slot fire together, up
+// to Slack early, in due order.
 //
 // Concurrency contract: safe for concurrent use; Close stops the goroutine.
 type Shared struct {
@@ -222,6 +224,9 @@ func (s *Shared) run() {
 		s.mu.Lock()
 		var next time.Duration
 		due, next = s.take(time.Now().UnixNano(), due[:0])
+		// in due order: a batch's last timers are the ones due last (fired
+		// early), not ones due at its start and late by the whole batch
+		slices.SortFunc(due, func(a, b *sharedTimer) int { return cmp.Compare(a.at, b.at) })
 		s.mu.Unlock()
 		for i, t := range due {
 			t.w.Wake()
