@@ -16,7 +16,7 @@ import (
 // call instead of a goroutine. Callbacks run on that goroutine and must not
 // block (the actors' only send a message).
 //
-// The wheel has one slot per Slack (10 ms) over ≈ 41 s: setting,
+// The wheel has one slot per Slack (25 ms) over ≈ 100 s: setting,
 // moving and firing a timer within the span touch only the timer and its
 // slot, however many timers there are. Timers due further out wait in a heap
 // and move into the wheel as it turns. Timers of one slot fire together, up
@@ -38,13 +38,16 @@ type Shared struct {
 
 // Slack is how early a Shared timer may fire to share a wake-up with an
 // earlier one (the width of a slot). A fleet's timers fire in batches a
-// slot apart: 100 wake-ups a second, each running up to a hundred probes
-// back to back, instead of a thousand wake-ups of a few each (every wake-up
-// costs the runtime a thread's wake and sleep, ≈ 30 µs of CPU on a virtual
-// machine). Intervals are at least a second: 10 ms early is under 1 %.
+// slot apart: 40 wake-ups a second, each running a few hundred probes back
+// to back at 10 000 probes a second. Every wake-up of a half-idle process
+// costs more than its system calls on a virtual machine — the runtime wakes
+// a second thread, and the batch's first probes run on caches the host's
+// other work has emptied: a TCP probe cost ≈ 35 µs of CPU with 10 ms slots
+// and ≈ 31 µs with 25 ms ones (BENCHMARKS.md). Intervals are at least a
+// second: 25 ms early is at most 2.5 % of one.
 const Slack = 25 * time.Millisecond
 
-// wheelSlots is how many slots NewShared's wheel has: its span is ≈ 41 s,
+// wheelSlots is how many slots NewShared's wheel has: its span is ≈ 100 s,
 // longer than the default interval.
 const wheelSlots = 1 << 12
 
