@@ -33,7 +33,7 @@ func TestIDsMapBackToInstances(t *testing.T) {
 		assert.Equal(t, i, f.index(id), "by where it points")
 		assert.Equal(t, i, f.index(strings.Clone(id)), "a copy, by what it says")
 	}
-	for _, id := range []string{"lt-0001000", "lt-x", "vm-0000001", "", f.ids[1:1+int(idWidth)], f.ids[:2*int(idWidth)]} {
+	for _, id := range []string{"lt-0001000", "lt-x", "vm-0000001", "", f.ids[1 : 1+int(idWidth)], f.ids[:2*int(idWidth)]} {
 		assert.Equal(t, -1, f.index(id), id)
 	}
 }
