@@ -36,7 +36,7 @@ type mailbox struct {
 
 	s          *Scheduler
 	invoker    actor.MessageInvoker
-	throughput int
+	throughput int // the dispatcher's
 }
 
 var (
@@ -45,7 +45,7 @@ var (
 )
 
 func newMailbox(s *Scheduler) *mailbox {
-	m := &mailbox{s: s, throughput: actorThroughput}
+	m := &mailbox{s: s}
 	m.user = m.inline[:0]
 	return m
 }
