@@ -49,7 +49,7 @@ tidy-check:
 
 ## bench: micro-benchmarks of the health logic and the store
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./actors/health ./persistence
+	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./health ./persistence
 
 ## bench-scale: the hung-target scale test with its measured lags
 bench-scale:

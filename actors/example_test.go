@@ -6,7 +6,7 @@ import (
 	"net"
 
 	"github.com/vigilhq/vigil/actors"
-	"github.com/vigilhq/vigil/actors/health"
+	"github.com/vigilhq/vigil/health"
 )
 
 // Embedding vigil: build a scheduler, register an instance, probe it.

@@ -15,8 +15,8 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
 
-	"github.com/vigilhq/vigil/actors/clock"
-	"github.com/vigilhq/vigil/actors/health"
+	"github.com/vigilhq/vigil/clock"
+	"github.com/vigilhq/vigil/health"
 )
 
 var t0 = time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)

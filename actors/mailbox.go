@@ -6,7 +6,7 @@ import (
 
 	"github.com/asynkron/protoactor-go/actor"
 
-	"github.com/vigilhq/vigil/actors/clock"
+	"github.com/vigilhq/vigil/clock"
 )
 
 // mailbox is an instance actor's mailbox, with protoactor's semantics

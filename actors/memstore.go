@@ -5,7 +5,7 @@ import (
 	"sort"
 	"sync"
 
-	"github.com/vigilhq/vigil/actors/health"
+	"github.com/vigilhq/vigil/health"
 )
 
 // MemoryEventRetention is how many events a MemoryStore keeps at least.

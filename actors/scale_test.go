@@ -17,7 +17,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/vigilhq/vigil/actors/health"
+	"github.com/vigilhq/vigil/health"
 )
 
 // lagRecorder keeps the scheduling lag (start - due) of every probe.

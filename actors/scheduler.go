@@ -14,8 +14,8 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/rs/zerolog"
 
-	"github.com/vigilhq/vigil/actors/clock"
-	"github.com/vigilhq/vigil/actors/health"
+	"github.com/vigilhq/vigil/clock"
+	"github.com/vigilhq/vigil/health"
 	"github.com/vigilhq/vigil/probes"
 )
 

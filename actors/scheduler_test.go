@@ -14,7 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
-	"github.com/vigilhq/vigil/actors/health"
+	"github.com/vigilhq/vigil/health"
 	"github.com/vigilhq/vigil/internal/tcptest"
 	"github.com/vigilhq/vigil/probes"
 )

@@ -5,7 +5,7 @@ import (
 	"errors"
 	"time"
 
-	"github.com/vigilhq/vigil/actors/health"
+	"github.com/vigilhq/vigil/health"
 )
 
 // SnapshotVersion is the schema version of Snapshot records.

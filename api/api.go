@@ -33,7 +33,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/vigilhq/vigil/actors"
-	"github.com/vigilhq/vigil/actors/health"
+	"github.com/vigilhq/vigil/health"
 )
 
 // MaxBody is the largest request body accepted.

@@ -15,8 +15,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/vigilhq/vigil/actors"
-	"github.com/vigilhq/vigil/actors/clock"
-	"github.com/vigilhq/vigil/actors/health"
+	"github.com/vigilhq/vigil/clock"
+	"github.com/vigilhq/vigil/health"
 )
 
 // BenchmarkSnapshotCommit measures one writer batch of 5 000 distinct

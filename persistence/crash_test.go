@@ -18,8 +18,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/vigilhq/vigil/actors"
-	"github.com/vigilhq/vigil/actors/clock"
-	"github.com/vigilhq/vigil/actors/health"
+	"github.com/vigilhq/vigil/clock"
+	"github.com/vigilhq/vigil/health"
 )
 
 // crashChild runs, in a subprocess, a scheduler with the Badger store that

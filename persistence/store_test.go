@@ -16,7 +16,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/vigilhq/vigil/actors"
-	"github.com/vigilhq/vigil/actors/health"
+	"github.com/vigilhq/vigil/health"
 )
 
 func TestMain(m *testing.M) {

@@ -16,7 +16,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
-	"github.com/vigilhq/vigil/actors/health"
+	"github.com/vigilhq/vigil/health"
 	"github.com/vigilhq/vigil/probes/guest"
 	"github.com/vigilhq/vigil/probes/vsock"
 )

@@ -5,7 +5,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vigilhq/vigil/actors/health"
+	"github.com/vigilhq/vigil/health"
+	"github.com/vigilhq/vigil/internal/guesttest"
 )
 
 // BenchmarkExecTrue runs /bin/true in the guest through the muxer and the
@@ -13,8 +14,8 @@ import (
 //
 //	go test -run '^$' -bench ExecTrue -benchtime 3s ./probes
 func BenchmarkExecTrue(b *testing.B) {
-	vm := startGuest(b, 64)
-	x := NewExec(health.Vsock{Socket: vm.mux.Path, Port: 2222}, health.ExecProbe{Command: []string{"/bin/true"}})
+	vm := guesttest.Start(b, 64)
+	x := NewExec(health.Vsock{Socket: vm.Mux.Path, Port: 2222}, health.ExecProbe{Command: []string{"/bin/true"}})
 	defer x.Close()
 	b.ReportAllocs()
 	b.SetParallelism(4)

@@ -3,7 +3,6 @@ package probes
 import (
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -17,60 +16,15 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/vigilhq/vigil/actors/health"
-	"github.com/vigilhq/vigil/internal/vigilbin"
+	"github.com/vigilhq/vigil/health"
+	"github.com/vigilhq/vigil/internal/guesttest"
 	"github.com/vigilhq/vigil/probes/vsock/vsocktest"
 )
 
-// guestVM is one simulated VM: the real agent as a subprocess, listening on
-// a Unix socket, behind the hybrid-vsock test muxer.
-type guestVM struct {
-	t     testing.TB
-	dir   string
-	agent *exec.Cmd
-	mux   *vsocktest.Muxer
-}
-
-func startGuest(t testing.TB, maxConcurrent int) *guestVM {
-	t.Helper()
-	dir, err := os.MkdirTemp("/tmp", "vm") // short: Unix socket paths stay under 108 bytes
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	vm := &guestVM{t: t, dir: dir}
-	vm.startAgent(maxConcurrent)
-	vm.mux, err = vsocktest.Start(dir, filepath.Join(dir, "agent.sock"))
-	require.NoError(t, err)
-	t.Cleanup(func() {
-		vm.mux.Close()
-		vm.stopAgent()
-	})
-	return vm
-}
-
-func (vm *guestVM) startAgent(maxConcurrent int) {
-	vm.t.Helper()
-	bin, err := vigilbin.Path()
-	require.NoError(vm.t, err)
-	ready := filepath.Join(vm.dir, "ready")
-	_ = os.Remove(ready)
-	cmd := exec.Command(bin, "agent", "--listen", "unix://"+filepath.Join(vm.dir, "agent.sock"),
-		"--ready-file", ready, "--max-concurrent", strconv.Itoa(maxConcurrent), "--log-level", "warn")
-	cmd.Stderr = os.Stderr
-	require.NoError(vm.t, cmd.Start())
-	vm.agent = cmd
-	require.Eventually(vm.t, func() bool { _, err := os.Stat(ready); return err == nil }, 10*time.Second, 5*time.Millisecond)
-}
-
-func (vm *guestVM) stopAgent() {
-	if vm.agent != nil && vm.agent.ProcessState == nil {
-		_ = vm.agent.Process.Signal(syscall.SIGKILL)
-		_ = vm.agent.Wait()
-	}
-}
-
-func (vm *guestVM) prober(cmd ...string) *Exec {
-	x := NewExec(health.Vsock{Socket: vm.mux.Path, Port: 2222}, health.ExecProbe{Command: cmd})
-	vm.t.Cleanup(func() { _ = x.Close() })
+// prober is an exec prober of vm, closed when the test ends.
+func prober(t testing.TB, vm *guesttest.VM, cmd ...string) *Exec {
+	x := NewExec(health.Vsock{Socket: vm.Mux.Path, Port: 2222}, health.ExecProbe{Command: cmd})
+	t.Cleanup(func() { _ = x.Close() })
 	return x
 }
 
@@ -84,14 +38,14 @@ func TestExecThroughTheAgent(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the agent")
 	}
-	vm := startGuest(t, 64)
+	vm := guesttest.Start(t, 64)
 
-	r := probeWithin(vm.prober("/bin/true"), 5*time.Second)
+	r := probeWithin(prober(t, vm, "/bin/true"), 5*time.Second)
 	require.Equal(t, health.Success, r.Outcome, r.Message)
 	require.NotNil(t, r.ExitCode)
 	assert.Equal(t, 0, *r.ExitCode)
 
-	r = probeWithin(vm.prober("/bin/sh", "-c", "echo out; echo err >&2; exit 3"), 5*time.Second)
+	r = probeWithin(prober(t, vm, "/bin/sh", "-c", "echo out; echo err >&2; exit 3"), 5*time.Second)
 	assert.Equal(t, health.Failure, r.Outcome)
 	assert.Equal(t, health.ReasonExitNonzero, r.Reason)
 	assert.Equal(t, 3, *r.ExitCode)
@@ -99,16 +53,16 @@ func TestExecThroughTheAgent(t *testing.T) {
 	assert.Contains(t, r.Output, "err\n")
 
 	began := time.Now()
-	r = probeWithin(vm.prober("/bin/sleep", "30"), 300*time.Millisecond)
+	r = probeWithin(prober(t, vm, "/bin/sleep", "30"), 300*time.Millisecond)
 	assert.Equal(t, health.ReasonTimeout, r.Reason, r.Message)
 	assert.Less(t, time.Since(began), 2*time.Second, "the host deadline is exact")
 
-	r = probeWithin(vm.prober("/no/such/binary"), 5*time.Second)
+	r = probeWithin(prober(t, vm, "/no/such/binary"), 5*time.Second)
 	assert.Equal(t, health.Failure, r.Outcome)
 	assert.Equal(t, health.ReasonExecError, r.Reason)
 	assert.Contains(t, r.Message, "/no/such/binary")
 
-	x := NewExec(health.Vsock{Socket: vm.mux.Path, Port: 2222}, health.ExecProbe{Command: []string{"/bin/pwd"}, WorkingDir: "/tmp", Env: map[string]string{"A": "1"}})
+	x := NewExec(health.Vsock{Socket: vm.Mux.Path, Port: 2222}, health.ExecProbe{Command: []string{"/bin/pwd"}, WorkingDir: "/tmp", Env: map[string]string{"A": "1"}})
 	defer x.Close()
 	r = probeWithin(x, 5*time.Second)
 	assert.Equal(t, "/tmp\n", r.Output)
@@ -118,7 +72,7 @@ func TestExecHugeOutputIsBoundedAndTruncated(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the agent")
 	}
-	vm := startGuest(t, 4)
+	vm := guesttest.Start(t, 4)
 	// 64 MiB of output ending in a known line, while the host's heap is sampled
 	var peak atomic.Uint64
 	stop := make(chan struct{})
@@ -140,7 +94,7 @@ func TestExecHugeOutputIsBoundedAndTruncated(t *testing.T) {
 	}()
 	var before runtime.MemStats
 	runtime.ReadMemStats(&before)
-	r := probeWithin(vm.prober("/bin/sh", "-c", "head -c 67108864 /dev/zero | tr '\\0' x; echo; echo THE-END"), 30*time.Second)
+	r := probeWithin(prober(t, vm, "/bin/sh", "-c", "head -c 67108864 /dev/zero | tr '\\0' x; echo; echo THE-END"), 30*time.Second)
 	close(stop)
 	<-sampled
 	grew := int64(peak.Load()) - int64(before.HeapInuse)
@@ -156,9 +110,9 @@ func TestExecHostCancelKillsTheProcessGroup(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the agent")
 	}
-	vm := startGuest(t, 4)
-	pidFile := filepath.Join(vm.dir, "child.pid")
-	x := vm.prober("/bin/sh", "-c", "sleep 60 & echo $! > "+pidFile+"; wait")
+	vm := guesttest.Start(t, 4)
+	pidFile := filepath.Join(vm.Dir, "child.pid")
+	x := prober(t, vm, "/bin/sh", "-c", "sleep 60 & echo $! > "+pidFile+"; wait")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan health.Result, 1)
 	go func() { done <- x.Probe(ctx) }()
@@ -182,13 +136,13 @@ func TestExecRecoversAfterAgentRestart(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the agent")
 	}
-	vm := startGuest(t, 4)
-	x := vm.prober("/bin/true")
+	vm := guesttest.Start(t, 4)
+	x := prober(t, vm, "/bin/true")
 	require.Equal(t, health.Success, probeWithin(x, 5*time.Second).Outcome)
-	vm.stopAgent()
+	vm.StopAgent()
 	r := probeWithin(x, time.Second)
 	assert.Equal(t, health.ReasonAgentUnreachable, r.Reason, r.Message)
-	vm.startAgent(4)
+	vm.StartAgent(4)
 	restarted := time.Now()
 	for probeWithin(x, time.Second).Outcome != health.Success {
 		require.Less(t, time.Since(restarted), 5*time.Second, "no recovery")
@@ -202,7 +156,7 @@ func TestExecMuxerFaults(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the agent")
 	}
-	vm := startGuest(t, 4)
+	vm := guesttest.Start(t, 4)
 	for _, tc := range []struct {
 		fault   vsocktest.Fault
 		timeout time.Duration
@@ -214,8 +168,8 @@ func TestExecMuxerFaults(t *testing.T) {
 		{vsocktest.Reset, 2 * time.Second, health.ReasonAgentUnreachable},
 		{vsocktest.Pause, 300 * time.Millisecond, health.ReasonTimeout},
 	} {
-		vm.mux.SetFault(tc.fault)
-		x := vm.prober("/bin/sh", "-c", "head -c 100000 /dev/zero")
+		vm.Mux.SetFault(tc.fault)
+		x := prober(t, vm, "/bin/sh", "-c", "head -c 100000 /dev/zero")
 		began := time.Now()
 		r := probeWithin(x, tc.timeout)
 		assert.Equal(t, health.Failure, r.Outcome, "fault %d", tc.fault)
@@ -223,16 +177,16 @@ func TestExecMuxerFaults(t *testing.T) {
 		assert.Less(t, time.Since(began), tc.timeout+time.Second, "fault %d", tc.fault)
 		_ = x.Close()
 	}
-	vm.mux.SetFault(vsocktest.None)
-	assert.Equal(t, health.Success, probeWithin(vm.prober("/bin/true"), 5*time.Second).Outcome)
+	vm.Mux.SetFault(vsocktest.None)
+	assert.Equal(t, health.Success, probeWithin(prober(t, vm, "/bin/true"), 5*time.Second).Outcome)
 }
 
 func TestExec64ConcurrentOnOneInstance(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the agent")
 	}
-	vm := startGuest(t, 64)
-	x := vm.prober("/bin/sh", "-c", "sleep 0.2; echo ok")
+	vm := guesttest.Start(t, 64)
+	x := prober(t, vm, "/bin/sh", "-c", "sleep 0.2; echo ok")
 	var wg sync.WaitGroup
 	results := make([]health.Result, 64)
 	for i := range results {
@@ -253,12 +207,12 @@ func TestAgentRefusesBeyondItsCap(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the agent")
 	}
-	vm := startGuest(t, 1)
-	x := vm.prober("/bin/sleep", "1")
+	vm := guesttest.Start(t, 1)
+	x := prober(t, vm, "/bin/sleep", "1")
 	first := make(chan health.Result, 1)
 	go func() { first <- probeWithin(x, 5*time.Second) }()
 	time.Sleep(200 * time.Millisecond) // let the first take the only slot
-	r := probeWithin(vm.prober("/bin/true"), 5*time.Second)
+	r := probeWithin(prober(t, vm, "/bin/true"), 5*time.Second)
 	assert.Equal(t, health.ReasonExecError, r.Reason)
 	assert.Contains(t, r.Message, "ResourceExhausted")
 	assert.Equal(t, health.Success, (<-first).Outcome)
@@ -275,10 +229,10 @@ func TestExecLeavesNoFileDescriptors(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the agent")
 	}
-	vm := startGuest(t, 4)
+	vm := guesttest.Start(t, 4)
 	before := countFDs(t)
 	for range 20 {
-		x := vm.prober("/bin/true")
+		x := prober(t, vm, "/bin/true")
 		require.Equal(t, health.Success, probeWithin(x, 5*time.Second).Outcome)
 		require.NoError(t, x.Close())
 	}

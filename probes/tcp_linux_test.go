@@ -12,7 +12,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/vigilhq/vigil/actors/health"
+	"github.com/vigilhq/vigil/health"
 	"github.com/vigilhq/vigil/internal/tcptest"
 )
 

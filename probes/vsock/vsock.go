@@ -22,7 +22,7 @@ import (
 
 	mdvsock "github.com/mdlayher/vsock"
 
-	"github.com/vigilhq/vigil/actors/health"
+	"github.com/vigilhq/vigil/health"
 )
 
 // Limits of the hybrid handshake.

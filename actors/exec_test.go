@@ -1,4 +1,4 @@
-package probes_test
+package actors_test
 
 import (
 	"context"
@@ -12,8 +12,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/vigilhq/vigil/actors"
-	"github.com/vigilhq/vigil/actors/health"
-	"github.com/vigilhq/vigil/probes"
+	"github.com/vigilhq/vigil/health"
+	"github.com/vigilhq/vigil/internal/guesttest"
 )
 
 // TestExecInstanceThroughTheScheduler registers an exec instance with the
@@ -23,7 +23,8 @@ func TestExecInstanceThroughTheScheduler(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the agent")
 	}
-	socket, dir := probes.StartGuest(t, 16)
+	vm := guesttest.Start(t, 16)
+	socket, dir := vm.Mux.Path, vm.Dir
 	flag := filepath.Join(dir, "serving")
 	require.NoError(t, os.WriteFile(flag, nil, 0o644))
 
