@@ -5,9 +5,10 @@ PKGS      := ./...
 
 PROTOC_GEN_GO      := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
+OAPI_CODEGEN       := github.com/oapi-codegen/oapi-codegen/v2/cmd/oapi-codegen@v2.8.2
 TOOLS              := $(CURDIR)/bin/tools
 
-.PHONY: run build test check bench bench-persistence bench-scale bench-api bench-exec bench-smoke bench-fleet fmt vet tidy-check clean generate generate-check tools
+.PHONY: run build test check bench bench-persistence bench-scale bench-api bench-exec bench-smoke bench-fleet fmt vet tidy-check clean generate generate-client generate-proto generate-check tools
 
 ## run: build and start `vigil serve` on 127.0.0.1:8484 with its data in ./vigil-data
 run: build
@@ -25,20 +26,31 @@ test:
 ## check: formatting, module tidiness, generated code, then the tests
 check: tidy-check fmt-check generate-check test
 
-## tools: the pinned protoc plugins, into bin/tools
+## tools: the pinned code generators, into bin/tools
 tools:
 	GOBIN=$(TOOLS) $(GO) install $(PROTOC_GEN_GO)
 	GOBIN=$(TOOLS) $(GO) install $(PROTOC_GEN_GO_GRPC)
+	GOBIN=$(TOOLS) $(GO) install $(OAPI_CODEGEN)
 
-## generate: regenerate probes/guest from guest.proto (needs protoc: Debian's protobuf-compiler)
-generate: tools
+## generate: regenerate the Go client's types and calls from api/openapi.json, and
+## probes/guest from guest.proto (that part needs protoc: Debian's protobuf-compiler)
+generate: generate-client generate-proto
+
+generate-client:
+	GOBIN=$(TOOLS) $(GO) install $(OAPI_CODEGEN)
+	cd client && $(TOOLS)/oapi-codegen -config oapi-codegen.yaml ../api/openapi.json
+
+generate-proto: tools
 	cd probes/guest && PATH="$(TOOLS):$$PATH" protoc --go_out=. --go_opt=paths=source_relative \
 		--go-grpc_out=. --go-grpc_opt=paths=source_relative guest.proto
 
-## generate-check: fail when the checked-in generated code drifts from guest.proto (skipped without protoc)
+## generate-check: fail when checked-in generated code drifts from its source (the
+## protobuf part is skipped without protoc)
 generate-check:
-	@if ! command -v protoc >/dev/null; then echo "protoc not installed: skipping the generated-code drift check"; exit 0; fi; \
-	$(MAKE) --no-print-directory generate >/dev/null && \
+	@$(MAKE) --no-print-directory generate-client >/dev/null && \
+	if ! git diff --exit-code --stat -- client/gen.go; then echo "client/gen.go is out of date: run make generate and commit"; exit 1; fi
+	@if ! command -v protoc >/dev/null; then echo "protoc not installed: skipping the protobuf drift check"; exit 0; fi; \
+	$(MAKE) --no-print-directory generate-proto >/dev/null && \
 	if ! git diff --exit-code --stat -- probes/guest; then echo "probes/guest is out of date: run make generate and commit"; exit 1; fi
 
 fmt-check:

@@ -9,26 +9,18 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
-	"strconv"
 	"syscall"
 	"time"
 
-	"github.com/rs/zerolog"
-
 	"github.com/vigilhq/vigil/actors"
-	"github.com/vigilhq/vigil/api"
 	"github.com/vigilhq/vigil/loadtest"
-	"github.com/vigilhq/vigil/persistence"
 	"github.com/vigilhq/vigil/probes/agent"
 )
 
@@ -50,9 +42,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case "serve":
 		defaultGC()
-		return serve(args[1:], stderr)
+		return serve(args[1:], stdout, stderr)
 	case "agent":
-		return agentCmd(args[1:], stderr)
+		return agentCmd(args[1:], stdout, stderr)
 	case "loadtest":
 		defaultGC()
 		return loadtestCmd(args[1:], stdout, stderr)
@@ -62,6 +54,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stderr, "vigil: unknown command %q\n", args[0])
 	usage(stderr)
+	return 2
+}
+
+// exit is the exit code of a failed parse: 0 after --help, 2 otherwise.
+func exit(err error) int {
+	if errors.Is(err, errHelp) {
+		return 0
+	}
 	return 2
 }
 
@@ -87,152 +87,19 @@ commands:
   agent     run the guest agent (inside a VM) that serves exec probes
   loadtest  drive an embedded scheduler with a synthetic fleet and report
   version   print the version
+
+'vigil <command> --help' lists a command's flags and their VIGIL_* variables.
 `)
 }
 
-// env returns the VIGIL_* environment value of a flag, or def.
-func env(name, def string) string {
-	if v, ok := os.LookupEnv(name); ok {
-		return v
-	}
-	return def
-}
-
-func newLogger(level, format string, w io.Writer) (zerolog.Logger, error) {
-	lvl, err := zerolog.ParseLevel(level)
-	if err != nil {
-		return zerolog.Logger{}, fmt.Errorf("--log-level: %w", err)
-	}
-	switch format {
-	case "json":
-	case "console":
-		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.RFC3339}
-	default:
-		return zerolog.Logger{}, fmt.Errorf("--log-format must be json or console (got %q)", format)
-	}
-	return zerolog.New(w).Level(lvl).With().Timestamp().Logger(), nil
-}
-
-func serve(args []string, stderr io.Writer) int {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	listen := fs.String("listen", env("VIGIL_LISTEN", "127.0.0.1:8484"), "address to serve the API on")
-	dataDir := fs.String("data-dir", env("VIGIL_DATA_DIR", "vigil-data"), "Badger data directory")
-	budgetDefault, _ := strconv.Atoi(env("VIGIL_PROBE_BUDGET", strconv.Itoa(actors.DefaultProbeBudget)))
-	budget := fs.Int("probe-budget", budgetDefault, "host-wide cap on probes in flight")
-	level := fs.String("log-level", env("VIGIL_LOG_LEVEL", "info"), "debug, info, warn or error")
-	format := fs.String("log-format", env("VIGIL_LOG_FORMAT", "json"), "json or console")
-	token := fs.String("token", env("VIGIL_TOKEN", ""), "require Authorization: Bearer <token> on the API (not on /healthz, /readyz)")
-	insecureDefault, _ := strconv.ParseBool(env("VIGIL_INSECURE", "false"))
-	insecure := fs.Bool("insecure", insecureDefault, "allow a non-loopback --listen address without --token")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "vigil serve: unexpected argument %q\n", fs.Arg(0))
-		return 2
-	}
-	log, err := newLogger(*level, *format, stderr)
-	if err != nil {
-		fmt.Fprintln(stderr, "vigil serve:", err)
-		return 2
-	}
-	cfg := serveConfig{listen: *listen, dataDir: *dataDir, budget: *budget, token: *token, insecure: *insecure}
-	if err := serveUntilSignal(log, cfg); err != nil {
-		log.Error().Err(err).Msg("serve_failed")
-		return 1
-	}
-	return 0
-}
-
-type serveConfig struct {
-	listen, dataDir string
-	budget          int
-	token           string
-	insecure        bool
-}
-
-// checkListen refuses a non-loopback address without a token, unless the
-// operator insists with --insecure.
-func checkListen(c serveConfig) error {
-	host, _, err := net.SplitHostPort(c.listen)
-	if err != nil {
-		return fmt.Errorf("--listen %q: %w", c.listen, err)
-	}
-	if c.token != "" || c.insecure {
-		return nil
-	}
-	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-		return fmt.Errorf("--listen %s is not a loopback address: set --token (VIGIL_TOKEN), or --insecure to serve it without authentication", c.listen)
-	}
-	return nil
-}
-
-func serveUntilSignal(log zerolog.Logger, c serveConfig) error {
-	if err := checkListen(c); err != nil {
-		return err
-	}
-	if c.budget < 1 {
-		return fmt.Errorf("--probe-budget must be at least 1 (got %d)", c.budget)
-	}
-	listen := c.listen
-	store, err := persistence.Open(c.dataDir, persistence.Options{Logger: log.With().Str("component", "store").Logger()})
-	if err != nil {
-		return err
-	}
-	defer store.Close()
-	metrics := api.NewMetrics()
-	metrics.Register(store.Collectors()...)
-	ctx := context.Background()
-	sched, err := actors.New(ctx, actors.WithLogger(log), actors.WithStore(store), actors.WithProbeBudget(c.budget),
-		actors.WithObserver(metrics))
-	if err != nil {
-		return err
-	}
-	stopping := make(chan struct{})
-	handler := api.New(sched, api.Options{Log: log.With().Str("component", "api").Logger(), Token: c.token,
-		Metrics: metrics, Shutdown: stopping})
-	srv := &http.Server{Addr: listen, Handler: handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
-	srv.RegisterOnShutdown(func() { close(stopping) })
-	l, err := net.Listen("tcp", listen)
-	if err != nil {
-		_ = sched.Close(ctx)
-		return err
-	}
-	log.Info().Str("listen", l.Addr().String()).Str("data_dir", c.dataDir).Bool("auth", c.token != "").Str("version", version).Msg("serving")
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(l) }()
-
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(sigs)
-	select {
-	case sig := <-sigs:
-		log.Info().Str("signal", sig.String()).Msg("shutting_down")
-	case err := <-errc:
-		if !errors.Is(err, http.ErrServerClosed) {
-			_ = sched.Close(ctx)
-			return err
-		}
-	}
-	shutdownCtx, cancel := context.WithTimeout(ctx, 8*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(shutdownCtx); err != nil {
-		log.Warn().Err(err).Msg("http_shutdown")
-	}
-	return sched.Close(shutdownCtx)
-}
-
-func agentCmd(args []string, stderr io.Writer) int {
-	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	listen := fs.String("listen", env("VIGIL_AGENT_LISTEN", agent.DefaultListen), "vsock://:PORT, unix:///path or tcp://host:port")
-	maxDefault, _ := strconv.Atoi(env("VIGIL_AGENT_MAX_CONCURRENT", strconv.Itoa(agent.DefaultMaxConcurrent)))
-	maxConcurrent := fs.Int("max-concurrent", maxDefault, "commands run at once; more are refused")
-	readyFile := fs.String("ready-file", env("VIGIL_AGENT_READY_FILE", ""), "file to create once listening")
-	level := fs.String("log-level", env("VIGIL_LOG_LEVEL", "info"), "debug, info, warn or error")
-	if err := fs.Parse(args); err != nil {
-		return 2
+func agentCmd(args []string, stdout, stderr io.Writer) int {
+	cmd := newCommand("agent", "Run the guest agent inside a VM: it serves exec probes to the host over vsock.")
+	listen := cmd.String("listen", "VIGIL_AGENT_LISTEN", agent.DefaultListen, "ADDR", "vsock://:PORT, unix:///path or tcp://host:port")
+	maxConcurrent := cmd.Int("max-concurrent", "VIGIL_AGENT_MAX_CONCURRENT", agent.DefaultMaxConcurrent, "commands run at once; more are refused")
+	readyFile := cmd.String("ready-file", "VIGIL_AGENT_READY_FILE", "", "PATH", "file to create once listening")
+	level := cmd.String("log-level", "VIGIL_LOG_LEVEL", "info", "LEVEL", "debug, info, warn or error")
+	if err := cmd.parse(args, stdout, stderr); err != nil {
+		return exit(err)
 	}
 	log, err := newLogger(*level, "json", stderr)
 	if err != nil {
@@ -266,27 +133,28 @@ func agentCmd(args []string, stderr io.Writer) int {
 }
 
 func loadtestCmd(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("loadtest", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	cmd := newCommand("loadtest", "Drive an embedded scheduler with a synthetic fleet on loopback and report lag, starvation, CPU and memory.")
 	var cfg loadtest.Config
-	fs.IntVar(&cfg.Instances, "instances", 1000, "instances in the fleet")
-	fs.StringVar(&cfg.Type, "type", "tcp", "probe type: tcp, http, grpc, exec or mixed")
-	fs.DurationVar(&cfg.Interval, "interval", 10*time.Second, "probe interval")
-	fs.DurationVar(&cfg.Timeout, "timeout", time.Second, "probe timeout")
-	fs.DurationVar(&cfg.StartPeriod, "start-period", -1, "start period (default: the policy default)")
-	fs.Float64Var(&cfg.Hung, "hung", 0, "fraction of targets that accept and never answer")
-	fs.Float64Var(&cfg.Flip, "flip", 0, "fraction of targets that turn unhealthy a third of the way in, and back at two thirds")
-	fs.DurationVar(&cfg.Duration, "duration", 30*time.Second, "how long to drive the fleet after registering it")
-	fs.StringVar(&cfg.Store, "store", "badger", "memory or badger (in a temp dir unless --data-dir)")
-	fs.StringVar(&cfg.DataDir, "data-dir", "", "Badger directory (default: a temp dir, removed after)")
-	fs.IntVar(&cfg.Budget, "probe-budget", actors.DefaultProbeBudget, "host-wide cap on probes in flight")
-	asJSON := fs.Bool("json", false, "print the report as one JSON object on the last line")
-	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the measurement window to this file")
-	memProfile := fs.String("memprofile", "", "write a heap profile at the end of the run to this file (and one at the start of the measurement to FILE.start)")
-	level := fs.String("log-level", "warn", "debug, info, warn or error")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	instances := cmd.Int("instances", "", 1000, "instances in the fleet")
+	typ := cmd.String("type", "", "tcp", "TYPE", "probe type: tcp, http, grpc, exec or mixed")
+	interval := cmd.Duration("interval", "", 10*time.Second, "probe interval")
+	timeout := cmd.Duration("timeout", "", time.Second, "probe timeout")
+	startPeriod := cmd.Duration("start-period", "", -1, "start period (default: the policy default)")
+	hung := cmd.Float("hung", "", 0, "fraction of targets that accept and never answer")
+	flip := cmd.Float("flip", "", 0, "fraction of targets that turn unhealthy a third of the way in, and back at two thirds")
+	duration := cmd.Duration("duration", "", 30*time.Second, "how long to drive the fleet after registering it")
+	store := cmd.String("store", "", "badger", "STORE", "memory or badger (in a temp dir unless --data-dir)")
+	dataDir := cmd.String("data-dir", "", "", "DIR", "Badger directory (default: a temp dir, removed after)")
+	budget := cmd.Int("probe-budget", "", actors.DefaultProbeBudget, "host-wide cap on probes in flight")
+	asJSON := cmd.Bool("json", "", false, "print the report as one JSON object on the last line")
+	cpuProfile := cmd.String("cpuprofile", "", "", "FILE", "write a CPU profile of the measurement window to this file")
+	memProfile := cmd.String("memprofile", "", "", "FILE", "write a heap profile at the end of the run to this file (and one at the start of the measurement to FILE.start)")
+	level := cmd.String("log-level", "", "warn", "LEVEL", "debug, info, warn or error")
+	if err := cmd.parse(args, stdout, stderr); err != nil {
+		return exit(err)
 	}
+	cfg.Instances, cfg.Type, cfg.Interval, cfg.Timeout, cfg.StartPeriod = *instances, *typ, *interval, *timeout, *startPeriod
+	cfg.Hung, cfg.Flip, cfg.Duration, cfg.Store, cfg.DataDir, cfg.Budget = *hung, *flip, *duration, *store, *dataDir, *budget
 	log, err := newLogger(*level, "json", stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "vigil loadtest:", err)

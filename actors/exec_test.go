@@ -34,7 +34,7 @@ func TestExecInstanceThroughTheScheduler(t *testing.T) {
 	defer func() { require.NoError(t, s.Close(ctx)) }()
 	one := 1
 	_, _, err = s.Put(ctx, "vm-exec", health.InstanceSpec{State: health.Running,
-		Vsock: &health.Vsock{Socket: socket, Port: 2222},
+		Vsock: &health.VsockSpec{Socket: socket},
 		HealthCheck: &health.PolicySpec{Interval: "1s", Timeout: "900ms", StartPeriod: "0s", FailureThreshold: &one,
 			Exec: &health.ExecSpec{Command: []string{"/bin/sh", "-c", "test -f " + flag + " && echo ready || { echo missing >&2; exit 4; }"}}}})
 	require.NoError(t, err)
@@ -70,7 +70,7 @@ func TestExecAgentUnreachableWhileInitializingIsSkipped(t *testing.T) {
 	defer func() { require.NoError(t, s.Close(ctx)) }()
 	one := 1
 	spec := health.InstanceSpec{State: health.Initializing,
-		Vsock: &health.Vsock{Socket: filepath.Join(t.TempDir(), "none.sock"), Port: 2222},
+		Vsock: &health.VsockSpec{Socket: filepath.Join(t.TempDir(), "none.sock")},
 		HealthCheck: &health.PolicySpec{Interval: "1s", Timeout: "500ms", StartPeriod: "0s", FailureThreshold: &one,
 			Exec: &health.ExecSpec{Command: []string{"/bin/true"}}}}
 	_, _, err = s.Put(ctx, "vm-boot", spec)

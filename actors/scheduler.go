@@ -211,7 +211,7 @@ func New(ctx context.Context, opts ...Option) (*Scheduler, error) {
 	s.props = actor.PropsFromProducer(func() actor.Actor { return &instanceActor{s: s} },
 		actor.WithDispatcher(actor.NewSynchronizedDispatcher(actorThroughput)),
 		actor.WithMailbox(func() actor.Mailbox { return newMailbox(s) }))
-	slogger := slog.New(zerolog.NewSlogHandler(o.log.With().Str("component", "protoactor").Logger()))
+	slogger := slog.New(eventHandler{zerolog.NewSlogHandler(o.log.With().Str("component", "protoactor").Logger())})
 	s.system = actor.NewActorSystem(
 		actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return slogger }),
 		actor.WithDeadLetterThrottleCount(3),
@@ -722,8 +722,29 @@ func (s *Scheduler) shutdownSystem() {
 	}
 }
 
+// Ping checks that the actor system still dispatches: a round trip to the
+// parent actor. It is what a watchdog asks.
+func (s *Scheduler) Ping(ctx context.Context) error {
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	timeout := s.opt.askTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+	}
+	if timeout <= 0 {
+		return context.DeadlineExceeded
+	}
+	if _, err := s.root.RequestFuture(s.parent, &ping{}, timeout).Result(); err != nil {
+		return fmt.Errorf("actors: the actor system did not answer: %w", err)
+	}
+	return nil
+}
+
 // parentActor spawns and supervises the instance actors.
 type parentActor struct{}
+
+type ping struct{}
 
 type spawnChildren struct {
 	ids   []string
@@ -743,5 +764,7 @@ func (p *parentActor) Receive(ctx actor.Context) {
 			out.pids[i], out.errs[i] = ctx.SpawnNamed(m.props, id)
 		}
 		ctx.Respond(out)
+	case *ping:
+		ctx.Respond(m)
 	}
 }

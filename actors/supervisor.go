@@ -1,7 +1,9 @@
 package actors
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -57,4 +59,23 @@ func (s *restartStrategy) HandleFailure(_ *actor.ActorSystem, sup actor.Supervis
 		return
 	}
 	time.AfterFunc(d, func() { sup.RestartChildren(child) })
+}
+
+// eventHandler keeps protoactor's log lines in vigil's one message style: the
+// message is the event protoactor_log, and protoactor's own text its detail.
+type eventHandler struct{ slog.Handler }
+
+func (h eventHandler) Handle(ctx context.Context, r slog.Record) error {
+	out := slog.NewRecord(r.Time, r.Level, "protoactor_log", r.PC)
+	out.AddAttrs(slog.String("detail", r.Message))
+	r.Attrs(func(a slog.Attr) bool { out.AddAttrs(a); return true })
+	return h.Handler.Handle(ctx, out)
+}
+
+func (h eventHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return eventHandler{h.Handler.WithAttrs(attrs)}
+}
+
+func (h eventHandler) WithGroup(name string) slog.Handler {
+	return eventHandler{h.Handler.WithGroup(name)}
 }

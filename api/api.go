@@ -12,17 +12,17 @@
 package api
 
 import (
-	"bytes"
 	"context"
 	"crypto/subtle"
 	_ "embed"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"mime"
 	"net/http"
-	"reflect"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -46,6 +46,11 @@ const (
 	DefaultKeepAlive       = 15 * time.Second
 	DefaultEventBuffer     = 1024
 	DefaultMaxStreams      = 256
+	// DefaultBodyReadTimeout bounds reading a request's body: a client that
+	// announces a body and sends less is cut off.
+	DefaultBodyReadTimeout = 30 * time.Second
+	// DefaultWriteTimeout bounds writing a response, from its first byte.
+	DefaultWriteTimeout = 30 * time.Second
 )
 
 // Registry is what the API needs of the actor system.
@@ -85,6 +90,10 @@ type Options struct {
 	EventBuffer int
 	// MaxStreams caps open event streams (default 256); more get a 503.
 	MaxStreams int
+	// BodyReadTimeout bounds reading a request body (default 30s) and
+	// WriteTimeout writing a response (default 30s; not the event stream's).
+	BodyReadTimeout time.Duration
+	WriteTimeout    time.Duration
 	// Shutdown, when closed, ends every event stream (http.Server.Shutdown
 	// waits for open requests, and a stream never ends on its own).
 	Shutdown <-chan struct{}
@@ -137,34 +146,74 @@ func New(reg Registry, opt Options) *echo.Echo {
 	if opt.KeepAlive <= 0 {
 		opt.KeepAlive = DefaultKeepAlive
 	}
+	if opt.BodyReadTimeout <= 0 {
+		opt.BodyReadTimeout = DefaultBodyReadTimeout
+	}
+	if opt.WriteTimeout <= 0 {
+		opt.WriteTimeout = DefaultWriteTimeout
+	}
 	log := opt.Log
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = errorHandler(log)
-	e.Use(requestLog(log), recoverJSON(log))
+	e.Use(requestLog(log), recoverJSON(log), deadlines(opt))
 	if opt.Token != "" {
 		e.Use(bearer(opt.Token))
 	}
 	h := &handlers{reg: reg, opt: opt, slots: make(chan struct{}, opt.MaxActorQueries),
 		streams: make(chan struct{}, opt.MaxStreams)}
+	// every GET route answers HEAD too: the same headers, no body
+	get := func(path string, handler echo.HandlerFunc, mw ...echo.MiddlewareFunc) {
+		e.GET(path, handler, mw...)
+		e.HEAD(path, handler, mw...)
+	}
 	actor := h.limit
-	e.GET("/healthz", func(c echo.Context) error { return c.JSON(http.StatusOK, map[string]string{"status": "ok"}) })
-	e.GET("/readyz", h.ready)
-	e.PUT("/v1/instances/:id", h.put, actor)
-	e.PATCH("/v1/instances/:id", h.patch, actor)
-	e.GET("/v1/instances/:id", h.get, actor)
-	e.DELETE("/v1/instances/:id", h.remove, actor)
-	e.GET("/v1/instances/:id/health", h.health, actor)
-	e.POST("/v1/instances/:id/probe", h.probe, actor)
-	e.GET("/v1/instances", h.list)
-	e.GET("/v1/summary", h.summary)
-	e.GET("/v1/events", h.events)
-	e.GET("/v1/openapi.json", func(c echo.Context) error { return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, openAPI) })
+	get("/healthz", func(c echo.Context) error { return c.JSON(http.StatusOK, map[string]string{"status": "ok"}) })
+	get("/readyz", h.ready)
+	e.PUT("/v1/instances/:id", h.put, validID, actor)
+	e.PATCH("/v1/instances/:id", h.patch, validID, actor)
+	get("/v1/instances/:id", h.get, validID, actor)
+	e.DELETE("/v1/instances/:id", h.remove, validID, actor)
+	get("/v1/instances/:id/health", h.health, validID, actor)
+	e.POST("/v1/instances/:id/probe", h.probe, validID, actor)
+	get("/v1/instances", h.list)
+	get("/v1/summary", h.summary)
+	get("/v1/events", h.events)
+	get("/v1/openapi.json", func(c echo.Context) error { return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, openAPI) })
 	if opt.Metrics != nil {
 		opt.Metrics.Register(newRegistryCollector(reg))
-		e.GET("/metrics", echo.WrapHandler(opt.Metrics.Handler()))
+		get("/metrics", echo.WrapHandler(opt.Metrics.Handler()))
 	}
 	return e
+}
+
+// deadlines sets a read deadline for a request's body, when it has one, and
+// a write deadline that starts when the response does (so a probe-now that
+// waits for a long probe still has the whole deadline to answer). The event
+// stream sets a deadline of its own for every frame.
+func deadlines(opt Options) echo.MiddlewareFunc {
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			req, w := c.Request(), c.Response()
+			rc := http.NewResponseController(w.Writer)
+			if req.ContentLength != 0 && req.Body != nil && req.Body != http.NoBody {
+				_ = rc.SetReadDeadline(time.Now().Add(opt.BodyReadTimeout))
+			}
+			w.Before(func() { _ = rc.SetWriteDeadline(time.Now().Add(opt.WriteTimeout)) })
+			return next(c)
+		}
+	}
+}
+
+// validID answers 400 for an instance id that cannot exist, on every route
+// that names one.
+func validID(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		if err := health.ValidateID(c.Param("id")); err != nil {
+			return err
+		}
+		return next(c)
+	}
 }
 
 // bearer requires the token on every route but the probes of the process.
@@ -235,6 +284,9 @@ func body(c echo.Context, types ...string) ([]byte, error) {
 		}
 	}
 	b, err := io.ReadAll(io.LimitReader(c.Request().Body, MaxBody+1))
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return nil, fail(http.StatusRequestTimeout, "request_timeout", "the request body did not arrive in time", "")
+	}
 	if err != nil {
 		return nil, invalid("", "reading body: %v", err)
 	}
@@ -242,125 +294,6 @@ func body(c echo.Context, types ...string) ([]byte, error) {
 		return nil, fail(http.StatusRequestEntityTooLarge, "too_large", "body is over 1 MiB", "")
 	}
 	return b, nil
-}
-
-// strict decodes one JSON value into v: unknown fields and trailing data are
-// errors, and a wrong type names its field.
-func strict(b []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		var te *json.UnmarshalTypeError
-		if errors.As(err, &te) {
-			if te.Field == "" {
-				return invalid("", "body must be a JSON object")
-			}
-			return invalid(te.Field, "%s must be of type %s", te.Field, te.Type)
-		}
-		if msg := err.Error(); strings.HasPrefix(msg, "json: unknown field ") {
-			name := strings.Trim(strings.TrimPrefix(msg, "json: unknown field "), `"`)
-			field := unknownField(b, reflect.TypeOf(v), name)
-			return invalid(field, "unknown field %s", field)
-		}
-		return invalid("", "malformed JSON: %v", err)
-	}
-	if dec.More() {
-		return invalid("", "malformed JSON: trailing data after the object")
-	}
-	return nil
-}
-
-// unknownField finds the dotted path of the unknown field called name, which
-// encoding/json reports without its parents, by walking the document along
-// the type it was decoded into.
-func unknownField(b []byte, t reflect.Type, name string) string {
-	var doc any
-	if json.Unmarshal(b, &doc) != nil {
-		return name
-	}
-	if path, ok := findUnknown(doc, t, "", name); ok {
-		return path
-	}
-	return name
-}
-
-func findUnknown(doc any, t reflect.Type, prefix, name string) (string, bool) {
-	for t.Kind() == reflect.Pointer {
-		t = t.Elem()
-	}
-	if reflect.PointerTo(t).Implements(reflect.TypeFor[json.Unmarshaler]()) {
-		return "", false // decodes itself
-	}
-	join := func(k string) string {
-		if prefix == "" {
-			return k
-		}
-		return prefix + "." + k
-	}
-	switch v := doc.(type) {
-	case map[string]any:
-		switch t.Kind() {
-		case reflect.Map:
-			for k, sub := range v {
-				if path, ok := findUnknown(sub, t.Elem(), join(k), name); ok {
-					return path, true
-				}
-			}
-		case reflect.Struct:
-			fields := jsonFields(t)
-			for k, sub := range v {
-				ft, known := fields[k]
-				if !known {
-					if k == name {
-						return join(k), true
-					}
-					continue
-				}
-				if path, ok := findUnknown(sub, ft, join(k), name); ok {
-					return path, true
-				}
-			}
-		}
-	case []any:
-		if t.Kind() == reflect.Slice || t.Kind() == reflect.Array {
-			for i, sub := range v {
-				if path, ok := findUnknown(sub, t.Elem(), fmt.Sprintf("%s[%d]", prefix, i), name); ok {
-					return path, true
-				}
-			}
-		}
-	}
-	return "", false
-}
-
-// jsonFields maps the JSON names of a struct's fields, embedded ones
-// included, to their types.
-func jsonFields(t reflect.Type) map[string]reflect.Type {
-	out := map[string]reflect.Type{}
-	for i := range t.NumField() {
-		f := t.Field(i)
-		tag, _, _ := strings.Cut(f.Tag.Get("json"), ",")
-		if tag == "-" || !f.IsExported() && !f.Anonymous {
-			continue
-		}
-		if f.Anonymous && tag == "" {
-			ft := f.Type
-			if ft.Kind() == reflect.Pointer {
-				ft = ft.Elem()
-			}
-			if ft.Kind() == reflect.Struct {
-				for k, v := range jsonFields(ft) {
-					out[k] = v
-				}
-				continue
-			}
-		}
-		if tag == "" {
-			tag = f.Name
-		}
-		out[tag] = f.Type
-	}
-	return out
 }
 
 // decode reads a JSON body strictly: size, content type, unknown fields.
@@ -388,16 +321,21 @@ func (h *handlers) put(c echo.Context) error {
 	return c.JSON(status, info)
 }
 
-// patch applies a JSON merge patch (RFC 7396) to the instance's current spec,
-// under the instance's lock, and validates the result like a PUT.
+// patch applies a JSON merge patch (RFC 7396) to the instance's spec as the
+// client wrote it, under the instance's lock, and validates the result like
+// a PUT: defaults derived from a field follow it, and a patch can never
+// half-apply.
 func (h *handlers) patch(c echo.Context) error {
 	b, err := body(c, "application/merge-patch+json", echo.MIMEApplicationJSON)
 	if err != nil {
 		return err
 	}
+	if err := checkObject(b, "merge patch"); err != nil {
+		return err
+	}
 	var obj map[string]json.RawMessage
 	if err := json.Unmarshal(b, &obj); err != nil {
-		return invalid("", "merge patch must be a JSON object: %v", err)
+		return invalid("", "merge patch must be a JSON object")
 	}
 	for _, f := range []string{"id", "health_status"} {
 		if _, ok := obj[f]; ok {
@@ -477,11 +415,39 @@ func (h *handlers) list(c echo.Context) error {
 			statuses = append(statuses, st)
 		}
 	}
-	page, next := h.reg.List(statuses, c.QueryParam("cursor"), limit)
+	after, err := decodeCursor(c.QueryParam("cursor"))
+	if err != nil {
+		return err
+	}
+	page, next := h.reg.List(statuses, after, limit)
 	if page == nil {
 		page = []actors.Info{}
 	}
-	return c.JSON(http.StatusOK, map[string]any{"instances": page, "next_cursor": next})
+	return c.JSON(http.StatusOK, map[string]any{"instances": page, "next_cursor": encodeCursor(next)})
+}
+
+// cursorPrefix marks the cursors this server issues; a cursor is the last id
+// of a page, opaque to clients.
+const cursorPrefix = "v1:"
+
+func encodeCursor(id string) string {
+	if id == "" {
+		return ""
+	}
+	return base64.RawURLEncoding.EncodeToString([]byte(cursorPrefix + id))
+}
+
+// decodeCursor returns the id a cursor stands for; "" is the first page.
+func decodeCursor(cursor string) (string, error) {
+	if cursor == "" {
+		return "", nil
+	}
+	b, err := base64.RawURLEncoding.DecodeString(cursor)
+	id, ok := strings.CutPrefix(string(b), cursorPrefix)
+	if err != nil || !ok || health.ValidateID(id) != nil {
+		return "", invalid("cursor", "cursor is not one this server issued: pass next_cursor from the previous page as it is")
+	}
+	return id, nil
 }
 
 func (h *handlers) summary(c echo.Context) error {
@@ -548,18 +514,25 @@ func recoverJSON(log zerolog.Logger) echo.MiddlewareFunc {
 	}
 }
 
+// requestLog logs one line a request: method, path, status and duration,
+// and for an error its code and field — never the query or a header.
 func requestLog(log zerolog.Logger) echo.MiddlewareFunc {
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
 			began := time.Now()
 			err := next(c)
 			status := c.Response().Status
+			ev := log.Info()
 			if err != nil {
-				status, _ = classify(err)
+				var detail ErrorDetail
+				status, detail = classify(err)
+				ev = ev.Str("error_code", detail.Code)
+				if detail.Field != "" {
+					ev = ev.Str("field", detail.Field)
+				}
 			}
-			// the path only: neither the query nor any header is logged
-			log.Info().Str("method", c.Request().Method).Str("path", c.Request().URL.Path).Int("status", status).
-				Dur("duration", time.Since(began)).Msg("request")
+			ev.Str("method", c.Request().Method).Str("path", c.Request().URL.Path).Int("status", status).
+				Float64("duration_ms", float64(time.Since(began).Microseconds())/1000).Msg("request")
 			return err
 		}
 	}

@@ -41,9 +41,14 @@ func (h *handlers) events(c echo.Context) error {
 	}
 	instance := c.QueryParam("instance_id")
 	if instance != "" {
-		if err := health.ValidateID(instance); err != nil {
-			return invalid("instance_id", "instance_id: %v", err)
+		var fe *health.FieldError
+		if err := health.ValidateID(instance); errors.As(err, &fe) {
+			return invalid("instance_id", "instance_id %s", fe.Message)
 		}
+	}
+	if c.Request().Method == http.MethodHead {
+		c.Response().Header().Set(echo.HeaderContentType, "text/event-stream")
+		return c.NoContent(http.StatusOK)
 	}
 	select {
 	case h.streams <- struct{}{}:

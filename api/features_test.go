@@ -192,7 +192,8 @@ func TestRequestLogNeverHasTheToken(t *testing.T) {
 	defer mu.Unlock()
 	assert.Contains(t, logs.String(), `"path":"/v1/summary"`)
 	assert.Contains(t, logs.String(), `"status":401`)
-	assert.Contains(t, logs.String(), `"duration"`)
+	assert.Contains(t, logs.String(), `"duration_ms":`)
+	assert.Contains(t, logs.String(), `"error_code":"unauthorized"`)
 	assert.NotContains(t, logs.String(), "s3cret")
 }
 

@@ -72,11 +72,19 @@ type Network struct {
 }
 
 // Vsock is how to reach the guest agent: CID for AF_VSOCK, or Socket for a
-// hybrid-vsock Unix socket. Port defaults to 2222.
+// hybrid-vsock Unix socket.
 type Vsock struct {
 	CID    uint32 `json:"cid,omitempty"`
 	Socket string `json:"socket,omitempty"`
 	Port   uint32 `json:"port"`
+}
+
+// VsockSpec is the vsock block as a client writes it: Port is nil when it is
+// left out (then 2222); an explicit 0 is an error.
+type VsockSpec struct {
+	CID    uint32  `json:"cid,omitempty"`
+	Socket string  `json:"socket,omitempty"`
+	Port   *uint32 `json:"port,omitempty"`
 }
 
 // InstanceSpec is an instance as a client writes it (without id).
@@ -85,40 +93,50 @@ type InstanceSpec struct {
 	State       Lifecycle   `json:"state"`
 	StartedAt   *time.Time  `json:"started_at,omitempty"`
 	Network     *Network    `json:"network,omitempty"`
-	Vsock       *Vsock      `json:"vsock,omitempty"`
+	Vsock       *VsockSpec  `json:"vsock,omitempty"`
 	HealthCheck *PolicySpec `json:"health_check,omitempty"`
 }
 
 // Instance is a normalized, valid instance. HealthCheck is nil when health
-// checking is disabled (absent, or type none).
+// checking is disabled (absent, or type none). Written is the spec it was
+// normalized from, as the client wrote it: a merge patch applies to that, so
+// that derived defaults follow the fields they derive from.
 type Instance struct {
-	ID          string     `json:"id"`
-	Name        string     `json:"name,omitempty"`
-	State       Lifecycle  `json:"state"`
-	StartedAt   *time.Time `json:"started_at,omitempty"`
-	Network     *Network   `json:"network,omitempty"`
-	Vsock       *Vsock     `json:"vsock,omitempty"`
-	HealthCheck *Policy    `json:"health_check,omitempty"`
+	ID          string        `json:"id"`
+	Name        string        `json:"name,omitempty"`
+	State       Lifecycle     `json:"state"`
+	StartedAt   *time.Time    `json:"started_at,omitempty"`
+	Network     *Network      `json:"network,omitempty"`
+	Vsock       *Vsock        `json:"vsock,omitempty"`
+	HealthCheck *Policy       `json:"health_check,omitempty"`
+	Written     *InstanceSpec `json:"-"`
 }
+
+// LifecycleNames lists the lifecycle states for messages.
+const LifecycleNames = "Created, Initializing, Running, Paused, Shutdown, Standby, Stopped, Unknown"
+
+// RFC3339Example is how messages show the time format they expect.
+const RFC3339Example = "an RFC 3339 time such as 2026-11-26T10:00:00Z"
 
 // Normalize validates the spec for instance id and fills in defaults.
 func (s InstanceSpec) Normalize(id string) (Instance, error) {
 	if err := ValidateID(id); err != nil {
 		return Instance{}, err
 	}
-	in := Instance{ID: id, Name: s.Name, State: s.State}
+	written := s
+	in := Instance{ID: id, Name: s.Name, State: s.State, Written: &written}
 	if len(s.Name) > MaxNameLength || strings.ContainsFunc(s.Name, func(r rune) bool { return r < ' ' || r == 0x7f }) {
 		return Instance{}, fieldErr("name", "must be at most %d bytes without control characters", MaxNameLength)
 	}
 	switch {
 	case s.State == "":
-		return Instance{}, fieldErr("state", "is required (one of Created, Initializing, Running, Paused, Shutdown, Standby, Stopped, Unknown)")
+		return Instance{}, fieldErr("state", "is required (one of %s)", LifecycleNames)
 	case !s.State.Valid():
-		return Instance{}, fieldErr("state", "must be one of Created, Initializing, Running, Paused, Shutdown, Standby, Stopped, Unknown (got %q)", truncateForMessage(string(s.State)))
+		return Instance{}, fieldErr("state", "must be one of %s (got %q)", LifecycleNames, truncateForMessage(string(s.State)))
 	}
 	if s.StartedAt != nil {
 		if s.StartedAt.IsZero() {
-			return Instance{}, fieldErr("started_at", "must be an RFC 3339 time")
+			return Instance{}, fieldErr("started_at", "must be %s", RFC3339Example)
 		}
 		t := s.StartedAt.UTC()
 		in.StartedAt = &t
@@ -128,10 +146,22 @@ func (s InstanceSpec) Normalize(id string) (Instance, error) {
 		if err != nil || addr.Zone() != "" {
 			return Instance{}, fieldErr("network.ip", "must be an IPv4 or IPv6 address (got %q)", truncateForMessage(s.Network.IP))
 		}
-		in.Network = &Network{IP: addr.Unmap().String()}
+		addr = addr.Unmap()
+		switch {
+		case addr.IsUnspecified():
+			return Instance{}, fieldErr("network.ip", "must be the address of one host, not the unspecified address %s", addr)
+		case addr.IsMulticast():
+			return Instance{}, fieldErr("network.ip", "must be the address of one host, not the multicast address %s", addr)
+		case addr == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+			return Instance{}, fieldErr("network.ip", "must be the address of one host, not the broadcast address %s", addr)
+		}
+		in.Network = &Network{IP: addr.String()}
 	}
 	if s.Vsock != nil {
-		v := *s.Vsock
+		v := Vsock{CID: s.Vsock.CID, Socket: s.Vsock.Socket, Port: DefaultVsockPort}
+		if s.Vsock.Port != nil {
+			v.Port = *s.Vsock.Port
+		}
 		switch {
 		case v.CID != 0 && v.Socket != "":
 			return Instance{}, fieldErr("vsock", "must give either cid or socket, not both")
@@ -141,11 +171,8 @@ func (s InstanceSpec) Normalize(id string) (Instance, error) {
 			return Instance{}, fieldErr("vsock.socket", "must be an absolute path of at most %d bytes", MaxSocketPath)
 		case v.Socket == "" && (v.CID < MinGuestCID || v.CID == 0xffffffff):
 			return Instance{}, fieldErr("vsock.cid", "must be a guest CID (3 to 4294967294, got %d)", v.CID)
-		case v.Port > maxVsockPortNum:
-			return Instance{}, fieldErr("vsock.port", "must be a vsock port below 4294967295")
-		}
-		if v.Port == 0 {
-			v.Port = DefaultVsockPort
+		case v.Port == 0 || v.Port > maxVsockPortNum:
+			return Instance{}, fieldErr("vsock.port", "must be a vsock port from 1 to 4294967294 (got %d; leave it out for %d)", v.Port, DefaultVsockPort)
 		}
 		in.Vsock = &v
 	}
@@ -169,9 +196,23 @@ func (s InstanceSpec) Normalize(id string) (Instance, error) {
 	return in, nil
 }
 
-// Spec returns the instance in its input shape (for merge patches).
+// Spec returns the instance in its input shape: the spec as it was written
+// when it is known, else the normalized instance in that shape.
 func (in Instance) Spec() InstanceSpec {
-	s := InstanceSpec{Name: in.Name, State: in.State, StartedAt: in.StartedAt, Network: in.Network, Vsock: in.Vsock}
+	if in.Written != nil {
+		return *in.Written
+	}
+	return in.NormalizedSpec()
+}
+
+// NormalizedSpec returns the normalized instance in its input shape, every
+// default written out.
+func (in Instance) NormalizedSpec() InstanceSpec {
+	s := InstanceSpec{Name: in.Name, State: in.State, StartedAt: in.StartedAt, Network: in.Network}
+	if v := in.Vsock; v != nil {
+		port := v.Port
+		s.Vsock = &VsockSpec{CID: v.CID, Socket: v.Socket, Port: &port}
+	}
 	if in.HealthCheck != nil {
 		ps := in.HealthCheck.Spec()
 		s.HealthCheck = &ps

@@ -240,7 +240,8 @@ func (s PolicySpec) normalize(prefix string) (Policy, error) {
 	if p.Interval > MaxInterval {
 		return Policy{}, fieldErr(f("interval"), "must be at most %s", MaxInterval)
 	}
-	if p.Timeout, err = parseDuration(f("timeout"), s.Timeout, DefaultTimeout); err != nil {
+	// the default timeout fits the interval; an explicit one must
+	if p.Timeout, err = parseDuration(f("timeout"), s.Timeout, min(DefaultTimeout, p.Interval)); err != nil {
 		return Policy{}, err
 	}
 	if p.Timeout <= 0 {

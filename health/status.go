@@ -150,8 +150,19 @@ func (s *State) Configure(prev, next Config, now time.Time) (tr Transition, chan
 		s.open(next.Policy, origin)
 		fresh = true
 	}
+	if prev.Policy.Enabled() && !next.Policy.Enabled() {
+		// the policy is gone, and its evidence with it: a later policy
+		// starts from nothing
+		s.clearEvidence()
+	}
 	tr, changed = s.reshow(next, now, reason, "")
 	return tr, changed, fresh
+}
+
+// clearEvidence forgets counters, results and their times, keeping the
+// window generation and the shown status.
+func (s *State) clearEvidence() {
+	*s = State{Window: s.Window, Status: s.Status, Since: s.Since}
 }
 
 func (s *State) open(p *Policy, origin time.Time) {

@@ -467,7 +467,7 @@ func (f *fleet) spec(i int, cfg Config) health.InstanceSpec {
 			cmd = []string{"/bin/sh", "-c", "test ! -e " + f.downFile}
 		}
 		p.Exec = &health.ExecSpec{Command: cmd}
-		s.Vsock = &health.Vsock{Socket: f.mux.Path, Port: 2222}
+		s.Vsock = &health.VsockSpec{Socket: f.mux.Path}
 		return s
 	}
 	s.Network = &health.Network{IP: addrOf(i)}

@@ -56,7 +56,9 @@ var ErrClosed = errors.New("persistence: store is closed")
 
 // Options tune a Store.
 type Options struct {
-	Logger        zerolog.Logger
+	Logger zerolog.Logger
+	// BadgerLogger receives Badger's own log (default: Logger).
+	BadgerLogger  *zerolog.Logger
 	FlushInterval time.Duration // default 250ms
 	Retention     int           // events kept at least (default 100 000)
 	RetentionAge  time.Duration // events kept at least this long (default 24h)
@@ -64,9 +66,13 @@ type Options struct {
 	Now           func() time.Time
 }
 
+// instanceRecord is a stored instance: normalized, and as the client wrote
+// it (Spec; absent in records of builds before it was kept), which is what
+// a later merge patch applies to.
 type instanceRecord struct {
-	V        int             `json:"v"`
-	Instance health.Instance `json:"instance"`
+	V        int                  `json:"v"`
+	Instance health.Instance      `json:"instance"`
+	Spec     *health.InstanceSpec `json:"spec,omitempty"`
 }
 
 type eventRecord struct {
@@ -129,8 +135,12 @@ func Open(dir string, opt Options) (*Store, error) {
 	if opt.Now == nil {
 		opt.Now = time.Now
 	}
+	badgerLog := opt.Logger
+	if opt.BadgerLogger != nil {
+		badgerLog = *opt.BadgerLogger
+	}
 	bo := badger.DefaultOptions(dir).
-		WithLogger(badgerLogger{opt.Logger}).
+		WithLogger(badgerLogger{badgerLog}).
 		WithSyncWrites(false).
 		// small caches: writes are small and batched, reads happen at boot
 		// (one sequential scan) and for event streams; every byte here is Go
@@ -401,7 +411,7 @@ func (s *Store) write(specs []specOp, transitions []transitionOp, snaps map[stri
 	defer wb.Cancel()
 	for _, op := range specs {
 		if op.put != nil {
-			b, err := json.Marshal(instanceRecord{V: SchemaVersion, Instance: *op.put})
+			b, err := json.Marshal(instanceRecord{V: SchemaVersion, Instance: *op.put, Spec: op.put.Written})
 			if err != nil {
 				return fmt.Errorf("encode instance %s: %w", op.put.ID, err)
 			}
@@ -539,8 +549,13 @@ func (s *Store) Load(ctx context.Context, fn func(health.Instance, *actors.Snaps
 				err = fmt.Errorf("record id %q does not match its key", rec.Instance.ID)
 			}
 			if err == nil {
-				// a stored spec must still be valid: re-normalize it
-				rec.Instance, err = rec.Instance.Spec().Normalize(id)
+				// a stored spec must still be valid: normalize it again, from
+				// what the client wrote when that is kept
+				spec := rec.Instance.Spec()
+				if rec.Spec != nil {
+					spec = *rec.Spec
+				}
+				rec.Instance, err = spec.Normalize(id)
 			}
 			if err != nil {
 				skipped++
@@ -672,19 +687,16 @@ func (s *Store) gcValueLog() {
 	}
 }
 
-// badgerLogger routes Badger's log into zerolog; its chatty Info and Debug
-// output goes to Debug.
+// badgerLogger routes Badger's log into zerolog as badger_log events with
+// Badger's text as their detail; its chatty Info and Debug output goes to
+// Debug.
 type badgerLogger struct{ l zerolog.Logger }
 
-func (b badgerLogger) Errorf(f string, a ...any) {
-	b.l.Error().Str("component", "badger").Msg(strings.TrimSpace(fmt.Sprintf(f, a...)))
+func (b badgerLogger) log(ev *zerolog.Event, f string, a []any) {
+	ev.Str("detail", strings.TrimSpace(fmt.Sprintf(f, a...))).Msg("badger_log")
 }
-func (b badgerLogger) Warningf(f string, a ...any) {
-	b.l.Warn().Str("component", "badger").Msg(strings.TrimSpace(fmt.Sprintf(f, a...)))
-}
-func (b badgerLogger) Infof(f string, a ...any) {
-	b.l.Debug().Str("component", "badger").Msg(strings.TrimSpace(fmt.Sprintf(f, a...)))
-}
-func (b badgerLogger) Debugf(f string, a ...any) {
-	b.l.Debug().Str("component", "badger").Msg(strings.TrimSpace(fmt.Sprintf(f, a...)))
-}
+
+func (b badgerLogger) Errorf(f string, a ...any)   { b.log(b.l.Error(), f, a) }
+func (b badgerLogger) Warningf(f string, a ...any) { b.log(b.l.Warn(), f, a) }
+func (b badgerLogger) Infof(f string, a ...any)    { b.log(b.l.Debug(), f, a) }
+func (b badgerLogger) Debugf(f string, a ...any)   { b.log(b.l.Debug(), f, a) }

@@ -229,7 +229,7 @@ func TestGRPCProbe(t *testing.T) {
 func TestNewRejectsWhatItCannotRun(t *testing.T) {
 	_, err := New(health.Instance{})
 	assert.Error(t, err)
-	in, err := health.InstanceSpec{State: health.Running, Vsock: &health.Vsock{CID: 3},
+	in, err := health.InstanceSpec{State: health.Running, Vsock: &health.VsockSpec{CID: 3},
 		HealthCheck: &health.PolicySpec{Exec: &health.ExecSpec{Command: []string{"true"}}}}.Normalize("x")
 	require.NoError(t, err)
 	p, err := New(in)

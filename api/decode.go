@@ -1,0 +1,181 @@
+package api
+
+import (
+	"errors"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+
+	jsonv2 "github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
+
+	"github.com/vigilhq/vigil/health"
+)
+
+// strict decodes one JSON value into v, exactly: member names match case and
+// all, an unknown member, a duplicate member, invalid UTF-8 or trailing data
+// is an error, and every error names the field by its full path in words a
+// client understands (no Go types, no Go time layouts).
+func strict(b []byte, v any) error {
+	err := jsonv2.Unmarshal(b, v, jsonv2.RejectUnknownMembers(true))
+	if err == nil {
+		return nil
+	}
+	root := reflect.TypeOf(v)
+	var se *jsonv2.SemanticError
+	var sy *jsontext.SyntacticError
+	switch {
+	case errors.As(err, &se):
+		field, t := fieldOf(root, se.JSONPointer)
+		switch {
+		case errors.Is(se.Err, jsonv2.ErrUnknownName):
+			return invalid(field, "unknown field %s", field)
+		case field == "":
+			return invalid("", "body must be a JSON object")
+		}
+		return invalid(field, "%s must be %s", field, kindWanted(t))
+	case errors.As(err, &sy):
+		field, _ := fieldOf(root, sy.JSONPointer)
+		switch {
+		case errors.Is(sy.Err, jsontext.ErrDuplicateName):
+			return invalid(field, "duplicate field %s", field)
+		case isInvalidUTF8(sy.Err) && field != "":
+			return invalid(field, "%s must be valid UTF-8", field)
+		case isInvalidUTF8(sy.Err):
+			return invalid("", "body must be valid UTF-8")
+		}
+		msg := strings.TrimPrefix(sy.Err.Error(), "jsontext: ")
+		return invalid(field, "malformed JSON at byte %d: %s", sy.ByteOffset, msg)
+	}
+	return invalid("", "malformed JSON: %s", strings.TrimPrefix(err.Error(), "json: "))
+}
+
+// isInvalidUTF8 recognizes the decoder's error for invalid UTF-8, which it
+// does not export.
+func isInvalidUTF8(err error) bool { return err != nil && strings.Contains(err.Error(), "invalid UTF-8") }
+
+// checkObject checks that b is one JSON object as strict would read it
+// (no duplicate members, valid UTF-8); what names the value in errors.
+func checkObject(b []byte, what string) error {
+	var obj map[string]jsontext.Value
+	err := jsonv2.Unmarshal(b, &obj)
+	var se *jsonv2.SemanticError
+	if errors.As(err, &se) && len(se.JSONPointer) == 0 {
+		return invalid("", "%s must be a JSON object", what)
+	}
+	if err != nil {
+		return strict(b, &map[string]any{})
+	}
+	if obj == nil {
+		return invalid("", "%s must be a JSON object", what)
+	}
+	return nil
+}
+
+var (
+	lifecycleType = reflect.TypeFor[health.Lifecycle]()
+	timeType      = reflect.TypeFor[time.Time]()
+)
+
+// kindWanted says in words what a field of type t must be.
+func kindWanted(t reflect.Type) string {
+	for t != nil && t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch {
+	case t == nil:
+		return "a valid value"
+	case t == lifecycleType:
+		return "one of " + health.LifecycleNames
+	case t == timeType:
+		return health.RFC3339Example
+	}
+	switch t.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		return "an integer"
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "a non-negative integer"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Slice, reflect.Array:
+		if t.Elem().Kind() == reflect.String {
+			return "an array of strings"
+		}
+		return "an array"
+	case reflect.Map, reflect.Struct:
+		return "a JSON object"
+	}
+	return "a valid value"
+}
+
+// fieldOf renders a JSON pointer into a document of type root as the dotted
+// path errors name (health_check.exec.command[0]), and returns the type
+// found there (nil where the path leaves the type).
+func fieldOf(root reflect.Type, ptr jsontext.Pointer) (string, reflect.Type) {
+	var b strings.Builder
+	t := root
+	for tok := range ptr.Tokens() {
+		for t != nil && t.Kind() == reflect.Pointer {
+			t = t.Elem()
+		}
+		var kind reflect.Kind
+		if t != nil {
+			kind = t.Kind()
+		}
+		switch kind {
+		case reflect.Slice, reflect.Array:
+			if _, err := strconv.Atoi(tok); err == nil {
+				b.WriteString("[" + tok + "]")
+				t = t.Elem()
+				continue
+			}
+			t = nil
+		case reflect.Map:
+			t = t.Elem()
+		case reflect.Struct:
+			t = jsonFields(t)[tok]
+		default:
+			t = nil
+		}
+		if b.Len() > 0 {
+			b.WriteByte('.')
+		}
+		b.WriteString(tok)
+	}
+	return b.String(), t
+}
+
+// jsonFields maps the JSON names of a struct's fields, embedded ones
+// included, to their types.
+func jsonFields(t reflect.Type) map[string]reflect.Type {
+	out := map[string]reflect.Type{}
+	for i := range t.NumField() {
+		f := t.Field(i)
+		tag, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if tag == "-" || !f.IsExported() && !f.Anonymous {
+			continue
+		}
+		if f.Anonymous && tag == "" {
+			ft := f.Type
+			if ft.Kind() == reflect.Pointer {
+				ft = ft.Elem()
+			}
+			if ft.Kind() == reflect.Struct {
+				for k, v := range jsonFields(ft) {
+					out[k] = v
+				}
+				continue
+			}
+		}
+		if tag == "" {
+			tag = f.Name
+		}
+		out[tag] = f.Type
+	}
+	return out
+}
