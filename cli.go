@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"strings"
 	"time"
 
@@ -74,7 +75,7 @@ func (c *command) parse(args []string, stdout, stderr io.Writer) error {
 			continue
 		}
 		if err := c.fs.Set(name, v); err != nil {
-			err = fmt.Errorf("%s=%q is not a valid value for --%s: %s", c.vars[name], v, name, reason(err))
+			err = fmt.Errorf("%s=%q is not valid for --%s: it %s", c.vars[name], v, name, c.wanted(name))
 			fmt.Fprintf(stderr, "vigil %s: %v\n", c.name, err)
 			return err
 		}
@@ -85,7 +86,11 @@ func (c *command) parse(args []string, stdout, stderr io.Writer) error {
 		c.help(stdout)
 		return errHelp
 	case err != nil:
-		fmt.Fprintf(stderr, "vigil %s: %s\nRun 'vigil %s --help' for the flags.\n", c.name, dashes(err.Error()), c.name)
+		msg := dashes(err.Error())
+		if m := invalidValue.FindStringSubmatch(err.Error()); m != nil {
+			msg = fmt.Sprintf("--%s %s: it %s", m[2], m[1], c.wanted(m[2]))
+		}
+		fmt.Fprintf(stderr, "vigil %s: %s\nRun 'vigil %s --help' for the flags.\n", c.name, msg, c.name)
 		return err
 	case c.fs.NArg() > 0:
 		err = fmt.Errorf("unexpected argument %q", c.fs.Arg(0))
@@ -95,13 +100,22 @@ func (c *command) parse(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-// reason is the part of a flag package error that says what is wrong.
-func reason(err error) string {
-	msg := err.Error()
-	if i := strings.LastIndex(msg, ": "); i >= 0 {
-		return msg[i+2:]
+// invalidValue matches the flag package's error for a value it cannot parse.
+var invalidValue = regexp.MustCompile(`^invalid (?:boolean )?value ("[^"]*") for (?:flag )?-([a-z0-9-]+)`)
+
+// wanted says what a flag's value must be.
+func (c *command) wanted(name string) string {
+	switch c.meta[name] {
+	case "N":
+		return "must be an integer"
+	case "F":
+		return "must be a number"
+	case "DURATION":
+		return `must be a duration such as "10s"`
+	case "":
+		return "must be true or false"
 	}
-	return msg
+	return "is not valid"
 }
 
 // dashes writes the flag package's "-name" as "--name", as help does.

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"errors"
 	"reflect"
 	"strconv"
@@ -18,6 +19,9 @@ import (
 // is an error, and every error names the field by its full path in words a
 // client understands (no Go types, no Go time layouts).
 func strict(b []byte, v any) error {
+	if len(bytes.TrimSpace(b)) == 0 {
+		return invalid("", "body must be a JSON object")
+	}
 	err := jsonv2.Unmarshal(b, v, jsonv2.RejectUnknownMembers(true))
 	if err == nil {
 		return nil
@@ -53,7 +57,9 @@ func strict(b []byte, v any) error {
 
 // isInvalidUTF8 recognizes the decoder's error for invalid UTF-8, which it
 // does not export.
-func isInvalidUTF8(err error) bool { return err != nil && strings.Contains(err.Error(), "invalid UTF-8") }
+func isInvalidUTF8(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "invalid UTF-8")
+}
 
 // checkObject checks that b is one JSON object as strict would read it
 // (no duplicate members, valid UTF-8); what names the value in errors.

@@ -82,3 +82,49 @@ func TestTruncateUTF8(t *testing.T) {
 	assert.Equal(t, "cd", TailUTF8(s, 3))
 	assert.Equal(t, "€cd", TailUTF8(s, 5))
 }
+
+func TestInstanceKeepsTheSpecAsWritten(t *testing.T) {
+	var s InstanceSpec
+	require.NoError(t, json.Unmarshal([]byte(`{"state":"Running","network":{"ip":"127.0.0.1"},"health_check":{"tcp":{"port":9},"interval":"60s"}}`), &s))
+	in, err := s.Normalize("vm-1")
+	require.NoError(t, err)
+	require.NotNil(t, in.Written)
+	assert.Equal(t, s, in.Spec(), "Spec is the spec as written")
+	assert.Equal(t, "", in.Spec().HealthCheck.StartInterval, "a derived default is not written")
+	assert.Equal(t, "12s", in.NormalizedSpec().HealthCheck.StartInterval, "the normalized spec writes every default")
+
+	in.Written = nil // an instance stored before the written spec was kept
+	again, err := in.Spec().Normalize("vm-1")
+	require.NoError(t, err)
+	assert.True(t, in.HealthCheck.Equal(again.HealthCheck))
+}
+
+func TestVsockPortIsExplicitOrDefault(t *testing.T) {
+	zero, high := uint32(0), uint32(4294967295)
+	for _, tc := range []struct {
+		port *uint32
+		want uint32
+		ok   bool
+	}{{nil, 2222, true}, {&zero, 0, false}, {&high, 0, false}} {
+		in, err := InstanceSpec{State: Running, Vsock: &VsockSpec{CID: 3, Port: tc.port}}.Normalize("a")
+		if !tc.ok {
+			var fe *FieldError
+			require.ErrorAs(t, err, &fe)
+			assert.Equal(t, "vsock.port", fe.Field)
+			continue
+		}
+		require.NoError(t, err)
+		assert.Equal(t, tc.want, in.Vsock.Port)
+	}
+}
+
+func TestNetworkIPMustBeOneHost(t *testing.T) {
+	for ip, ok := range map[string]bool{
+		"10.0.0.1": true, "127.0.0.2": true, "::1": true, "169.254.1.1": true, "::ffff:10.0.0.1": true,
+		"0.0.0.0": false, "::": false, "255.255.255.255": false, "224.0.0.1": false, "239.1.1.1": false, "ff02::1": false,
+		"::ffff:0.0.0.0": false,
+	} {
+		_, err := InstanceSpec{State: Running, Network: &Network{IP: ip}}.Normalize("a")
+		assert.Equal(t, ok, err == nil, "%s: %v", ip, err)
+	}
+}

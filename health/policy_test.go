@@ -177,3 +177,15 @@ func TestPolicyEqual(t *testing.T) {
 	assert.False(t, a.Equal(nil))
 	assert.True(t, (*Policy)(nil).Equal(&none))
 }
+
+func TestDefaultTimeoutFitsTheInterval(t *testing.T) {
+	for interval, want := range map[string]time.Duration{"1s": time.Second, "1500ms": 1500 * time.Millisecond, "2s": 2 * time.Second, "10s": 2 * time.Second} {
+		p, err := decodePolicy(t, `{"tcp":{"port":1},"interval":"`+interval+`"}`)
+		require.NoError(t, err, interval)
+		assert.Equal(t, want, p.Timeout, interval)
+	}
+	_, err := decodePolicy(t, `{"tcp":{"port":1},"interval":"1s","timeout":"2s"}`)
+	var fe *FieldError
+	require.ErrorAs(t, err, &fe, "an explicit timeout above the interval is still an error")
+	assert.Equal(t, "health_check.timeout", fe.Field)
+}

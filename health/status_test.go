@@ -374,3 +374,26 @@ func TestProgressIsCompactAndComparable(t *testing.T) {
 	assert.NotEqual(t, a.Progress(p), c.Progress(p), "a failure below the threshold is progress")
 	assert.LessOrEqual(t, unsafe.Sizeof(Progress{}), uintptr(24))
 }
+
+func TestRemovingThePolicyClearsItsEvidence(t *testing.T) {
+	c := Config{Policy: tcpPolicy(func(p *Policy) { p.StartPeriod = 0; p.FailureThreshold = 1 }), Lifecycle: Running}
+	var s State
+	s.Configure(Config{}, c, t0)
+	r := Result{Outcome: Failure, Reason: ReasonTimeout, Message: "probe timed out"}
+	s.Observe(c, &r, at(time.Second))
+	require.Equal(t, StatusUnhealthy, s.Status)
+	window := s.Window
+
+	off := Config{Lifecycle: Running}
+	tr, changed, fresh := s.Configure(c, off, at(2*time.Second))
+	require.True(t, changed)
+	assert.False(t, fresh)
+	assert.Equal(t, Transition{From: StatusUnhealthy, To: StatusDisabled, At: at(2 * time.Second), Reason: ReasonPolicyChanged}, tr)
+	assert.Equal(t, State{Window: window, Status: StatusDisabled, Since: at(2 * time.Second)}, s, "nothing of the old policy's evidence is left")
+
+	// a new policy starts from nothing, in a fresh window
+	_, _, fresh = s.Configure(off, c, at(3*time.Second))
+	assert.True(t, fresh)
+	assert.Equal(t, 0, s.History.Len())
+	assert.Equal(t, StatusStarting, s.Status)
+}
