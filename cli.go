@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -21,13 +22,15 @@ type command struct {
 	fs            *flag.FlagSet
 	vars          map[string]string // flag name → its environment variable
 	order         []string
-	meta          map[string]string // flag name → the word for its value in help
+	meta          map[string]string   // flag name → the word for its value in help
+	choices       map[string][]string // flag name → the values it accepts, when they are few
 }
 
 func newCommand(name, summary string) *command {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // help and errors are printed by parse
-	return &command{name: name, summary: summary, fs: fs, vars: map[string]string{}, meta: map[string]string{}}
+	return &command{name: name, summary: summary, fs: fs, vars: map[string]string{}, meta: map[string]string{},
+		choices: map[string][]string{}}
 }
 
 func (c *command) add(name, envVar, meta string) {
@@ -41,6 +44,12 @@ func (c *command) add(name, envVar, meta string) {
 func (c *command) String(name, envVar, def, meta, usage string) *string {
 	c.add(name, envVar, meta)
 	return c.fs.String(name, def, usage)
+}
+
+// Choice is a string flag that takes one of a few values.
+func (c *command) Choice(name, envVar, def, meta, usage string, choices ...string) *string {
+	c.choices[name] = choices
+	return c.String(name, envVar, def, meta, usage)
 }
 
 func (c *command) Int(name, envVar string, def int, usage string) *int {
@@ -66,20 +75,10 @@ func (c *command) Duration(name, envVar string, def time.Duration, usage string)
 // errHelp is returned by parse after printing the help.
 var errHelp = errors.New("help")
 
-// parse reads the environment, then the command line. Help goes to stdout;
-// an error names the flag or the variable and the value.
+// parse reads the command line, then the environment for the flags the
+// command line left out. Help goes to stdout, whatever the environment
+// holds; an error names the flag, or the variable and its value.
 func (c *command) parse(args []string, stdout, stderr io.Writer) error {
-	for _, name := range c.order {
-		v, ok := os.LookupEnv(c.vars[name])
-		if c.vars[name] == "" || !ok {
-			continue
-		}
-		if err := c.fs.Set(name, v); err != nil {
-			err = fmt.Errorf("%s=%q is not valid for --%s: it %s", c.vars[name], v, name, c.wanted(name))
-			fmt.Fprintf(stderr, "vigil %s: %v\n", c.name, err)
-			return err
-		}
-	}
 	err := c.fs.Parse(args)
 	switch {
 	case errors.Is(err, flag.ErrHelp):
@@ -88,7 +87,7 @@ func (c *command) parse(args []string, stdout, stderr io.Writer) error {
 	case err != nil:
 		msg := dashes(err.Error())
 		if m := invalidValue.FindStringSubmatch(err.Error()); m != nil {
-			msg = fmt.Sprintf("--%s %s: it %s", m[2], m[1], c.wanted(m[2]))
+			msg = fmt.Sprintf("--%s %s: it %s", m[2], m[1], c.wanted(m[2], err))
 		}
 		fmt.Fprintf(stderr, "vigil %s: %s\nRun 'vigil %s --help' for the flags.\n", c.name, msg, c.name)
 		return err
@@ -97,14 +96,54 @@ func (c *command) parse(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stderr, "vigil %s: %v\n", c.name, err)
 		return err
 	}
+	given := map[string]bool{}
+	c.fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	fromEnv := map[string]bool{}
+	for _, name := range c.order {
+		v, ok := os.LookupEnv(c.vars[name])
+		if c.vars[name] == "" || !ok || given[name] {
+			continue
+		}
+		fromEnv[name] = true
+		if err := c.fs.Set(name, v); err != nil {
+			err = fmt.Errorf("%s=%q is not valid for --%s: it %s", c.vars[name], v, name, c.wanted(name, err))
+			fmt.Fprintf(stderr, "vigil %s: %v\n", c.name, err)
+			return err
+		}
+	}
+	for _, name := range c.order {
+		choices := c.choices[name]
+		v := c.fs.Lookup(name).Value.String()
+		if choices == nil || slices.Contains(choices, v) {
+			continue
+		}
+		if fromEnv[name] {
+			err = fmt.Errorf("%s=%q is not valid for --%s: it must be %s", c.vars[name], v, name, oneOf(choices))
+		} else {
+			err = fmt.Errorf("--%s must be %s (got %q)", name, oneOf(choices), v)
+		}
+		fmt.Fprintf(stderr, "vigil %s: %v\n", c.name, err)
+		return err
+	}
 	return nil
 }
 
-// invalidValue matches the flag package's error for a value it cannot parse.
-var invalidValue = regexp.MustCompile(`^invalid (?:boolean )?value ("[^"]*") for (?:flag )?-([a-z0-9-]+)`)
+// oneOf writes choices for a message: "json or console", "one of a, b, c".
+func oneOf(choices []string) string {
+	if len(choices) == 2 {
+		return choices[0] + " or " + choices[1]
+	}
+	return "one of " + strings.Join(choices, ", ")
+}
 
-// wanted says what a flag's value must be.
-func (c *command) wanted(name string) string {
+// invalidValue matches the flag package's error for a value it cannot parse.
+var invalidValue = regexp.MustCompile(`^invalid (?:boolean )?value ("(?:[^"\\]|\\.)*") for (?:flag )?-([a-z0-9-]+)`)
+
+// wanted says what a flag's value must be, given the flag package's error.
+func (c *command) wanted(name string, err error) string {
+	if strings.Contains(err.Error(), "out of range") {
+		return "is out of range"
+	}
 	switch c.meta[name] {
 	case "N":
 		return "must be an integer"

@@ -162,12 +162,12 @@ func TestCLIHelpDespiteBadEnvironment(t *testing.T) {
 
 // TestCLIFlagWinsOverEnvironment: a flag on the command line replaces the
 // variable's value, so a bad log level in the environment does not matter;
-// the run then fails on the next check (a non-loopback --listen), exit 1.
+// the run then fails on the next check (a non-loopback --listen), exit 2.
 func TestCLIFlagWinsOverEnvironment(t *testing.T) {
 	clearVigilEnv(t)
 	t.Setenv("VIGIL_LOG_LEVEL", "loud")
 	code, _, stderr := runCLI(t, "serve", "--log-level", "info", "--listen", "0.0.0.0:0", "--data-dir", t.TempDir())
-	assert.Equal(t, 1, code, stderr)
+	assert.Equal(t, 2, code, stderr)
 	assert.Contains(t, stderr, "not a loopback address")
 	assert.NotContains(t, stderr, "loud")
 }

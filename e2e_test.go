@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os/exec"
@@ -20,6 +21,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/vigilhq/vigil/client"
 	"github.com/vigilhq/vigil/internal/vigilbin"
 )
 
@@ -30,14 +32,22 @@ type proc struct {
 	t    *testing.T
 	cmd  *exec.Cmd
 	url  string
+	c    *client.Client
 	done chan error
 }
 
 func startVigil(t *testing.T, dataDir string) *proc {
 	t.Helper()
+	return startVigilWith(t, dataDir, "--token", e2eToken)
+}
+
+// startVigilWith starts vigil serve on a free loopback port with these flags.
+func startVigilWith(t *testing.T, dataDir string, flags ...string) *proc {
+	t.Helper()
 	bin, err := vigilbin.Path()
 	require.NoError(t, err)
-	cmd := exec.Command(bin, "serve", "--listen", "127.0.0.1:0", "--data-dir", dataDir, "--token", e2eToken, "--log-level", "info")
+	args := append([]string{"serve", "--listen", "127.0.0.1:0", "--data-dir", dataDir, "--log-level", "info"}, flags...)
+	cmd := exec.Command(bin, args...)
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
@@ -67,80 +77,59 @@ func startVigil(t *testing.T, dataDir string) *proc {
 	case <-time.After(30 * time.Second):
 		require.FailNow(t, "vigil did not start serving within 30s")
 	}
-	require.Eventually(t, func() bool {
-		resp, err := http.Get(p.url + "/readyz")
-		if err != nil {
-			return false
+	token := ""
+	for i, f := range flags {
+		if f == "--token" && i+1 < len(flags) {
+			token = flags[i+1]
 		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	}, 30*time.Second, 20*time.Millisecond, "ready")
+	}
+	p.c, err = client.New(p.url, client.WithToken(token), client.WithRetry(50*time.Millisecond))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return p.c.Ready(context.Background()) == nil }, 30*time.Second, 20*time.Millisecond, "ready")
 	return p
 }
 
-func (p *proc) do(method, path, body string) (int, map[string]any) {
-	p.t.Helper()
-	req, err := http.NewRequest(method, p.url+path, strings.NewReader(body))
-	require.NoError(p.t, err)
-	req.Header.Set("Authorization", "Bearer "+e2eToken)
-	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := http.DefaultClient.Do(req)
-	require.NoError(p.t, err)
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	var out map[string]any
-	_ = json.Unmarshal(b, &out)
-	return resp.StatusCode, out
+// instance is the e2e tests' HTTP policy against the target on port.
+func instance(port int) client.InstanceInput {
+	return client.InstanceInput{State: client.LifecycleRunning, Network: &client.Network{Ip: "127.0.0.1"},
+		HealthCheck: &client.HealthCheck{Http: &client.HTTPCheck{Port: port, Path: ptr("/healthz")},
+			Interval: ptr("1s"), Timeout: ptr("500ms"), StartPeriod: ptr("0s"), FailureThreshold: ptr(1)}}
 }
+
+func ptr[T any](v T) *T { return &v }
 
 func (p *proc) status(id string) string {
-	code, out := p.do("GET", "/v1/instances/"+id, "")
-	if code != http.StatusOK {
-		return fmt.Sprint(code)
+	in, err := p.c.Get(context.Background(), id)
+	if err != nil {
+		return err.Error()
 	}
-	return out["health_status"].(map[string]any)["status"].(string)
+	return string(in.HealthStatus.Status)
 }
 
-// events opens the event stream and returns its transitions as they come.
-func (p *proc) events(lastID string) (<-chan map[string]any, func()) {
-	p.t.Helper()
+// events follows the event stream after the event after ("" for live only)
+// through the client's iterator, which resumes across dropped connections.
+func (p *proc) events(after string) (<-chan client.Event, func()) {
 	ctx, cancel := context.WithCancel(context.Background())
-	req, err := http.NewRequestWithContext(ctx, "GET", p.url+"/v1/events", nil)
-	require.NoError(p.t, err)
-	req.Header.Set("Authorization", "Bearer "+e2eToken)
-	if lastID != "" {
-		req.Header.Set("Last-Event-ID", lastID)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	require.NoError(p.t, err)
-	require.Equal(p.t, http.StatusOK, resp.StatusCode)
-	ch := make(chan map[string]any, 1024)
+	ch := make(chan client.Event, 1024)
 	go func() {
 		defer close(ch)
-		defer resp.Body.Close()
-		sc := bufio.NewScanner(resp.Body)
-		for sc.Scan() {
-			if data, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
-				var ev map[string]any
-				if json.Unmarshal([]byte(data), &ev) == nil {
-					ch <- ev
-				}
+		for ev, err := range p.c.Events(ctx, client.EventsOptions{After: after}) {
+			if err == nil && ev.Transition != nil {
+				ch <- *ev.Transition
 			}
 		}
 	}()
 	return ch, cancel
 }
 
-func nextEvent(t *testing.T, ch <-chan map[string]any, id, to string) map[string]any {
+func nextEvent(t *testing.T, ch <-chan client.Event, id, to string) client.Event {
 	t.Helper()
 	timeout := time.After(15 * time.Second)
 	for {
 		select {
 		case ev, ok := <-ch:
 			require.True(t, ok, "stream ended")
-			if ev["instance_id"] == id && ev["to"] == to {
+			if ev.InstanceId == id && string(ev.To) == to {
 				return ev
 			}
 		case <-timeout:
@@ -149,13 +138,14 @@ func nextEvent(t *testing.T, ch <-chan map[string]any, id, to string) map[string
 	}
 }
 
-// TestEndToEnd runs the real binary: register, transition, resume the event
-// stream after a reconnect, SIGKILL and restart with nothing acknowledged
-// lost, SIGTERM exits 0.
+// TestEndToEnd runs the real binary through the Go client: register,
+// transition, resume the event stream after a reconnect, SIGKILL and restart
+// with nothing acknowledged lost, SIGTERM exits 0.
 func TestEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binary")
 	}
+	ctx := context.Background()
 	var up atomic.Bool
 	up.Store(true)
 	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -164,35 +154,37 @@ func TestEndToEnd(t *testing.T) {
 		}
 	}))
 	defer target.Close()
-	port := target.URL[strings.LastIndex(target.URL, ":")+1:]
-	policy := `{"state":"Running","network":{"ip":"127.0.0.1"},"health_check":{"http":{"port":` + port +
-		`,"path":"/healthz"},"interval":"1s","timeout":"500ms","start_period":"0s","failure_threshold":1}}`
+	port, _ := strconv.Atoi(target.URL[strings.LastIndex(target.URL, ":")+1:])
+	policy := instance(port)
 
 	dataDir := t.TempDir()
 	p := startVigil(t, dataDir)
-	code, _ := p.do("GET", "/v1/summary", "")
-	require.Equal(t, http.StatusOK, code)
-	resp, err := http.Get(p.url + "/v1/summary")
+	_, err := p.c.Summary(ctx)
 	require.NoError(t, err)
-	resp.Body.Close()
-	require.Equal(t, http.StatusUnauthorized, resp.StatusCode, "the token is enforced")
+	anon, err := client.New(p.url)
+	require.NoError(t, err)
+	_, err = anon.Summary(ctx)
+	var ae *client.Error
+	require.ErrorAs(t, err, &ae)
+	require.Equal(t, http.StatusUnauthorized, ae.Status, "the token is enforced")
 
 	stream, closeStream := p.events("0")
-	code, out := p.do("PUT", "/v1/instances/vm-1", policy)
-	require.Equal(t, http.StatusCreated, code, out)
+	_, created, err := p.c.Put(ctx, "vm-1", policy)
+	require.NoError(t, err)
+	require.True(t, created)
 	healthy := nextEvent(t, stream, "vm-1", "healthy")
 	up.Store(false)
 	unhealthy := nextEvent(t, stream, "vm-1", "unhealthy")
-	assert.Greater(t, unhealthy["seq"], healthy["seq"])
-	assert.Equal(t, "status_mismatch", unhealthy["reason"])
+	assert.Greater(t, unhealthy.Seq, healthy.Seq)
+	assert.Equal(t, "status_mismatch", unhealthy.Reason)
 	closeStream()
 
 	// while nobody listens, the target recovers; a reconnect gets what it missed
 	up.Store(true)
 	require.Eventually(t, func() bool { return p.status("vm-1") == "healthy" }, 15*time.Second, 50*time.Millisecond)
-	stream, closeStream = p.events(strconv.FormatFloat(unhealthy["seq"].(float64), 'f', 0, 64))
+	stream, closeStream = p.events(strconv.FormatInt(unhealthy.Seq, 10))
 	missed := nextEvent(t, stream, "vm-1", "healthy")
-	assert.Equal(t, unhealthy["seq"].(float64)+1, missed["seq"])
+	assert.Equal(t, unhealthy.Seq+1, missed.Seq)
 	closeStream()
 
 	// acknowledged registrations survive SIGKILL
@@ -203,39 +195,34 @@ func TestEndToEnd(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			id := fmt.Sprintf("vm-burst-%d", i)
-			if code, _ := p.do("PUT", "/v1/instances/"+id, policy); code == http.StatusCreated {
+			if _, created, err := p.c.Put(ctx, id, policy); err == nil && created {
 				acked.Store(id, true)
 			}
 		}()
 	}
 	wg.Wait()
-	lastSeq := missed["seq"].(float64)
+	lastSeq := missed.Seq
 	require.NoError(t, p.cmd.Process.Signal(syscall.SIGKILL))
 	<-p.done
 
 	p = startVigil(t, dataDir)
 	n := 0
 	acked.Range(func(k, _ any) bool {
-		code, out := p.do("GET", "/v1/instances/"+k.(string), "")
-		assert.Equal(t, http.StatusOK, code, "%s lost: %v", k, out)
+		_, err := p.c.Get(ctx, k.(string))
+		assert.NoError(t, err, "%s lost", k)
 		n++
 		return true
 	})
 	assert.Equal(t, 40, n)
 	assert.Equal(t, "healthy", p.status("vm-1"), "status resumes from the snapshot")
-	stream, closeStream = p.events(strconv.FormatFloat(lastSeq, 'f', 0, 64))
+	stream, closeStream = p.events(strconv.FormatInt(lastSeq, 10))
 	up.Store(false)
 	after := nextEvent(t, stream, "vm-1", "unhealthy")
-	assert.Greater(t, after["seq"], lastSeq, "sequence numbers continue after the restart")
+	assert.Greater(t, after.Seq, lastSeq, "sequence numbers continue after the restart")
 	closeStream()
 
-	req, err := http.NewRequest("GET", p.url+"/metrics", nil)
+	metrics, err := p.c.Metrics(ctx)
 	require.NoError(t, err)
-	req.Header.Set("Authorization", "Bearer "+e2eToken)
-	resp, err = http.DefaultClient.Do(req)
-	require.NoError(t, err)
-	metrics, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
 	for _, name := range []string{"vigil_store_snapshot_writes_total", "vigil_store_commit_seconds_bucket",
 		`vigil_instances{status="healthy"}`, `vigil_probes_total{outcome="failure",reason="status_mismatch",type="http"}`,
 		"vigil_schedule_lag_seconds_bucket", "process_resident_memory_bytes"} {
@@ -254,6 +241,32 @@ func TestEndToEnd(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		require.FailNow(t, "vigil did not exit within 15s of SIGTERM")
 	}
-	for range stream { //nolint:revive // the stream ends with the process
+	closeStream()
+	for range stream { //nolint:revive // the stream ends with the iterator
 	}
+}
+
+// TestSlowBodyIsCutOffByTheBinary sends a PUT that announces 100 bytes and
+// sends 8: the real server cuts it off at its 30 s body deadline.
+func TestSlowBodyIsCutOffByTheBinary(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for the 30 s body deadline")
+	}
+	t.Parallel()
+	p := startVigil(t, t.TempDir())
+	addr := strings.TrimPrefix(p.url, "http://")
+	c, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer c.Close()
+	began := time.Now()
+	require.NoError(t, c.SetDeadline(began.Add(45*time.Second)))
+	_, err = io.WriteString(c, "PUT /v1/instances/vm-1 HTTP/1.1\r\nHost: vigil\r\nAuthorization: Bearer "+e2eToken+
+		"\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"state\"")
+	require.NoError(t, err)
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	require.NoError(t, err)
+	took := time.Since(began)
+	assert.Equal(t, http.StatusRequestTimeout, resp.StatusCode)
+	assert.Equal(t, "application/json", resp.Header.Get("Content-Type"))
+	assert.InDelta(t, 30, took.Seconds(), 2, "cut off at the 30 s deadline")
 }

@@ -97,7 +97,7 @@ func agentCmd(args []string, stdout, stderr io.Writer) int {
 	listen := cmd.String("listen", "VIGIL_AGENT_LISTEN", agent.DefaultListen, "ADDR", "vsock://:PORT, unix:///path or tcp://host:port")
 	maxConcurrent := cmd.Int("max-concurrent", "VIGIL_AGENT_MAX_CONCURRENT", agent.DefaultMaxConcurrent, "commands run at once; more are refused")
 	readyFile := cmd.String("ready-file", "VIGIL_AGENT_READY_FILE", "", "PATH", "file to create once listening")
-	level := cmd.String("log-level", "VIGIL_LOG_LEVEL", "info", "LEVEL", "debug, info, warn or error")
+	level := cmd.Choice("log-level", "VIGIL_LOG_LEVEL", "info", "LEVEL", "debug, info, warn or error", logLevels...)
 	if err := cmd.parse(args, stdout, stderr); err != nil {
 		return exit(err)
 	}
@@ -149,7 +149,7 @@ func loadtestCmd(args []string, stdout, stderr io.Writer) int {
 	asJSON := cmd.Bool("json", "", false, "print the report as one JSON object on the last line")
 	cpuProfile := cmd.String("cpuprofile", "", "", "FILE", "write a CPU profile of the measurement window to this file")
 	memProfile := cmd.String("memprofile", "", "", "FILE", "write a heap profile at the end of the run to this file (and one at the start of the measurement to FILE.start)")
-	level := cmd.String("log-level", "", "warn", "LEVEL", "debug, info, warn or error")
+	level := cmd.Choice("log-level", "", "warn", "LEVEL", "debug, info, warn or error", logLevels...)
 	if err := cmd.parse(args, stdout, stderr); err != nil {
 		return exit(err)
 	}

@@ -21,7 +21,7 @@ func TestServeRejectsBadFlags(t *testing.T) {
 	assert.Equal(t, 2, run([]string{"serve", "--log-format", "xml"}, &out, &errOut))
 	assert.Contains(t, errOut.String(), "--log-format")
 	errOut.Reset()
-	assert.Equal(t, 1, run([]string{"serve", "--listen", "0.0.0.0:0", "--data-dir", t.TempDir()}, &out, &errOut))
+	assert.Equal(t, 2, run([]string{"serve", "--listen", "0.0.0.0:0", "--data-dir", t.TempDir()}, &out, &errOut))
 	assert.Contains(t, errOut.String(), "not a loopback address")
 	assert.Contains(t, errOut.String(), "--token")
 	errOut.Reset()

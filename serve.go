@@ -33,24 +33,36 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	listen := cmd.String("listen", "VIGIL_LISTEN", "127.0.0.1:8484", "ADDR", "address to serve the API on: host:port, or unix:///path for a Unix socket")
 	dataDir := cmd.String("data-dir", "VIGIL_DATA_DIR", "vigil-data", "DIR", "Badger data directory")
 	budget := cmd.Int("probe-budget", "VIGIL_PROBE_BUDGET", actors.DefaultProbeBudget, "host-wide cap on probes in flight")
-	level := cmd.String("log-level", "VIGIL_LOG_LEVEL", "info", "LEVEL", "debug, info, warn or error")
-	format := cmd.String("log-format", "VIGIL_LOG_FORMAT", "json", "FORMAT", "json or console")
+	level := cmd.Choice("log-level", "VIGIL_LOG_LEVEL", "info", "LEVEL", "debug, info, warn or error", logLevels...)
+	format := cmd.Choice("log-format", "VIGIL_LOG_FORMAT", "json", "FORMAT", "json or console", "json", "console")
 	token := cmd.String("token", "VIGIL_TOKEN", "", "TOKEN", "require Authorization: Bearer <token> on the API (not on /healthz, /readyz)")
 	insecure := cmd.Bool("insecure", "VIGIL_INSECURE", false, "allow a non-loopback --listen address without --token")
 	if err := cmd.parse(args, stdout, stderr); err != nil {
 		return exit(err)
+	}
+	cfg := serveConfig{listen: *listen, dataDir: *dataDir, budget: *budget, token: *token, insecure: *insecure}
+	if err := cfg.check(); err != nil {
+		fmt.Fprintln(stderr, "vigil serve:", err)
+		return 2
 	}
 	log, err := newLogger(*level, *format, stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "vigil serve:", err)
 		return 2
 	}
-	cfg := serveConfig{listen: *listen, dataDir: *dataDir, budget: *budget, token: *token, insecure: *insecure}
 	if err := serveUntilSignal(log, cfg); err != nil {
 		log.Error().Err(err).Msg("serve_failed")
 		return 1
 	}
 	return 0
+}
+
+// check refuses settings vigil cannot serve with.
+func (c serveConfig) check() error {
+	if c.budget < 1 {
+		return fmt.Errorf("--probe-budget must be at least 1 (got %d)", c.budget)
+	}
+	return checkListen(c)
 }
 
 // checkListen refuses a non-loopback address without a token, unless the
@@ -74,12 +86,14 @@ func checkListen(c serveConfig) error {
 }
 
 func serveUntilSignal(log zerolog.Logger, c serveConfig) error {
-	if err := checkListen(c); err != nil {
+	if err := c.check(); err != nil {
 		return err
 	}
-	if c.budget < 1 {
-		return fmt.Errorf("--probe-budget must be at least 1 (got %d)", c.budget)
-	}
+	// a signal during start (opening the store, loading instances) is kept
+	// and answered once vigil serves: a clean close, not a kill
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
 	badgerLog := log.With().Str("component", "badger").Logger()
 	store, err := persistence.Open(c.dataDir, persistence.Options{Logger: log.With().Str("component", "store").Logger(),
 		BadgerLogger: &badgerLog})
@@ -111,9 +125,6 @@ func serveUntilSignal(log zerolog.Logger, c serveConfig) error {
 	sd := startNotify(log, sched)
 	defer sd.stop()
 
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(sigs)
 	select {
 	case sig := <-sigs:
 		log.Info().Str("signal", sig.String()).Msg("shutting_down")

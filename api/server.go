@@ -96,8 +96,9 @@ var ErrSocketInUse = errors.New("api: socket is in use by another process")
 
 // Listen opens the API's listener: "host:port" for TCP, or
 // "unix:///path/api.sock" for a Unix socket. A Unix socket is made with mode
-// 0660; a stale one (nobody accepts on it) is removed first, and one that
-// another process serves is refused.
+// 0660 and guarded by a lock file beside it (path.lock, held while the
+// listener is open): a second vigil on the same path is refused, and a
+// stale socket (its vigil gone) is removed first.
 func Listen(addr string) (net.Listener, error) {
 	path, ok := strings.CutPrefix(addr, UnixPrefix)
 	if !ok {
@@ -106,36 +107,55 @@ func Listen(addr string) (net.Listener, error) {
 	if !filepath.IsAbs(path) {
 		return nil, fmt.Errorf("--listen %s: the socket path must be absolute (unix:///run/vigil/api.sock)", addr)
 	}
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("--listen %s: %s exists and is not a socket", addr, path)
-		}
-		c, err := net.DialTimeout("unix", path, time.Second)
-		if err == nil {
-			_ = c.Close()
-			return nil, fmt.Errorf("--listen %s: %w (is another vigil running?)", addr, ErrSocketInUse)
-		}
-		if !errors.Is(err, syscall.ECONNREFUSED) {
-			return nil, fmt.Errorf("--listen %s: checking the existing socket: %w", addr, err)
-		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("--listen %s: removing the stale socket: %w", addr, err)
-		}
-	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return nil, fmt.Errorf("--listen %s: %w", addr, err)
 	}
-	// the socket is created with no access for others at all, then opened
-	// to the group: no moment when anyone else could connect
-	old := syscall.Umask(0o177)
-	l, err := net.Listen("unix", path)
-	syscall.Umask(old)
+	lock, err := os.OpenFile(path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("--listen %s: %w", addr, err)
 	}
-	if err := os.Chmod(path, UnixSocketMode); err != nil {
-		_ = l.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		_ = lock.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("--listen %s: %w (is another vigil running?)", addr, ErrSocketInUse)
+		}
+		return nil, fmt.Errorf("--listen %s: locking %s.lock: %w", addr, path, err)
+	}
+	fail := func(err error) (net.Listener, error) {
+		_ = lock.Close()
 		return nil, fmt.Errorf("--listen %s: %w", addr, err)
 	}
-	return l, nil
+	// holding the lock, whatever is at the path is left over from a vigil
+	// that is gone
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return fail(fmt.Errorf("%s exists and is not a socket", path))
+		}
+		if err := os.Remove(path); err != nil {
+			return fail(fmt.Errorf("removing the stale socket: %w", err))
+		}
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return fail(err)
+	}
+	// a daemon's umask (022) already denies others the write permission
+	// that connecting needs; the mode then admits the group
+	if err := os.Chmod(path, UnixSocketMode); err != nil {
+		_ = l.Close()
+		return fail(err)
+	}
+	return &lockedListener{Listener: l, lock: lock}, nil
+}
+
+// lockedListener releases the socket's lock file when it closes.
+type lockedListener struct {
+	net.Listener
+	lock *os.File
+}
+
+func (l *lockedListener) Close() error {
+	err := l.Listener.Close()
+	_ = l.lock.Close()
+	return err
 }
