@@ -30,7 +30,7 @@ func Example() {
 	if err != nil {
 		panic(err)
 	}
-	defer s.Close(ctx) // stops timers, cancels probes, stops actors, flushes the store
+	defer s.Close(ctx)     // stops timers, cancels probes, stops actors, flushes the store
 	sub := s.Subscribe(64) // transitions, durable before they arrive
 	defer sub.Close()
 
