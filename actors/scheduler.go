@@ -16,6 +16,7 @@ import (
 
 	"github.com/vigilhq/vigil/clock"
 	"github.com/vigilhq/vigil/health"
+	"github.com/vigilhq/vigil/input"
 	"github.com/vigilhq/vigil/probes"
 )
 
@@ -329,6 +330,16 @@ func (s *Scheduler) Update(ctx context.Context, id string, change func(cur healt
 		return next.Normalize(id)
 	}, false)
 	return info, err
+}
+
+// Patch applies a JSON merge patch (RFC 7396) to the instance's spec as it
+// was written, under the instance's lock: derived defaults follow the
+// fields they derive from, and a patch that leaves the spec invalid changes
+// nothing (an *input.Error names the field).
+func (s *Scheduler) Patch(ctx context.Context, id string, patch []byte) (Info, error) {
+	return s.Update(ctx, id, func(cur health.InstanceSpec) (health.InstanceSpec, error) {
+		return input.MergePatch(cur, patch)
+	})
 }
 
 // SetState changes an instance's lifecycle state and, when startedAt is not

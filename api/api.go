@@ -16,7 +16,6 @@ import (
 	"crypto/subtle"
 	_ "embed"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -27,13 +26,13 @@ import (
 	"strings"
 	"time"
 
-	jsonpatch "github.com/evanphx/json-patch/v5"
 	"github.com/labstack/echo/v4"
 	"github.com/labstack/echo/v4/middleware"
 	"github.com/rs/zerolog"
 
 	"github.com/vigilhq/vigil/actors"
 	"github.com/vigilhq/vigil/health"
+	"github.com/vigilhq/vigil/input"
 )
 
 // MaxBody is the largest request body accepted.
@@ -56,7 +55,8 @@ const (
 // Registry is what the API needs of the actor system.
 type Registry interface {
 	Put(ctx context.Context, id string, spec health.InstanceSpec) (actors.Info, bool, error)
-	Update(ctx context.Context, id string, change func(cur health.InstanceSpec) (health.InstanceSpec, error)) (actors.Info, error)
+	// Patch applies a JSON merge patch to the instance's spec as written.
+	Patch(ctx context.Context, id string, patch []byte) (actors.Info, error)
 	Get(ctx context.Context, id string) (actors.Info, error)
 	Remove(ctx context.Context, id string) error
 	List(statuses []health.Status, cursor string, limit int) ([]actors.Info, string)
@@ -302,7 +302,7 @@ func decode(c echo.Context, v any) error {
 	if err != nil {
 		return err
 	}
-	return strict(b, v)
+	return input.Decode(b, v)
 }
 
 func (h *handlers) put(c echo.Context) error {
@@ -330,33 +330,11 @@ func (h *handlers) patch(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := checkObject(b, "merge patch"); err != nil {
+	// checked here too, so that a bad patch is a 400 whatever the instance
+	if err := input.CheckObject(b, "merge patch"); err != nil {
 		return err
 	}
-	var obj map[string]json.RawMessage
-	if err := json.Unmarshal(b, &obj); err != nil {
-		return invalid("", "merge patch must be a JSON object")
-	}
-	for _, f := range []string{"id", "health_status"} {
-		if _, ok := obj[f]; ok {
-			return invalid(f, "%s cannot be changed", f)
-		}
-	}
-	info, err := h.reg.Update(c.Request().Context(), c.Param("id"), func(cur health.InstanceSpec) (health.InstanceSpec, error) {
-		doc, err := json.Marshal(cur)
-		if err != nil {
-			return cur, err
-		}
-		merged, err := jsonpatch.MergePatch(doc, b)
-		if err != nil {
-			return cur, invalid("", "merge patch: %v", err)
-		}
-		var next health.InstanceSpec
-		if err := strict(merged, &next); err != nil {
-			return cur, err
-		}
-		return next, nil
-	})
+	info, err := h.reg.Patch(c.Request().Context(), c.Param("id"), b)
 	if err != nil {
 		return err
 	}
@@ -477,12 +455,15 @@ func errorHandler(log zerolog.Logger) echo.HTTPErrorHandler {
 func classify(err error) (int, ErrorDetail) {
 	var ae *apiError
 	var fe *health.FieldError
+	var ie *input.Error
 	var he *echo.HTTPError
 	switch {
 	case errors.As(err, &ae):
 		return ae.status, ae.detail
 	case errors.As(err, &fe):
 		return http.StatusBadRequest, ErrorDetail{Code: "invalid_request", Message: fe.Error(), Field: fe.Field}
+	case errors.As(err, &ie):
+		return http.StatusBadRequest, ErrorDetail{Code: "invalid_request", Message: ie.Message, Field: ie.Field}
 	case errors.Is(err, actors.ErrNotFound):
 		return http.StatusNotFound, ErrorDetail{Code: "not_found", Message: "no such instance"}
 	case errors.Is(err, actors.ErrUnavailable), errors.Is(err, actors.ErrClosed), errors.Is(err, actors.ErrActorStopped),

@@ -1,24 +1,48 @@
-package api
+// Package input reads what clients write: one JSON value decoded exactly
+// into vigil's types (member names matched case and all; unknown members,
+// duplicate members, invalid UTF-8 and trailing data refused) with errors
+// that name the field by its path and say in words what it must be, and
+// the JSON merge patch (RFC 7396) of an instance's spec as it was written.
+//
+// Concurrency contract: stateless functions, safe for concurrent use.
+package input
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"reflect"
 	"strconv"
 	"strings"
 	"time"
 
+	jsonpatch "github.com/evanphx/json-patch/v5"
 	jsonv2 "github.com/go-json-experiment/json"
 	"github.com/go-json-experiment/json/jsontext"
 
 	"github.com/vigilhq/vigil/health"
 )
 
-// strict decodes one JSON value into v, exactly: member names match case and
-// all, an unknown member, a duplicate member, invalid UTF-8 or trailing data
-// is an error, and every error names the field by its full path in words a
-// client understands (no Go types, no Go time layouts).
-func strict(b []byte, v any) error {
+// Error is input that cannot be read: Field is the JSON path of the
+// offending field ("health_check.exec.command[1]"), empty for the body as a
+// whole; Message says what is wrong and names the field itself.
+type Error struct {
+	Field   string
+	Message string
+}
+
+func (e *Error) Error() string { return e.Message }
+
+func invalid(field, format string, args ...any) error {
+	return &Error{Field: field, Message: fmt.Sprintf(format, args...)}
+}
+
+// Decode decodes one JSON value into v, exactly: member names match case
+// and all, an unknown member, a duplicate member, invalid UTF-8 or trailing
+// data is an error, and every error names the field by its full path in
+// words a client understands (no Go types, no Go time layouts).
+func Decode(b []byte, v any) error {
 	if len(bytes.TrimSpace(b)) == 0 {
 		return invalid("", "body must be a JSON object")
 	}
@@ -61,9 +85,9 @@ func isInvalidUTF8(err error) bool {
 	return err != nil && strings.Contains(err.Error(), "invalid UTF-8")
 }
 
-// checkObject checks that b is one JSON object as strict would read it
+// CheckObject checks that b is one JSON object as Decode would read it
 // (no duplicate members, valid UTF-8); what names the value in errors.
-func checkObject(b []byte, what string) error {
+func CheckObject(b []byte, what string) error {
 	var obj map[string]jsontext.Value
 	err := jsonv2.Unmarshal(b, &obj)
 	var se *jsonv2.SemanticError
@@ -71,7 +95,7 @@ func checkObject(b []byte, what string) error {
 		return invalid("", "%s must be a JSON object", what)
 	}
 	if err != nil {
-		return strict(b, &map[string]any{})
+		return Decode(b, &map[string]any{})
 	}
 	if obj == nil {
 		return invalid("", "%s must be a JSON object", what)
@@ -184,4 +208,37 @@ func jsonFields(t reflect.Type) map[string]reflect.Type {
 		out[tag] = f.Type
 	}
 	return out
+}
+
+// MergePatch applies a JSON merge patch (RFC 7396) to an instance's spec as
+// it was written, and decodes the result as exactly as a PUT body: a null
+// removes a member, and a patch that leaves something invalid is an error
+// naming the field. The patch itself must be one JSON object without
+// duplicate members; id and health_status cannot be patched.
+func MergePatch(cur health.InstanceSpec, patch []byte) (health.InstanceSpec, error) {
+	if err := CheckObject(patch, "merge patch"); err != nil {
+		return cur, err
+	}
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(patch, &obj); err != nil {
+		return cur, invalid("", "merge patch must be a JSON object")
+	}
+	for _, f := range []string{"id", "health_status"} {
+		if _, ok := obj[f]; ok {
+			return cur, invalid(f, "%s cannot be changed", f)
+		}
+	}
+	doc, err := json.Marshal(cur)
+	if err != nil {
+		return cur, err
+	}
+	merged, err := jsonpatch.MergePatch(doc, patch)
+	if err != nil {
+		return cur, invalid("", "merge patch: %v", err)
+	}
+	var next health.InstanceSpec
+	if err := Decode(merged, &next); err != nil {
+		return cur, err
+	}
+	return next, nil
 }
