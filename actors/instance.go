@@ -28,6 +28,7 @@ type (
 	configure struct{ inst *health.Instance } // reply *Info; the entry's spec
 	getInfo   struct{ history bool }          // reply *Info
 	probeNow  struct{}                        // reply *probeNowReply
+	handoff   struct{}                        // reply *Snapshot; the actor stops probing for good
 	wake      struct{}                        // the actor's timer fired: a probe or a checkpoint may be due
 	probeDone struct {
 		token  uint64
@@ -118,6 +119,8 @@ func (a *instanceActor) Receive(ctx actor.Context) {
 		}
 	case *probeNow:
 		a.probeNow(ctx)
+	case *handoff:
+		ctx.Respond(a.handOff())
 	case *actor.Restarting:
 		a.halt(errRestarted)
 		a.closeProber()
@@ -167,7 +170,14 @@ func (a *instanceActor) start(ctx actor.Context) {
 		return
 	}
 	a.steady = a.st.Status != health.StatusStarting
-	if a.runs() {
+	switch {
+	case !a.runs():
+	case a.e.handoff:
+		// handed over by another node: its next probe is where the other
+		// node would have run it, so the target sees its own cadence
+		a.e.handoff = false
+		a.schedule(ctx, max(snap.NextCheckAt.Sub(now), 0))
+	default:
 		// spread resumed probes over one interval rather than firing together
 		delay := health.Phase(a.inst.ID, health.NextDelay(a.cfg.Policy, a.st.Status))
 		if !snap.NextCheckAt.IsZero() && snap.NextCheckAt.After(now) {
@@ -276,6 +286,24 @@ func (a *instanceActor) transition(tr health.Transition) {
 			Msg("health_transition")
 		a.s.publish(ev)
 	})
+}
+
+// handOff stops probing for good and returns the state to hand over: its
+// next check is the due probe, or, with a probe in flight (now aborted, its
+// result never applied), the pause after it, so that the next node does not
+// probe sooner than this one would have.
+func (a *instanceActor) handOff() *Snapshot {
+	next := a.nextCheck
+	if a.probeToken != 0 && a.runs() {
+		next = a.due.Add(a.late).Add(health.NextDelay(a.cfg.Policy, a.st.Status))
+	}
+	a.halt(ErrNotFound)
+	a.closeProber()
+	a.nextCheck = next
+	snap := a.snapshot()
+	a.dirty = false
+	a.e = nil // every later message is answered as for a gone instance
+	return snap
 }
 
 // info renders what readers see.

@@ -83,6 +83,7 @@ type options struct {
 	// waitFloor is how long a probe may wait for a worker or a budget slot
 	// before the wait counts as lateness (see finishProbe)
 	waitFloor time.Duration
+	admit     func(health.Instance) bool
 }
 
 // withWaitFloor sets the wait floor; tests on a fake clock make it large, as
@@ -114,13 +115,20 @@ func WithProberFactory(f ProberFactory) Option { return func(o *options) { o.fac
 // WithObserver registers an Observer of probe starts and ends.
 func WithObserver(ob Observer) Option { return func(o *options) { o.observer = ob } }
 
+// WithAdmit decides at boot which stored instances get an actor; the others
+// stay stored, untouched, until Discard or Attach. A fleet node admits the
+// instances etcd says it owns.
+func WithAdmit(admit func(in health.Instance) bool) Option { return func(o *options) { o.admit = admit } }
+
 // WithCheckpoint sets how often an instance whose counters changed without a
 // transition hands a snapshot to the store (default 30s).
 func WithCheckpoint(d time.Duration) Option { return func(o *options) { o.checkpoint = d } }
 
-// Info is an instance with its health status, as readers see it.
+// Info is an instance with its health status, as readers see it. Node is
+// the node that owns it, in a fleet.
 type Info struct {
 	health.Instance
+	Node   string      `json:"node,omitempty"`
 	Health health.View `json:"health_status"`
 }
 
@@ -160,6 +168,9 @@ type entry struct {
 	pubMu   sync.Mutex // guards pub
 	pub     published  // set by the actor
 	boot    *Snapshot  // consumed by the first incarnation
+	// handoff: boot is the state of an actor handed over from another node;
+	// resume exactly at its next check, not at a phase of the interval
+	handoff bool
 	gone    bool       // removed; guarded by mu
 	dead    atomic.Bool
 }
@@ -232,6 +243,9 @@ func New(ctx context.Context, opts ...Option) (*Scheduler, error) {
 
 	var loaded []*entry
 	err = o.store.Load(ctx, func(in health.Instance, snap *Snapshot) error {
+		if o.admit != nil && !o.admit(in) {
+			return nil
+		}
 		e := &entry{id: in.ID, boot: snap}
 		e.spec.Store(&in)
 		loaded = append(loaded, e)
@@ -731,6 +745,115 @@ func (s *Scheduler) shutdownSystem() {
 	if s.shared != nil {
 		s.shared.Close()
 	}
+}
+
+// Handoff is an instance and its runtime state as one node hands it to
+// another: the spec (with what the client wrote) and the snapshot its actor
+// took as it stopped, whose NextCheckAt is when its next probe is due.
+type Handoff struct {
+	Instance health.Instance
+	Snapshot *Snapshot
+}
+
+// ErrExists is returned by Attach for an instance that has an actor.
+var ErrExists = errors.New("actors: the instance is already running here")
+
+// Detach stops an instance's actor and returns its state, leaving its data
+// in the store: it is no longer listed, probed or counted, and nothing of it
+// runs once Detach returns. Attach brings it back; Discard deletes what is
+// stored.
+func (s *Scheduler) Detach(ctx context.Context, id string) (Handoff, error) {
+	if s.closed.Load() {
+		return Handoff{}, ErrClosed
+	}
+	e := s.lookup(id)
+	if e == nil {
+		return Handoff{}, ErrNotFound
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.gone {
+		return Handoff{}, ErrNotFound
+	}
+	res, err := s.askRaw(e, &handoff{}, s.opt.askTimeout)
+	if err != nil {
+		return Handoff{}, err
+	}
+	snap := res.(*Snapshot)
+	e.gone = true
+	_ = s.root.StopFuture(e.pid).Wait()
+	s.unregister(id, e)
+	in := *e.spec.Load()
+	s.log.Info().Str("instance_id", id).Msg("instance_detached")
+	return Handoff{Instance: in, Snapshot: snap}, nil
+}
+
+// Stage stores a handed-over instance durably without giving it an actor.
+func (s *Scheduler) Stage(ctx context.Context, h Handoff) error {
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	if s.lookup(h.Instance.ID) != nil {
+		return ErrExists
+	}
+	if err := s.opt.store.PutInstance(ctx, h.Instance); err != nil {
+		return err
+	}
+	if h.Snapshot != nil {
+		s.opt.store.SaveSnapshot(h.Snapshot)
+	}
+	return s.opt.store.Flush(ctx)
+}
+
+// Attach stores a handed-over instance and gives it an actor, which resumes
+// from the snapshot: the same window, counters, status and history, with the
+// next probe at the snapshot's NextCheckAt (at once when that has passed).
+// Attaching emits no transition.
+func (s *Scheduler) Attach(ctx context.Context, h Handoff) (Info, error) {
+	id := h.Instance.ID
+	if err := health.ValidateID(id); err != nil {
+		return Info{}, err
+	}
+	if err := s.Stage(ctx, h); err != nil {
+		return Info{}, err
+	}
+	s.mu.Lock()
+	if _, exists := s.entries[id]; exists {
+		s.mu.Unlock()
+		return Info{}, ErrExists
+	}
+	in := h.Instance
+	e := &entry{id: id, boot: h.Snapshot, handoff: true}
+	e.spec.Store(&in)
+	e.mu.Lock()
+	s.entries[id] = e
+	i := sort.SearchStrings(s.ids, id)
+	s.ids = append(s.ids, "")
+	copy(s.ids[i+1:], s.ids[i:])
+	s.ids[i] = id
+	s.mu.Unlock()
+	err := s.spawnAll([]*entry{e})
+	if err != nil {
+		e.gone = true
+		e.mu.Unlock()
+		s.unregister(id, e)
+		return Info{}, err
+	}
+	e.mu.Unlock()
+	s.log.Info().Str("instance_id", id).Msg("instance_attached")
+	return s.ask(e, &getInfo{})
+}
+
+// Discard deletes the stored data of an instance that has no actor here (a
+// staged one, or one detached for good).
+func (s *Scheduler) Discard(ctx context.Context, id string) error {
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	if s.lookup(id) != nil {
+		return ErrExists
+	}
+	return s.opt.store.DeleteInstance(ctx, id)
 }
 
 // Ping checks that the actor system still dispatches: a round trip to the
