@@ -118,7 +118,9 @@ func WithObserver(ob Observer) Option { return func(o *options) { o.observer = o
 // WithAdmit decides at boot which stored instances get an actor; the others
 // stay stored, untouched, until Discard or Attach. A fleet node admits the
 // instances etcd says it owns.
-func WithAdmit(admit func(in health.Instance) bool) Option { return func(o *options) { o.admit = admit } }
+func WithAdmit(admit func(in health.Instance) bool) Option {
+	return func(o *options) { o.admit = admit }
+}
 
 // WithCheckpoint sets how often an instance whose counters changed without a
 // transition hands a snapshot to the store (default 30s).
@@ -171,7 +173,7 @@ type entry struct {
 	// handoff: boot is the state of an actor handed over from another node;
 	// resume exactly at its next check, not at a phase of the interval
 	handoff bool
-	gone    bool       // removed; guarded by mu
+	gone    bool // removed; guarded by mu
 	dead    atomic.Bool
 }
 
