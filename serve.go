@@ -18,6 +18,7 @@ import (
 
 	"github.com/vigilhq/vigil/actors"
 	"github.com/vigilhq/vigil/api"
+	"github.com/vigilhq/vigil/fleet"
 	"github.com/vigilhq/vigil/persistence"
 )
 
@@ -26,6 +27,11 @@ type serveConfig struct {
 	budget          int
 	token           string
 	insecure        bool
+	// fleet mode, when etcd is set
+	etcd       []string
+	node       string
+	peerListen string
+	peerToken  string
 }
 
 func serve(args []string, stdout, stderr io.Writer) int {
@@ -37,10 +43,20 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	format := cmd.Choice("log-format", "VIGIL_LOG_FORMAT", "json", "FORMAT", "json or console", "json", "console")
 	token := cmd.String("token", "VIGIL_TOKEN", "", "TOKEN", "require Authorization: Bearer <token> on the API (not on /healthz, /readyz)")
 	insecure := cmd.Bool("insecure", "VIGIL_INSECURE", false, "allow a non-loopback --listen address without --token")
+	etcd := cmd.String("etcd", "VIGIL_ETCD", "", "URLS", "etcd client URLs, comma-separated: run as a node of a fleet")
+	node := cmd.String("node", "VIGIL_NODE", defaultNodeName(), "NAME", "this node's name in the fleet: 1-63 of a-z, 0-9, -")
+	peerListen := cmd.String("peer-listen", "VIGIL_PEER_LISTEN", "", "HOST:PORT", "address for node-to-node traffic, advertised to the other nodes")
+	peerToken := cmd.String("peer-token", "VIGIL_PEER_TOKEN", "", "TOKEN", "the fleet's secret for node-to-node traffic (required off loopback)")
 	if err := cmd.parse(args, stdout, stderr); err != nil {
 		return exit(err)
 	}
-	cfg := serveConfig{listen: *listen, dataDir: *dataDir, budget: *budget, token: *token, insecure: *insecure}
+	cfg := serveConfig{listen: *listen, dataDir: *dataDir, budget: *budget, token: *token, insecure: *insecure,
+		node: *node, peerListen: *peerListen, peerToken: *peerToken}
+	for _, u := range strings.Split(*etcd, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			cfg.etcd = append(cfg.etcd, u)
+		}
+	}
 	if err := cfg.check(); err != nil {
 		fmt.Fprintln(stderr, "vigil serve:", err)
 		return 2
@@ -62,7 +78,48 @@ func (c serveConfig) check() error {
 	if c.budget < 1 {
 		return fmt.Errorf("--probe-budget must be at least 1 (got %d)", c.budget)
 	}
-	return checkListen(c)
+	if err := checkListen(c); err != nil {
+		return err
+	}
+	if len(c.etcd) == 0 {
+		return nil
+	}
+	if err := fleet.ValidName(c.node); err != nil {
+		return err
+	}
+	if c.peerListen == "" {
+		return errors.New("--peer-listen is required with --etcd: the address other nodes reach this one at")
+	}
+	host, _, err := net.SplitHostPort(c.peerListen)
+	if err != nil {
+		return fmt.Errorf("--peer-listen %q must be host:port: %w", c.peerListen, err)
+	}
+	if ip := net.ParseIP(host); c.peerToken == "" && host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return fmt.Errorf("--peer-listen %s is not a loopback address: set --peer-token (VIGIL_PEER_TOKEN), the fleet's shared secret", c.peerListen)
+	}
+	return nil
+}
+
+// defaultNodeName is the host name, as a node name.
+func defaultNodeName() string {
+	h, err := os.Hostname()
+	if err != nil {
+		return "vigil"
+	}
+	h, _, _ = strings.Cut(strings.ToLower(h), ".")
+	h = strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' {
+			return r
+		}
+		return '-'
+	}, h)
+	if len(h) > 63 {
+		h = h[:63]
+	}
+	if h == "" {
+		return "vigil"
+	}
+	return h
 }
 
 // checkListen refuses a non-loopback address without a token, unless the
@@ -104,13 +161,44 @@ func serveUntilSignal(log zerolog.Logger, c serveConfig) error {
 	metrics := api.NewMetrics()
 	metrics.Register(store.Collectors()...)
 	ctx := context.Background()
-	sched, err := actors.New(ctx, actors.WithLogger(log), actors.WithStore(store), actors.WithProbeBudget(c.budget),
-		actors.WithObserver(metrics))
+	opts := []actors.Option{actors.WithLogger(log), actors.WithStore(store), actors.WithProbeBudget(c.budget)}
+	var node *fleet.Node
+	if len(c.etcd) > 0 {
+		// a signal while etcd is awaited ends the wait
+		octx, cancel := context.WithCancel(ctx)
+		go func() {
+			select {
+			case sig := <-sigs:
+				sigs <- sig
+				cancel()
+			case <-octx.Done():
+			}
+		}()
+		node, err = fleet.Open(octx, fleet.Config{Name: c.node, Etcd: c.etcd, PeerListen: c.peerListen, PeerToken: c.peerToken,
+			APIAddress: c.listen, Log: log, Registerer: metrics.Registry()})
+		cancel()
+		if err != nil {
+			return err
+		}
+		defer node.Close()
+		opts = append(opts, actors.WithAdmit(node.Admit), actors.WithObserver(actors.Tee(metrics, node.Observer())))
+	} else {
+		opts = append(opts, actors.WithObserver(metrics))
+	}
+	sched, err := actors.New(ctx, opts...)
 	if err != nil {
 		return err
 	}
+	var reg api.Registry = sched
+	if node != nil {
+		if err := node.Start(ctx, sched); err != nil {
+			_ = sched.Close(ctx)
+			return err
+		}
+		reg = node.Registry()
+	}
 	stopping := make(chan struct{})
-	handler := api.New(sched, api.Options{Log: log.With().Str("component", "api").Logger(), Token: c.token,
+	handler := api.New(reg, api.Options{Log: log.With().Str("component", "api").Logger(), Token: c.token,
 		Metrics: metrics, Shutdown: stopping})
 	srv := api.NewServer(handler)
 	srv.RegisterOnShutdown(func() { close(stopping) })
@@ -122,7 +210,7 @@ func serveUntilSignal(log zerolog.Logger, c serveConfig) error {
 	log.Info().Str("listen", listenAddr(l)).Str("data_dir", c.dataDir).Bool("auth", c.token != "").Str("version", version).Msg("serving")
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(api.JSONErrors(l)) }()
-	sd := startNotify(log, sched)
+	sd := startNotify(log, reg.Ready, sched)
 	defer sd.stop()
 
 	select {
@@ -139,6 +227,9 @@ func serveUntilSignal(log zerolog.Logger, c serveConfig) error {
 	defer cancel()
 	if err := srv.Shutdown(shutdownCtx); err != nil {
 		log.Warn().Err(err).Msg("http_shutdown")
+	}
+	if node != nil {
+		_ = node.Close() // leave the fleet first: the others see this node down at once
 	}
 	return sched.Close(shutdownCtx)
 }
@@ -164,7 +255,7 @@ type notifier struct {
 // readyPoll is how often the notifier checks readiness before READY=1.
 const readyPoll = 20 * time.Millisecond
 
-func startNotify(log zerolog.Logger, sched *actors.Scheduler) *notifier {
+func startNotify(log zerolog.Logger, ready func() bool, sched *actors.Scheduler) *notifier {
 	n := &notifier{log: log, done: make(chan struct{}), exit: make(chan struct{})}
 	if os.Getenv("NOTIFY_SOCKET") == "" {
 		close(n.exit)
@@ -174,11 +265,11 @@ func startNotify(log zerolog.Logger, sched *actors.Scheduler) *notifier {
 	if err != nil {
 		log.Warn().Err(err).Msg("systemd_watchdog_invalid")
 	}
-	go n.run(sched, watchdog)
+	go n.run(ready, sched, watchdog)
 	return n
 }
 
-func (n *notifier) run(sched *actors.Scheduler, watchdog time.Duration) {
+func (n *notifier) run(ready func() bool, sched *actors.Scheduler, watchdog time.Duration) {
 	defer close(n.exit)
 	var pings <-chan time.Time
 	if watchdog > 0 {
@@ -186,17 +277,17 @@ func (n *notifier) run(sched *actors.Scheduler, watchdog time.Duration) {
 		defer t.Stop()
 		pings = t.C
 	}
-	ready := time.NewTicker(readyPoll)
-	defer ready.Stop()
+	poll := time.NewTicker(readyPoll)
+	defer poll.Stop()
 	for {
 		select {
 		case <-n.done:
 			return
-		case <-ready.C:
-			if !sched.Ready() {
+		case <-poll.C:
+			if !ready() {
 				continue
 			}
-			ready.Stop()
+			poll.Stop()
 			n.send(daemon.SdNotifyReady)
 			n.log.Info().Msg("systemd_ready")
 		case <-pings:

@@ -71,6 +71,29 @@ func (NopObserver) ProbeFinished(string, health.Type, health.Result) {}
 // Transitioned does nothing.
 func (NopObserver) Transitioned(Event) {}
 
+// Tee is an Observer that tells each of obs in turn.
+func Tee(obs ...Observer) Observer { return tee(obs) }
+
+type tee []Observer
+
+func (t tee) ProbeStarted(id string, typ health.Type, due, started time.Time) {
+	for _, o := range t {
+		o.ProbeStarted(id, typ, due, started)
+	}
+}
+
+func (t tee) ProbeFinished(id string, typ health.Type, r health.Result) {
+	for _, o := range t {
+		o.ProbeFinished(id, typ, r)
+	}
+}
+
+func (t tee) Transitioned(ev Event) {
+	for _, o := range t {
+		o.Transitioned(ev)
+	}
+}
+
 type options struct {
 	log        zerolog.Logger
 	clock      clock.Clock
@@ -225,7 +248,7 @@ func New(ctx context.Context, opts ...Option) (*Scheduler, error) {
 	s.props = actor.PropsFromProducer(func() actor.Actor { return &instanceActor{s: s} },
 		actor.WithDispatcher(actor.NewSynchronizedDispatcher(actorThroughput)),
 		actor.WithMailbox(func() actor.Mailbox { return newMailbox(s) }))
-	slogger := slog.New(eventHandler{zerolog.NewSlogHandler(o.log.With().Str("component", "protoactor").Logger())})
+	slogger := Slog(o.log)
 	s.system = actor.NewActorSystem(
 		actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return slogger }),
 		actor.WithDeadLetterThrottleCount(3),

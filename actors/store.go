@@ -33,6 +33,8 @@ func (s *Snapshot) Config() health.Config {
 type Event struct {
 	Seq        uint64 `json:"seq"`
 	InstanceID string `json:"instance_id"`
+	// Node is the node whose log the event is in, on a fleet's stream.
+	Node string `json:"node,omitempty"`
 	health.Transition
 }
 

@@ -61,6 +61,12 @@ func (s *restartStrategy) HandleFailure(_ *actor.ActorSystem, sup actor.Supervis
 	time.AfterFunc(d, func() { sup.RestartChildren(child) })
 }
 
+// Slog is a log/slog logger that writes into log as vigil's other lines
+// are written: for protoactor's actor systems (this one, and a fleet's).
+func Slog(log zerolog.Logger) *slog.Logger {
+	return slog.New(eventHandler{zerolog.NewSlogHandler(log.With().Str("component", "protoactor").Logger())})
+}
+
 // eventHandler keeps protoactor's log lines in vigil's one message style: the
 // message is the event protoactor_log, and protoactor's own text its detail.
 type eventHandler struct{ slog.Handler }

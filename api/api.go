@@ -69,6 +69,20 @@ type Registry interface {
 	Subscribe(buffer int) *actors.Subscription
 }
 
+// Fleet is what the API needs of a fleet of nodes, when its Registry is
+// one node of a fleet: the fleet's nodes, moves, and the fleet-wide
+// summary, list and event stream (scope=fleet). Bodies of Nodes and
+// FleetSummary are rendered as they are.
+type Fleet interface {
+	Nodes(ctx context.Context) (any, error)
+	Move(ctx context.Context, id, to string) (actors.Info, error)
+	FleetSummary(ctx context.Context) (any, error)
+	FleetList(ctx context.Context, statuses []health.Status, after string, limit int) ([]actors.Info, string, error)
+	// FleetEvents streams with send (an empty event is a comment) until ctx
+	// ends or send fails; a bad cursor is an error before anything is sent.
+	FleetEvents(ctx context.Context, cursor string, keepAlive time.Duration, send func(id, event string, data any) error) error
+}
+
 // Options configure the server. The zero value serves without auth or
 // metrics, with the default limits.
 type Options struct {
@@ -109,6 +123,8 @@ type ErrorDetail struct {
 	Code    string `json:"code"`
 	Message string `json:"message"`
 	Field   string `json:"field,omitempty"`
+	// Owner names the node that owns the instance, for a conflict.
+	Owner string `json:"owner,omitempty"`
 }
 
 type apiError struct {
@@ -162,6 +178,7 @@ func New(reg Registry, opt Options) *echo.Echo {
 	}
 	h := &handlers{reg: reg, opt: opt, slots: make(chan struct{}, opt.MaxActorQueries),
 		streams: make(chan struct{}, opt.MaxStreams)}
+	h.fleet, _ = reg.(Fleet)
 	// every GET route answers HEAD too: the same headers, no body
 	get := func(path string, handler echo.HandlerFunc, mw ...echo.MiddlewareFunc) {
 		e.GET(path, handler, mw...)
@@ -176,6 +193,8 @@ func New(reg Registry, opt Options) *echo.Echo {
 	e.DELETE("/v1/instances/:id", h.remove, validID, actor)
 	get("/v1/instances/:id/health", h.health, validID, actor)
 	e.POST("/v1/instances/:id/probe", h.probe, validID, actor)
+	e.POST("/v1/instances/:id/move", h.move, validID, actor)
+	get("/v1/nodes", h.nodes)
 	get("/v1/instances", h.list)
 	get("/v1/summary", h.summary)
 	get("/v1/events", h.events)
@@ -259,6 +278,7 @@ func (h *handlers) limit(next echo.HandlerFunc) echo.HandlerFunc {
 
 type handlers struct {
 	reg     Registry
+	fleet   Fleet // nil without a fleet
 	opt     Options
 	slots   chan struct{} // semaphore of actor queries
 	streams chan struct{} // semaphore of event streams
@@ -397,7 +417,19 @@ func (h *handlers) list(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	page, next := h.reg.List(statuses, after, limit)
+	fleet, err := h.scope(c)
+	if err != nil {
+		return err
+	}
+	var page []actors.Info
+	var next string
+	if fleet {
+		if page, next, err = h.fleet.FleetList(c.Request().Context(), statuses, after, limit); err != nil {
+			return err
+		}
+	} else {
+		page, next = h.reg.List(statuses, after, limit)
+	}
 	if page == nil {
 		page = []actors.Info{}
 	}
@@ -428,7 +460,69 @@ func decodeCursor(cursor string) (string, error) {
 	return id, nil
 }
 
+// scope reads ?scope=: local (the default) or fleet, which needs a fleet.
+func (h *handlers) scope(c echo.Context) (fleet bool, err error) {
+	switch c.QueryParam("scope") {
+	case "", "local":
+		return false, nil
+	case "fleet":
+		if h.fleet == nil {
+			return false, invalid("scope", "scope=fleet needs a fleet: this vigil serves one host (start it with --etcd)")
+		}
+		return true, nil
+	}
+	return false, invalid("scope", "scope must be local or fleet (got %q)", c.QueryParam("scope"))
+}
+
+// noFleet answers a fleet route on a vigil that serves one host.
+func noFleet() error {
+	return fail(http.StatusNotFound, "not_found", "this vigil serves one host and has no fleet (start it with --etcd)", "")
+}
+
+func (h *handlers) nodes(c echo.Context) error {
+	if h.fleet == nil {
+		return noFleet()
+	}
+	body, err := h.fleet.Nodes(c.Request().Context())
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, body)
+}
+
+func (h *handlers) move(c echo.Context) error {
+	if h.fleet == nil {
+		return noFleet()
+	}
+	var req struct {
+		To string `json:"to"`
+	}
+	if err := decode(c, &req); err != nil {
+		return err
+	}
+	if req.To == "" {
+		return invalid("to", "to is required: the name of the node to move the instance to")
+	}
+	info, err := h.fleet.Move(c.Request().Context(), c.Param("id"), req.To)
+	if err != nil {
+		return err
+	}
+	info.Health.History = nil
+	return c.JSON(http.StatusOK, info)
+}
+
 func (h *handlers) summary(c echo.Context) error {
+	fleet, err := h.scope(c)
+	if err != nil {
+		return err
+	}
+	if fleet {
+		body, err := h.fleet.FleetSummary(c.Request().Context())
+		if err != nil {
+			return err
+		}
+		return c.JSON(http.StatusOK, body)
+	}
 	out := map[string]int{}
 	total := 0
 	for st, n := range h.reg.Summary() {
@@ -452,7 +546,20 @@ func errorHandler(log zerolog.Logger) echo.HTTPErrorHandler {
 	}
 }
 
+// coded is an error that says how the API renders it (the fleet's).
+type coded interface {
+	error
+	StatusCode() int
+	ErrorCode() string
+	ErrorField() string
+	ErrorOwner() string
+}
+
 func classify(err error) (int, ErrorDetail) {
+	var ce coded
+	if errors.As(err, &ce) {
+		return ce.StatusCode(), ErrorDetail{Code: ce.ErrorCode(), Message: ce.Error(), Field: ce.ErrorField(), Owner: ce.ErrorOwner()}
+	}
 	var ae *apiError
 	var fe *health.FieldError
 	var ie *input.Error

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -35,10 +36,6 @@ type stream struct {
 // when the client falls behind it the subscription is dropped and the stream
 // catches up from the log again, so the actors never wait for a client.
 func (h *handlers) events(c echo.Context) error {
-	since, resume, err := position(c)
-	if err != nil {
-		return err
-	}
 	instance := c.QueryParam("instance_id")
 	if instance != "" {
 		var fe *health.FieldError
@@ -46,9 +43,20 @@ func (h *handlers) events(c echo.Context) error {
 			return invalid("instance_id", "instance_id %s", fe.Message)
 		}
 	}
+	fleet, err := h.scope(c)
+	if err != nil {
+		return err
+	}
 	if c.Request().Method == http.MethodHead {
 		c.Response().Header().Set(echo.HeaderContentType, "text/event-stream")
 		return c.NoContent(http.StatusOK)
+	}
+	if fleet {
+		return h.fleetEvents(c)
+	}
+	since, resume, err := position(c)
+	if err != nil {
+		return err
 	}
 	select {
 	case h.streams <- struct{}{}:
@@ -127,6 +135,56 @@ func (h *handlers) events(c echo.Context) error {
 			}
 		}
 	}
+}
+
+// fleetEvents serves GET /v1/events?scope=fleet: every node's transitions,
+// each with its node, and node_down/node_up; the id of each event is an
+// opaque cursor of every node's position.
+func (h *handlers) fleetEvents(c echo.Context) error {
+	cursor := c.Request().Header.Get("Last-Event-ID")
+	if cursor == "" {
+		cursor = c.QueryParam("since")
+	}
+	select {
+	case h.streams <- struct{}{}:
+		defer func() { <-h.streams }()
+	default:
+		c.Response().Header().Set("Retry-After", "5")
+		return fail(http.StatusServiceUnavailable, "unavailable", fmt.Sprintf("too many event streams (at most %d)", cap(h.streams)), "")
+	}
+	ctx, cancel := context.WithCancel(c.Request().Context())
+	defer cancel()
+	go func() {
+		select {
+		case <-h.opt.Shutdown:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	w := c.Response()
+	s := &stream{c: c, rc: http.NewResponseController(w)}
+	started := false
+	err := h.fleet.FleetEvents(ctx, cursor, h.opt.KeepAlive, func(id, event string, data any) error {
+		if !started {
+			started = true
+			w.Header().Set(echo.HeaderContentType, "text/event-stream")
+			w.Header().Set(echo.HeaderCacheControl, "no-cache")
+			w.Header().Set("X-Accel-Buffering", "no")
+			w.WriteHeader(http.StatusOK)
+		}
+		if event == "" {
+			return s.comment(fmt.Sprint(data))
+		}
+		b, err := json.Marshal(data)
+		if err != nil {
+			return err
+		}
+		return s.write(fmt.Sprintf("id: %s\nevent: %s\ndata: %s\n\n", id, event, b))
+	})
+	if err != nil && !started {
+		return err
+	}
+	return nil
 }
 
 // position reads the resume point: Last-Event-ID or ?since=. resume is false

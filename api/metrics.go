@@ -55,6 +55,9 @@ func NewMetrics() *Metrics {
 // Register adds collectors of other components, such as the store's.
 func (m *Metrics) Register(cs ...prometheus.Collector) { m.reg.MustRegister(cs...) }
 
+// Registry is where others register collectors of their own.
+func (m *Metrics) Registry() prometheus.Registerer { return m.reg }
+
 // Handler serves the registry in the Prometheus text format.
 func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})

@@ -228,6 +228,7 @@ type ListOptions struct {
 	Status []Status // any of these; all when empty
 	Limit  int      // page size (server default 100, at most 1000)
 	Cursor string   // NextCursor of the previous page
+	Fleet  bool     // the whole fleet's instances, not this node's
 }
 
 func (o ListOptions) params() *ListInstancesParams {
@@ -245,6 +246,10 @@ func (o ListOptions) params() *ListInstancesParams {
 	}
 	if o.Cursor != "" {
 		p.Cursor = &o.Cursor
+	}
+	if o.Fleet {
+		fleet := ListInstancesParamsScopeFleet
+		p.Scope = &fleet
 	}
 	return p
 }
@@ -280,9 +285,43 @@ func (c *Client) All(ctx context.Context, o ListOptions) iter.Seq2[Instance, err
 	}
 }
 
-// Summary counts instances by status.
+// Summary counts this node's instances by status.
 func (c *Client) Summary(ctx context.Context) (*Summary, error) {
-	r, err := c.raw.SummaryWithResponse(ctx)
+	r, err := c.raw.SummaryWithResponse(ctx, &SummaryParams{})
+	if err != nil {
+		return nil, err
+	}
+	return result(r.HTTPResponse, r.Body, nil, r.JSON200, http.StatusOK)
+}
+
+// FleetSummary counts the fleet's instances by status, in all and per node
+// (Nodes); those of a node that is down count as unknown.
+func (c *Client) FleetSummary(ctx context.Context) (*Summary, error) {
+	fleet := SummaryParamsScopeFleet
+	r, err := c.raw.SummaryWithResponse(ctx, &SummaryParams{Scope: &fleet})
+	if err != nil {
+		return nil, err
+	}
+	return result(r.HTTPResponse, r.Body, nil, r.JSON200, http.StatusOK)
+}
+
+// Nodes lists the fleet's nodes.
+func (c *Client) Nodes(ctx context.Context) ([]Node, error) {
+	r, err := c.raw.ListNodesWithResponse(ctx)
+	if err != nil {
+		return nil, err
+	}
+	list, err := result(r.HTTPResponse, r.Body, nil, r.JSON200, http.StatusOK)
+	if err != nil {
+		return nil, err
+	}
+	return list.Nodes, nil
+}
+
+// Move hands an instance, its actor and its state to another node of the
+// fleet; it returns the instance as the new owner has it.
+func (c *Client) Move(ctx context.Context, id, to string) (*Instance, error) {
+	r, err := c.raw.MoveInstanceWithResponse(ctx, id, MoveRequest{To: to})
 	if err != nil {
 		return nil, err
 	}
@@ -358,15 +397,20 @@ type EventsOptions struct {
 	After string
 	// InstanceID keeps one instance's transitions only.
 	InstanceID string
+	// Fleet follows every node of the fleet: each transition carries its
+	// Node, nodes going down and up are events, and IDs are cursors.
+	Fleet bool
 }
 
-// StreamEvent is one event of the stream: a transition, or a reset (the
-// events after Reset.RequestedSeq are no longer retained: list again).
+// StreamEvent is one event of the stream: a transition, a reset (the
+// events after Reset.RequestedSeq are no longer retained: list again), or
+// on the fleet's stream a node going down or up.
 type StreamEvent struct {
-	ID         string // what to resume after; empty for a reset
-	Type       string // "transition" or "reset"
+	ID         string // what to resume after
+	Type       string // "transition", "reset", "node_down" or "node_up"
 	Transition *Event
 	Reset      *Reset
+	Node       *NodeEvent
 }
 
 // Events ranges over the event stream. When the connection drops or the
@@ -379,7 +423,7 @@ func (c *Client) Events(ctx context.Context, o EventsOptions) iter.Seq2[StreamEv
 	return func(yield func(StreamEvent, error) bool) {
 		last := o.After
 		for ctx.Err() == nil {
-			err := c.stream(ctx, o.InstanceID, &last, yield)
+			err := c.stream(ctx, o, &last, yield)
 			if errors.Is(err, errStop) || ctx.Err() != nil {
 				return
 			}
@@ -403,10 +447,13 @@ func (c *Client) Events(ctx context.Context, o EventsOptions) iter.Seq2[StreamEv
 var errStop = errors.New("client: the loop stopped")
 
 // stream reads one connection of the event stream.
-func (c *Client) stream(ctx context.Context, instance string, last *string, yield func(StreamEvent, error) bool) error {
+func (c *Client) stream(ctx context.Context, o EventsOptions, last *string, yield func(StreamEvent, error) bool) error {
 	q := url.Values{}
-	if instance != "" {
-		q.Set("instance_id", instance)
+	if o.InstanceID != "" {
+		q.Set("instance_id", o.InstanceID)
+	}
+	if o.Fleet {
+		q.Set("scope", "fleet")
 	}
 	u := c.base + "/v1/events"
 	if len(q) > 0 {
@@ -448,6 +495,15 @@ func (c *Client) stream(ctx context.Context, instance string, last *string, yiel
 				return fmt.Errorf("vigil: reset event: %w", err)
 			}
 			out.Reset = &r
+			if o.Fleet {
+				out.ID = ev.LastEventID
+			}
+		case "node_down", "node_up":
+			var ne NodeEvent
+			if err := json.Unmarshal([]byte(ev.Data), &ne); err != nil {
+				return fmt.Errorf("vigil: %s event: %w", ev.Type, err)
+			}
+			out.ID, out.Node = ev.LastEventID, &ne
 		default:
 			continue
 		}

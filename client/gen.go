@@ -19,10 +19,12 @@ import (
 
 // Defines values for ErrorDetailCode.
 const (
+	ErrorDetailCodeConflict             ErrorDetailCode = "conflict"
 	ErrorDetailCodeHeadersTooLarge      ErrorDetailCode = "headers_too_large"
 	ErrorDetailCodeInternal             ErrorDetailCode = "internal"
 	ErrorDetailCodeInvalidRequest       ErrorDetailCode = "invalid_request"
 	ErrorDetailCodeMethodNotAllowed     ErrorDetailCode = "method_not_allowed"
+	ErrorDetailCodeNodeDown             ErrorDetailCode = "node_down"
 	ErrorDetailCodeNotFound             ErrorDetailCode = "not_found"
 	ErrorDetailCodeNotImplemented       ErrorDetailCode = "not_implemented"
 	ErrorDetailCodeRequestTimeout       ErrorDetailCode = "request_timeout"
@@ -35,6 +37,8 @@ const (
 // Valid indicates whether the value is a known member of the ErrorDetailCode enum.
 func (e ErrorDetailCode) Valid() bool {
 	switch e {
+	case ErrorDetailCodeConflict:
+		return true
 	case ErrorDetailCodeHeadersTooLarge:
 		return true
 	case ErrorDetailCodeInternal:
@@ -42,6 +46,8 @@ func (e ErrorDetailCode) Valid() bool {
 	case ErrorDetailCodeInvalidRequest:
 		return true
 	case ErrorDetailCodeMethodNotAllowed:
+		return true
+	case ErrorDetailCodeNodeDown:
 		return true
 	case ErrorDetailCodeNotFound:
 		return true
@@ -209,6 +215,114 @@ func (e Status) Valid() bool {
 	}
 }
 
+// Defines values for EventsParamsScope.
+const (
+	EventsParamsScopeFleet EventsParamsScope = "fleet"
+	EventsParamsScopeLocal EventsParamsScope = "local"
+)
+
+// Valid indicates whether the value is a known member of the EventsParamsScope enum.
+func (e EventsParamsScope) Valid() bool {
+	switch e {
+	case EventsParamsScopeFleet:
+		return true
+	case EventsParamsScopeLocal:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for HeadEventsParamsScope.
+const (
+	HeadEventsParamsScopeFleet HeadEventsParamsScope = "fleet"
+	HeadEventsParamsScopeLocal HeadEventsParamsScope = "local"
+)
+
+// Valid indicates whether the value is a known member of the HeadEventsParamsScope enum.
+func (e HeadEventsParamsScope) Valid() bool {
+	switch e {
+	case HeadEventsParamsScopeFleet:
+		return true
+	case HeadEventsParamsScopeLocal:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for ListInstancesParamsScope.
+const (
+	ListInstancesParamsScopeFleet ListInstancesParamsScope = "fleet"
+	ListInstancesParamsScopeLocal ListInstancesParamsScope = "local"
+)
+
+// Valid indicates whether the value is a known member of the ListInstancesParamsScope enum.
+func (e ListInstancesParamsScope) Valid() bool {
+	switch e {
+	case ListInstancesParamsScopeFleet:
+		return true
+	case ListInstancesParamsScopeLocal:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for HeadListInstancesParamsScope.
+const (
+	HeadListInstancesParamsScopeFleet HeadListInstancesParamsScope = "fleet"
+	HeadListInstancesParamsScopeLocal HeadListInstancesParamsScope = "local"
+)
+
+// Valid indicates whether the value is a known member of the HeadListInstancesParamsScope enum.
+func (e HeadListInstancesParamsScope) Valid() bool {
+	switch e {
+	case HeadListInstancesParamsScopeFleet:
+		return true
+	case HeadListInstancesParamsScopeLocal:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for SummaryParamsScope.
+const (
+	SummaryParamsScopeFleet SummaryParamsScope = "fleet"
+	SummaryParamsScopeLocal SummaryParamsScope = "local"
+)
+
+// Valid indicates whether the value is a known member of the SummaryParamsScope enum.
+func (e SummaryParamsScope) Valid() bool {
+	switch e {
+	case SummaryParamsScopeFleet:
+		return true
+	case SummaryParamsScopeLocal:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for HeadSummaryParamsScope.
+const (
+	HeadSummaryParamsScopeFleet HeadSummaryParamsScope = "fleet"
+	HeadSummaryParamsScopeLocal HeadSummaryParamsScope = "local"
+)
+
+// Valid indicates whether the value is a known member of the HeadSummaryParamsScope enum.
+func (e HeadSummaryParamsScope) Valid() bool {
+	switch e {
+	case HeadSummaryParamsScopeFleet:
+		return true
+	case HeadSummaryParamsScopeLocal:
+		return true
+	default:
+		return false
+	}
+}
+
 // ErrorBody defines model for Error.
 type ErrorBody struct {
 	Error ErrorDetail `json:"error"`
@@ -221,6 +335,9 @@ type ErrorDetail struct {
 	// Field the JSON path of the offending field or parameter (health_check.timeout), when there is one
 	Field   *string `json:"field,omitempty"`
 	Message string  `json:"message"`
+
+	// Owner for a conflict or node_down: the node that owns the instance
+	Owner *string `json:"owner,omitempty"`
 }
 
 // ErrorDetailCode defines model for ErrorDetail.Code.
@@ -232,9 +349,12 @@ type Event struct {
 	From       Status    `json:"from"`
 	InstanceId string    `json:"instance_id"`
 	LastError  string    `json:"last_error"`
-	Reason     string    `json:"reason"`
-	Seq        int64     `json:"seq"`
-	To         Status    `json:"to"`
+
+	// Node on the fleet stream: the node whose log the event is in
+	Node   *string `json:"node,omitempty"`
+	Reason string  `json:"reason"`
+	Seq    int64   `json:"seq"`
+	To     Status  `json:"to"`
 }
 
 // ExecCheck defines model for ExecCheck.
@@ -321,10 +441,14 @@ type HealthStatus struct {
 	LastCheckedAt        *time.Time `json:"last_checked_at,omitempty"`
 	LastError            string     `json:"last_error"`
 	LastFailureAt        *time.Time `json:"last_failure_at,omitempty"`
+	LastKnownStatus      *Status    `json:"last_known_status,omitempty"`
 	LastSuccessAt        *time.Time `json:"last_success_at,omitempty"`
 	NextCheckAt          *time.Time `json:"next_check_at,omitempty"`
-	Since                *time.Time `json:"since,omitempty"`
-	Status               Status     `json:"status"`
+
+	// Reason why the status is what it is when no probe decided it: node_down (the owning node is down), node_unreachable (it did not answer in time)
+	Reason *string    `json:"reason,omitempty"`
+	Since  *time.Time `json:"since,omitempty"`
+	Status Status     `json:"status"`
 }
 
 // Instance defines model for Instance.
@@ -335,9 +459,12 @@ type Instance struct {
 	Id           string       `json:"id"`
 	Name         *string      `json:"name,omitempty"`
 	Network      *Network     `json:"network,omitempty"`
-	StartedAt    *time.Time   `json:"started_at,omitempty"`
-	State        Lifecycle    `json:"state"`
-	Vsock        *Vsock       `json:"vsock,omitempty"`
+
+	// Node in a fleet: the node that owns the instance
+	Node      *string    `json:"node,omitempty"`
+	StartedAt *time.Time `json:"started_at,omitempty"`
+	State     Lifecycle  `json:"state"`
+	Vsock     *Vsock     `json:"vsock,omitempty"`
 }
 
 // InstanceInput defines model for InstanceInput.
@@ -362,10 +489,40 @@ type InstanceList struct {
 // Lifecycle defines model for Lifecycle.
 type Lifecycle string
 
+// MoveRequest defines model for MoveRequest.
+type MoveRequest struct {
+	// To the node to move the instance to
+	To string `json:"to"`
+}
+
 // Network defines model for Network.
 type Network struct {
 	// Ip IPv4 or IPv6 address
 	Ip string `json:"ip"`
+}
+
+// Node defines model for Node.
+type Node struct {
+	ApiAddress  *string `json:"api_address,omitempty"`
+	Instances   int     `json:"instances"`
+	Name        string  `json:"name"`
+	PeerAddress string  `json:"peer_address"`
+
+	// Since when the node last went up or down, as the answering node saw it
+	Since   time.Time      `json:"since"`
+	Summary map[string]int `json:"summary"`
+	Up      bool           `json:"up"`
+}
+
+// NodeEvent data of event: node_down and event: node_up on the fleet stream
+type NodeEvent struct {
+	At   time.Time `json:"at"`
+	Node string    `json:"node"`
+}
+
+// NodeList defines model for NodeList.
+type NodeList struct {
+	Nodes []Node `json:"nodes"`
 }
 
 // ProbeResponse defines model for ProbeResponse.
@@ -376,8 +533,10 @@ type ProbeResponse struct {
 
 // Reset data of an `event: reset` on the event stream: events after requested_seq are not retained (or never existed); list again and follow from here
 type Reset struct {
-	OldestSeq    int64 `json:"oldest_seq"`
-	RequestedSeq int64 `json:"requested_seq"`
+	// Node on the fleet stream: the node whose log it is
+	Node         *string `json:"node,omitempty"`
+	OldestSeq    int64   `json:"oldest_seq"`
+	RequestedSeq int64   `json:"requested_seq"`
 }
 
 // Result defines model for Result.
@@ -409,12 +568,15 @@ type Status string
 
 // Summary defines model for Summary.
 type Summary struct {
-	Disabled  int `json:"disabled"`
-	Healthy   int `json:"healthy"`
-	Starting  int `json:"starting"`
-	Total     int `json:"total"`
-	Unhealthy int `json:"unhealthy"`
-	Unknown   int `json:"unknown"`
+	Disabled int `json:"disabled"`
+	Healthy  int `json:"healthy"`
+
+	// Nodes scope=fleet: counts per node
+	Nodes     *map[string]map[string]int `json:"nodes,omitempty"`
+	Starting  int                        `json:"starting"`
+	Total     int                        `json:"total"`
+	Unhealthy int                        `json:"unhealthy"`
+	Unknown   int                        `json:"unknown"`
 }
 
 // TCPCheck defines model for TCPCheck.
@@ -431,6 +593,9 @@ type Vsock struct {
 
 // BadRequest defines model for BadRequest.
 type BadRequest = ErrorBody
+
+// Conflict defines model for Conflict.
+type Conflict = ErrorBody
 
 // Internal defines model for Internal.
 type Internal = ErrorBody
@@ -455,19 +620,35 @@ type UnsupportedMediaType = ErrorBody
 
 // EventsParams defines parameters for Events.
 type EventsParams struct {
-	// Since resume after this sequence number
-	Since       *int    `form:"since,omitempty" json:"since,omitempty"`
-	InstanceId  *string `form:"instance_id,omitempty" json:"instance_id,omitempty"`
-	LastEventID *int    `json:"Last-Event-ID,omitempty"`
+	// Since resume after this event: its id (a sequence number; on the fleet stream an opaque cursor)
+	Since      *string `form:"since,omitempty" json:"since,omitempty"`
+	InstanceId *string `form:"instance_id,omitempty" json:"instance_id,omitempty"`
+
+	// Scope fleet: the whole fleet (a node of a fleet only); local, the default: this node
+	Scope *EventsParamsScope `form:"scope,omitempty" json:"scope,omitempty"`
+
+	// LastEventID resume after this event: its id (a sequence number; on the fleet stream an opaque cursor)
+	LastEventID *string `json:"Last-Event-ID,omitempty"`
 }
+
+// EventsParamsScope defines parameters for Events.
+type EventsParamsScope string
 
 // HeadEventsParams defines parameters for HeadEvents.
 type HeadEventsParams struct {
-	// Since resume after this sequence number
-	Since       *int    `form:"since,omitempty" json:"since,omitempty"`
-	InstanceId  *string `form:"instance_id,omitempty" json:"instance_id,omitempty"`
-	LastEventID *int    `json:"Last-Event-ID,omitempty"`
+	// Since resume after this event: its id (a sequence number; on the fleet stream an opaque cursor)
+	Since      *string `form:"since,omitempty" json:"since,omitempty"`
+	InstanceId *string `form:"instance_id,omitempty" json:"instance_id,omitempty"`
+
+	// Scope fleet: the whole fleet (a node of a fleet only); local, the default: this node
+	Scope *HeadEventsParamsScope `form:"scope,omitempty" json:"scope,omitempty"`
+
+	// LastEventID resume after this event: its id (a sequence number; on the fleet stream an opaque cursor)
+	LastEventID *string `json:"Last-Event-ID,omitempty"`
 }
+
+// HeadEventsParamsScope defines parameters for HeadEvents.
+type HeadEventsParamsScope string
 
 // ListInstancesParams defines parameters for ListInstances.
 type ListInstancesParams struct {
@@ -477,7 +658,13 @@ type ListInstancesParams struct {
 
 	// Cursor next_cursor of the previous page, as it was given (opaque)
 	Cursor *string `form:"cursor,omitempty" json:"cursor,omitempty"`
+
+	// Scope fleet: the whole fleet (a node of a fleet only); local, the default: this node
+	Scope *ListInstancesParamsScope `form:"scope,omitempty" json:"scope,omitempty"`
 }
+
+// ListInstancesParamsScope defines parameters for ListInstances.
+type ListInstancesParamsScope string
 
 // HeadListInstancesParams defines parameters for HeadListInstances.
 type HeadListInstancesParams struct {
@@ -487,13 +674,37 @@ type HeadListInstancesParams struct {
 
 	// Cursor next_cursor of the previous page, as it was given (opaque)
 	Cursor *string `form:"cursor,omitempty" json:"cursor,omitempty"`
+
+	// Scope fleet: the whole fleet (a node of a fleet only); local, the default: this node
+	Scope *HeadListInstancesParamsScope `form:"scope,omitempty" json:"scope,omitempty"`
 }
+
+// HeadListInstancesParamsScope defines parameters for HeadListInstances.
+type HeadListInstancesParamsScope string
 
 // PatchInstanceJSONBody defines parameters for PatchInstance.
 type PatchInstanceJSONBody = map[string]interface{}
 
 // PatchInstanceApplicationMergePatchPlusJSONBody defines parameters for PatchInstance.
 type PatchInstanceApplicationMergePatchPlusJSONBody = map[string]interface{}
+
+// SummaryParams defines parameters for Summary.
+type SummaryParams struct {
+	// Scope fleet: the whole fleet (a node of a fleet only); local, the default: this node
+	Scope *SummaryParamsScope `form:"scope,omitempty" json:"scope,omitempty"`
+}
+
+// SummaryParamsScope defines parameters for Summary.
+type SummaryParamsScope string
+
+// HeadSummaryParams defines parameters for HeadSummary.
+type HeadSummaryParams struct {
+	// Scope fleet: the whole fleet (a node of a fleet only); local, the default: this node
+	Scope *HeadSummaryParamsScope `form:"scope,omitempty" json:"scope,omitempty"`
+}
+
+// HeadSummaryParamsScope defines parameters for HeadSummary.
+type HeadSummaryParamsScope string
 
 // PatchInstanceJSONRequestBody defines body for PatchInstance for application/json ContentType.
 type PatchInstanceJSONRequestBody = PatchInstanceJSONBody
@@ -503,6 +714,9 @@ type PatchInstanceApplicationMergePatchPlusJSONRequestBody = PatchInstanceApplic
 
 // PutInstanceJSONRequestBody defines body for PutInstance for application/json ContentType.
 type PutInstanceJSONRequestBody = InstanceInput
+
+// MoveInstanceJSONRequestBody defines body for MoveInstance for application/json ContentType.
+type MoveInstanceJSONRequestBody = MoveRequest
 
 // AsHTTPCheckExpectedStatus0 returns the union data inside the HTTPCheck_ExpectedStatus as a HTTPCheckExpectedStatus0
 func (t HTTPCheck_ExpectedStatus) AsHTTPCheckExpectedStatus0() (HTTPCheckExpectedStatus0, error) {
@@ -752,10 +966,38 @@ type ClientInterface interface {
 	// Corresponds with HEAD /v1/instances/{id}/health (the `HeadGetHealth` operationId).
 	HeadGetHealth(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// MoveInstanceWithBody Move an instance, its actor and its state to another node of the fleet
+	//
+	// The owner stops the instance, hands its state (window, counters, status, since, history) to the target and changes the owner in etcd; the target probes it at the next check the owner would have run. The move emits no transition. 404 on a vigil without a fleet.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/instances/{id}/move (the `MoveInstance` operationId).
+	MoveInstanceWithBody(ctx context.Context, id string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// MoveInstance Move an instance, its actor and its state to another node of the fleet
+	//
+	// The owner stops the instance, hands its state (window, counters, status, since, history) to the target and changes the owner in etcd; the target probes it at the next check the owner would have run. The move emits no transition. 404 on a vigil without a fleet.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/instances/{id}/move (the `MoveInstance` operationId).
+	MoveInstance(ctx context.Context, id string, body MoveInstanceJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// ProbeNow Probe now, or join the probe in flight
 	//
 	// Corresponds with POST /v1/instances/{id}/probe (the `ProbeNow` operationId).
 	ProbeNow(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ListNodes The nodes of the fleet
+	//
+	// Corresponds with GET /v1/nodes (the `ListNodes` operationId).
+	ListNodes(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// HeadListNodes The nodes of the fleet: the same headers, without a body
+	//
+	// Corresponds with HEAD /v1/nodes (the `HeadListNodes` operationId).
+	HeadListNodes(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// Openapi This document
 	//
@@ -770,12 +1012,12 @@ type ClientInterface interface {
 	// Summary Counts per status
 	//
 	// Corresponds with GET /v1/summary (the `Summary` operationId).
-	Summary(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+	Summary(ctx context.Context, params *SummaryParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// HeadSummary Counts per status: the same headers, without a body
 	//
 	// Corresponds with HEAD /v1/summary (the `HeadSummary` operationId).
-	HeadSummary(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+	HeadSummary(ctx context.Context, params *HeadSummaryParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 }
 
 // Healthz The process is alive (no auth)
@@ -1090,11 +1332,79 @@ func (c *RawClient) HeadGetHealth(ctx context.Context, id string, reqEditors ...
 	return c.Client.Do(req)
 }
 
+// MoveInstanceWithBody Move an instance, its actor and its state to another node of the fleet
+//
+// The owner stops the instance, hands its state (window, counters, status, since, history) to the target and changes the owner in etcd; the target probes it at the next check the owner would have run. The move emits no transition. 404 on a vigil without a fleet.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/instances/{id}/move (the `MoveInstance` operationId).
+func (c *RawClient) MoveInstanceWithBody(ctx context.Context, id string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewMoveInstanceRequestWithBody(c.Server, id, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// MoveInstance Move an instance, its actor and its state to another node of the fleet
+//
+// The owner stops the instance, hands its state (window, counters, status, since, history) to the target and changes the owner in etcd; the target probes it at the next check the owner would have run. The move emits no transition. 404 on a vigil without a fleet.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/instances/{id}/move (the `MoveInstance` operationId).
+func (c *RawClient) MoveInstance(ctx context.Context, id string, body MoveInstanceJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewMoveInstanceRequest(c.Server, id, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // ProbeNow Probe now, or join the probe in flight
 //
 // Corresponds with POST /v1/instances/{id}/probe (the `ProbeNow` operationId).
 func (c *RawClient) ProbeNow(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewProbeNowRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ListNodes The nodes of the fleet
+//
+// Corresponds with GET /v1/nodes (the `ListNodes` operationId).
+func (c *RawClient) ListNodes(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewListNodesRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// HeadListNodes The nodes of the fleet: the same headers, without a body
+//
+// Corresponds with HEAD /v1/nodes (the `HeadListNodes` operationId).
+func (c *RawClient) HeadListNodes(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewHeadListNodesRequest(c.Server)
 	if err != nil {
 		return nil, err
 	}
@@ -1138,8 +1448,8 @@ func (c *RawClient) HeadOpenapi(ctx context.Context, reqEditors ...RequestEditor
 // Summary Counts per status
 //
 // Corresponds with GET /v1/summary (the `Summary` operationId).
-func (c *RawClient) Summary(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewSummaryRequest(c.Server)
+func (c *RawClient) Summary(ctx context.Context, params *SummaryParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewSummaryRequest(c.Server, params)
 	if err != nil {
 		return nil, err
 	}
@@ -1153,8 +1463,8 @@ func (c *RawClient) Summary(ctx context.Context, reqEditors ...RequestEditorFn) 
 // HeadSummary Counts per status: the same headers, without a body
 //
 // Corresponds with HEAD /v1/summary (the `HeadSummary` operationId).
-func (c *RawClient) HeadSummary(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewHeadSummaryRequest(c.Server)
+func (c *RawClient) HeadSummary(ctx context.Context, params *HeadSummaryParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewHeadSummaryRequest(c.Server, params)
 	if err != nil {
 		return nil, err
 	}
@@ -1357,7 +1667,7 @@ func NewEventsRequest(server string, params *EventsParams) (*http.Request, error
 
 		if params.Since != nil {
 
-			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "since", *params.Since, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "since", *params.Since, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
 				return nil, err
 			} else {
 				for _, qp := range strings.Split(queryFrag, "&") {
@@ -1370,6 +1680,18 @@ func NewEventsRequest(server string, params *EventsParams) (*http.Request, error
 		if params.InstanceId != nil {
 
 			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "instance_id", *params.InstanceId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Scope != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "scope", *params.Scope, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
 				return nil, err
 			} else {
 				for _, qp := range strings.Split(queryFrag, "&") {
@@ -1395,7 +1717,7 @@ func NewEventsRequest(server string, params *EventsParams) (*http.Request, error
 		if params.LastEventID != nil {
 			var headerParam0 string
 
-			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Last-Event-ID", *params.LastEventID, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "integer", Format: ""})
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Last-Event-ID", *params.LastEventID, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
 			if err != nil {
 				return nil, err
 			}
@@ -1438,7 +1760,7 @@ func NewHeadEventsRequest(server string, params *HeadEventsParams) (*http.Reques
 
 		if params.Since != nil {
 
-			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "since", *params.Since, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "since", *params.Since, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
 				return nil, err
 			} else {
 				for _, qp := range strings.Split(queryFrag, "&") {
@@ -1451,6 +1773,18 @@ func NewHeadEventsRequest(server string, params *HeadEventsParams) (*http.Reques
 		if params.InstanceId != nil {
 
 			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "instance_id", *params.InstanceId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Scope != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "scope", *params.Scope, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
 				return nil, err
 			} else {
 				for _, qp := range strings.Split(queryFrag, "&") {
@@ -1476,7 +1810,7 @@ func NewHeadEventsRequest(server string, params *HeadEventsParams) (*http.Reques
 		if params.LastEventID != nil {
 			var headerParam0 string
 
-			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Last-Event-ID", *params.LastEventID, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "integer", Format: ""})
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Last-Event-ID", *params.LastEventID, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
 			if err != nil {
 				return nil, err
 			}
@@ -1544,6 +1878,18 @@ func NewListInstancesRequest(server string, params *ListInstancesParams) (*http.
 		if params.Cursor != nil {
 
 			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Scope != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "scope", *params.Scope, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
 				return nil, err
 			} else {
 				for _, qp := range strings.Split(queryFrag, "&") {
@@ -1622,6 +1968,18 @@ func NewHeadListInstancesRequest(server string, params *HeadListInstancesParams)
 		if params.Cursor != nil {
 
 			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Scope != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "scope", *params.Scope, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
 				return nil, err
 			} else {
 				for _, qp := range strings.Split(queryFrag, "&") {
@@ -1920,6 +2278,53 @@ func NewHeadGetHealthRequest(server string, id string) (*http.Request, error) {
 	return req, nil
 }
 
+// NewMoveInstanceRequest calls the generic MoveInstance builder with application/json body
+func NewMoveInstanceRequest(server string, id string, body MoveInstanceJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewMoveInstanceRequestWithBody(server, id, "application/json", bodyReader)
+}
+
+// NewMoveInstanceRequestWithBody constructs an http.Request for the MoveInstance method, with any body, and a specified content type
+func NewMoveInstanceRequestWithBody(server string, id string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/instances/%s/move", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
 // NewProbeNowRequest constructs an http.Request for the ProbeNow method
 func NewProbeNowRequest(server string, id string) (*http.Request, error) {
 	var err error
@@ -1947,6 +2352,60 @@ func NewProbeNowRequest(server string, id string) (*http.Request, error) {
 	}
 
 	req, err := http.NewRequest(http.MethodPost, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewListNodesRequest constructs an http.Request for the ListNodes method
+func NewListNodesRequest(server string) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/nodes")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewHeadListNodesRequest constructs an http.Request for the HeadListNodes method
+func NewHeadListNodesRequest(server string) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/nodes")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodHead, queryURL.String(), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -2009,7 +2468,7 @@ func NewHeadOpenapiRequest(server string) (*http.Request, error) {
 }
 
 // NewSummaryRequest constructs an http.Request for the Summary method
-func NewSummaryRequest(server string) (*http.Request, error) {
+func NewSummaryRequest(server string, params *SummaryParams) (*http.Request, error) {
 	var err error
 
 	serverURL, err := url.Parse(server)
@@ -2025,6 +2484,33 @@ func NewSummaryRequest(server string) (*http.Request, error) {
 	queryURL, err := serverURL.Parse(operationPath)
 	if err != nil {
 		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Scope != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "scope", *params.Scope, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
 	}
 
 	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
@@ -2036,7 +2522,7 @@ func NewSummaryRequest(server string) (*http.Request, error) {
 }
 
 // NewHeadSummaryRequest constructs an http.Request for the HeadSummary method
-func NewHeadSummaryRequest(server string) (*http.Request, error) {
+func NewHeadSummaryRequest(server string, params *HeadSummaryParams) (*http.Request, error) {
 	var err error
 
 	serverURL, err := url.Parse(server)
@@ -2052,6 +2538,33 @@ func NewHeadSummaryRequest(server string) (*http.Request, error) {
 	queryURL, err := serverURL.Parse(operationPath)
 	if err != nil {
 		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Scope != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "scope", *params.Scope, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
 	}
 
 	req, err := http.NewRequest(http.MethodHead, queryURL.String(), nil)
@@ -2248,12 +2761,44 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with HEAD /v1/instances/{id}/health (the `HeadGetHealth` operationId).
 	HeadGetHealthWithResponse(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*HeadGetHealthResponse, error)
 
+	// MoveInstanceWithBodyWithResponse Move an instance, its actor and its state to another node of the fleet
+	//
+	// The owner stops the instance, hands its state (window, counters, status, since, history) to the target and changes the owner in etcd; the target probes it at the next check the owner would have run. The move emits no transition. 404 on a vigil without a fleet.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/instances/{id}/move (the `MoveInstance` operationId).
+	MoveInstanceWithBodyWithResponse(ctx context.Context, id string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*MoveInstanceResponse, error)
+
+	// MoveInstanceWithResponse Move an instance, its actor and its state to another node of the fleet
+	//
+	// The owner stops the instance, hands its state (window, counters, status, since, history) to the target and changes the owner in etcd; the target probes it at the next check the owner would have run. The move emits no transition. 404 on a vigil without a fleet.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/instances/{id}/move (the `MoveInstance` operationId).
+	MoveInstanceWithResponse(ctx context.Context, id string, body MoveInstanceJSONRequestBody, reqEditors ...RequestEditorFn) (*MoveInstanceResponse, error)
+
 	// ProbeNowWithResponse Probe now, or join the probe in flight
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/instances/{id}/probe (the `ProbeNow` operationId).
 	ProbeNowWithResponse(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*ProbeNowResponse, error)
+
+	// ListNodesWithResponse The nodes of the fleet
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/nodes (the `ListNodes` operationId).
+	ListNodesWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ListNodesResponse, error)
+
+	// HeadListNodesWithResponse The nodes of the fleet: the same headers, without a body
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with HEAD /v1/nodes (the `HeadListNodes` operationId).
+	HeadListNodesWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*HeadListNodesResponse, error)
 
 	// OpenapiWithResponse This document
 	//
@@ -2274,14 +2819,14 @@ type ClientWithResponsesInterface interface {
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /v1/summary (the `Summary` operationId).
-	SummaryWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*SummaryResponse, error)
+	SummaryWithResponse(ctx context.Context, params *SummaryParams, reqEditors ...RequestEditorFn) (*SummaryResponse, error)
 
 	// HeadSummaryWithResponse Counts per status: the same headers, without a body
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with HEAD /v1/summary (the `HeadSummary` operationId).
-	HeadSummaryWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*HeadSummaryResponse, error)
+	HeadSummaryWithResponse(ctx context.Context, params *HeadSummaryParams, reqEditors ...RequestEditorFn) (*HeadSummaryResponse, error)
 }
 
 type HealthzResponse struct {
@@ -3025,6 +3570,8 @@ type PutInstanceResponse struct {
 	JSON401 *Unauthorized
 	// JSON408 the response for an HTTP 408 `application/json` response
 	JSON408 *RequestTimeout
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
 	// JSON413 the response for an HTTP 413 `application/json` response
 	JSON413 *TooLarge
 	// JSON415 the response for an HTTP 415 `application/json` response
@@ -3058,6 +3605,11 @@ func (r PutInstanceResponse) GetJSON401() *Unauthorized {
 // GetJSON408 returns the response for an HTTP 408 `application/json` response
 func (r PutInstanceResponse) GetJSON408() *RequestTimeout {
 	return r.JSON408
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r PutInstanceResponse) GetJSON409() *Conflict {
+	return r.JSON409
 }
 
 // GetJSON413 returns the response for an HTTP 413 `application/json` response
@@ -3219,6 +3771,110 @@ func (r HeadGetHealthResponse) ContentType() string {
 	return ""
 }
 
+type MoveInstanceResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Instance
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON408 the response for an HTTP 408 `application/json` response
+	JSON408 *RequestTimeout
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
+	// JSON413 the response for an HTTP 413 `application/json` response
+	JSON413 *TooLarge
+	// JSON415 the response for an HTTP 415 `application/json` response
+	JSON415 *UnsupportedMediaType
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Unavailable
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r MoveInstanceResponse) GetJSON200() *Instance {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r MoveInstanceResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r MoveInstanceResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r MoveInstanceResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON408 returns the response for an HTTP 408 `application/json` response
+func (r MoveInstanceResponse) GetJSON408() *RequestTimeout {
+	return r.JSON408
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r MoveInstanceResponse) GetJSON409() *Conflict {
+	return r.JSON409
+}
+
+// GetJSON413 returns the response for an HTTP 413 `application/json` response
+func (r MoveInstanceResponse) GetJSON413() *TooLarge {
+	return r.JSON413
+}
+
+// GetJSON415 returns the response for an HTTP 415 `application/json` response
+func (r MoveInstanceResponse) GetJSON415() *UnsupportedMediaType {
+	return r.JSON415
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r MoveInstanceResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r MoveInstanceResponse) GetJSON503() *Unavailable {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r MoveInstanceResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r MoveInstanceResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r MoveInstanceResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r MoveInstanceResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 type ProbeNowResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -3289,6 +3945,102 @@ func (r ProbeNowResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r ProbeNowResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type ListNodesResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *NodeList
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ListNodesResponse) GetJSON200() *NodeList {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r ListNodesResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r ListNodesResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r ListNodesResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r ListNodesResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ListNodesResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ListNodesResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ListNodesResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type HeadListNodesResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+}
+
+// GetBody returns the raw response body bytes
+func (r HeadListNodesResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r HeadListNodesResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r HeadListNodesResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r HeadListNodesResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -3749,6 +4501,36 @@ func (c *ClientWithResponses) HeadGetHealthWithResponse(ctx context.Context, id 
 	return ParseHeadGetHealthResponse(rsp)
 }
 
+// MoveInstanceWithBodyWithResponse Move an instance, its actor and its state to another node of the fleet
+//
+// The owner stops the instance, hands its state (window, counters, status, since, history) to the target and changes the owner in etcd; the target probes it at the next check the owner would have run. The move emits no transition. 404 on a vigil without a fleet.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/instances/{id}/move (the `MoveInstance` operationId).
+func (c *ClientWithResponses) MoveInstanceWithBodyWithResponse(ctx context.Context, id string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*MoveInstanceResponse, error) {
+	rsp, err := c.MoveInstanceWithBody(ctx, id, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseMoveInstanceResponse(rsp)
+}
+
+// MoveInstanceWithResponse Move an instance, its actor and its state to another node of the fleet
+//
+// The owner stops the instance, hands its state (window, counters, status, since, history) to the target and changes the owner in etcd; the target probes it at the next check the owner would have run. The move emits no transition. 404 on a vigil without a fleet.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/instances/{id}/move (the `MoveInstance` operationId).
+func (c *ClientWithResponses) MoveInstanceWithResponse(ctx context.Context, id string, body MoveInstanceJSONRequestBody, reqEditors ...RequestEditorFn) (*MoveInstanceResponse, error) {
+	rsp, err := c.MoveInstance(ctx, id, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseMoveInstanceResponse(rsp)
+}
+
 // ProbeNowWithResponse Probe now, or join the probe in flight
 //
 // Returns a wrapper object for the known response body format(s).
@@ -3760,6 +4542,32 @@ func (c *ClientWithResponses) ProbeNowWithResponse(ctx context.Context, id strin
 		return nil, err
 	}
 	return ParseProbeNowResponse(rsp)
+}
+
+// ListNodesWithResponse The nodes of the fleet
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/nodes (the `ListNodes` operationId).
+func (c *ClientWithResponses) ListNodesWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ListNodesResponse, error) {
+	rsp, err := c.ListNodes(ctx, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseListNodesResponse(rsp)
+}
+
+// HeadListNodesWithResponse The nodes of the fleet: the same headers, without a body
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with HEAD /v1/nodes (the `HeadListNodes` operationId).
+func (c *ClientWithResponses) HeadListNodesWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*HeadListNodesResponse, error) {
+	rsp, err := c.HeadListNodes(ctx, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseHeadListNodesResponse(rsp)
 }
 
 // OpenapiWithResponse This document
@@ -3793,8 +4601,8 @@ func (c *ClientWithResponses) HeadOpenapiWithResponse(ctx context.Context, reqEd
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with GET /v1/summary (the `Summary` operationId).
-func (c *ClientWithResponses) SummaryWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*SummaryResponse, error) {
-	rsp, err := c.Summary(ctx, reqEditors...)
+func (c *ClientWithResponses) SummaryWithResponse(ctx context.Context, params *SummaryParams, reqEditors ...RequestEditorFn) (*SummaryResponse, error) {
+	rsp, err := c.Summary(ctx, params, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -3806,8 +4614,8 @@ func (c *ClientWithResponses) SummaryWithResponse(ctx context.Context, reqEditor
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with HEAD /v1/summary (the `HeadSummary` operationId).
-func (c *ClientWithResponses) HeadSummaryWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*HeadSummaryResponse, error) {
-	rsp, err := c.HeadSummary(ctx, reqEditors...)
+func (c *ClientWithResponses) HeadSummaryWithResponse(ctx context.Context, params *HeadSummaryParams, reqEditors ...RequestEditorFn) (*HeadSummaryResponse, error) {
+	rsp, err := c.HeadSummary(ctx, params, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -4366,6 +5174,13 @@ func ParsePutInstanceResponse(rsp *http.Response) (*PutInstanceResponse, error) 
 		}
 		response.JSON408 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
 		var dest TooLarge
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4476,6 +5291,95 @@ func ParseHeadGetHealthResponse(rsp *http.Response) (*HeadGetHealthResponse, err
 	return response, nil
 }
 
+// ParseMoveInstanceResponse parses an HTTP response from a MoveInstanceWithResponse call
+func ParseMoveInstanceResponse(rsp *http.Response) (*MoveInstanceResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &MoveInstanceResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Instance
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
+		var dest RequestTimeout
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON408 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
+		var dest TooLarge
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON413 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest UnsupportedMediaType
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON415 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
 // ParseProbeNowResponse parses an HTTP response from a ProbeNowWithResponse call
 func ParseProbeNowResponse(rsp *http.Response) (*ProbeNowResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -4532,6 +5436,69 @@ func ParseProbeNowResponse(rsp *http.Response) (*ProbeNowResponse, error) {
 		}
 		response.JSON503 = &dest
 
+	}
+
+	return response, nil
+}
+
+// ParseListNodesResponse parses an HTTP response from a ListNodesWithResponse call
+func ParseListNodesResponse(rsp *http.Response) (*ListNodesResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ListNodesResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest NodeList
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseHeadListNodesResponse parses an HTTP response from a HeadListNodesWithResponse call
+func ParseHeadListNodesResponse(rsp *http.Response) (*HeadListNodesResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &HeadListNodesResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
 	}
 
 	return response, nil

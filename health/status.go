@@ -289,6 +289,11 @@ type View struct {
 	LastError            string     `json:"last_error"`
 	NextCheckAt          *time.Time `json:"next_check_at"`
 	History              []Result   `json:"history,omitempty"`
+	// Reason says why the status is what it is when no probe decided it
+	// (node_down: the node that owns the instance is down), and
+	// LastKnownStatus what it was before.
+	Reason          string `json:"reason,omitempty"`
+	LastKnownStatus Status `json:"last_known_status,omitempty"`
 }
 
 // View renders the state for readers; nextCheck is zero when no probe is due.

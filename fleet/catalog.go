@@ -1,0 +1,304 @@
+package fleet
+
+import (
+	"sync"
+	"time"
+
+	"github.com/google/btree"
+
+	"github.com/vigilhq/vigil/health"
+)
+
+// record is what the catalog knows of one instance of the fleet: its owner
+// (etcd's owners/<id>) and the last status the owner published
+// (status/<id>).
+type record struct {
+	id     string
+	owner  string
+	status health.Status // "" until the owner published one
+	since  time.Time
+}
+
+// member is one node of the fleet as etcd knows it.
+type member struct {
+	Name  string    `json:"name"`
+	Peer  string    `json:"peer_address"`
+	API   string    `json:"api_address,omitempty"`
+	up    bool      // its alive key exists
+	since time.Time // when it last went up or down, as seen here
+}
+
+// catalog is this node's copy of the fleet's shared state, fed by one etcd
+// watch: members, owners and last known statuses, with status counts per
+// node kept as records change. Reads take the read lock.
+type catalog struct {
+	mu      sync.RWMutex
+	byID    *btree.BTreeG[*record]
+	members map[string]*member
+	counts  map[string]*[statusSlots]int // owner → records by status
+	rev     int64                         // etcd revision applied
+	// changes of membership, for event streams (closed and replaced on
+	// every change)
+	changed chan struct{}
+}
+
+// statusSlots: the five statuses plus "not published yet".
+const statusSlots = 6
+
+func slot(st health.Status) int {
+	for i, s := range health.Statuses {
+		if s == st {
+			return i
+		}
+	}
+	return len(health.Statuses)
+}
+
+func newCatalog() *catalog {
+	return &catalog{byID: btree.NewG(32, func(a, b *record) bool { return a.id < b.id }),
+		members: map[string]*member{}, counts: map[string]*[statusSlots]int{}, changed: make(chan struct{})}
+}
+
+func (c *catalog) countLocked(r *record, d int) {
+	if r.owner == "" {
+		return
+	}
+	n := c.counts[r.owner]
+	if n == nil {
+		n = new([statusSlots]int)
+		c.counts[r.owner] = n
+	}
+	n[slot(r.status)] += d
+}
+
+// get returns a copy of the record of id.
+func (c *catalog) get(id string) (record, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	r, ok := c.byID.Get(&record{id: id})
+	if !ok {
+		return record{}, false
+	}
+	return *r, true
+}
+
+// setOwner records owners/<id> (owner "" deletes the instance).
+func (c *catalog) setOwner(id, owner string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r, ok := c.byID.Get(&record{id: id})
+	if owner == "" {
+		if ok {
+			c.countLocked(r, -1)
+			c.byID.Delete(r)
+		}
+		return
+	}
+	if !ok {
+		r = &record{id: id}
+		c.byID.ReplaceOrInsert(r)
+	} else {
+		c.countLocked(r, -1)
+	}
+	r.owner = owner
+	c.countLocked(r, +1)
+}
+
+// setStatus records status/<id>; a status of an instance with no owner
+// (its owners key not seen yet) is kept for when it comes.
+func (c *catalog) setStatus(id string, st health.Status, since time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r, ok := c.byID.Get(&record{id: id})
+	if !ok {
+		r = &record{id: id}
+		c.byID.ReplaceOrInsert(r)
+	}
+	c.countLocked(r, -1)
+	r.status, r.since = st, since
+	c.countLocked(r, +1)
+}
+
+// setMember records members/<name> and alive/<name>.
+func (c *catalog) setMember(m member, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	old, ok := c.members[m.Name]
+	if ok {
+		m.up, m.since = old.up, old.since
+	} else {
+		m.since = now
+	}
+	c.members[m.Name] = &m
+}
+
+// setUp records a node going up or down; it reports whether that changed.
+func (c *catalog) setUp(name string, up bool, now time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m, ok := c.members[name]
+	if !ok {
+		m = &member{Name: name, since: now}
+		c.members[name] = m
+	}
+	if m.up == up && ok {
+		return false
+	}
+	m.up, m.since = up, now
+	close(c.changed)
+	c.changed = make(chan struct{})
+	return true
+}
+
+// isUp reports whether a node is up.
+func (c *catalog) isUp(name string) bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	m, ok := c.members[name]
+	return ok && m.up
+}
+
+func (c *catalog) member(name string) (member, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	m, ok := c.members[name]
+	if !ok {
+		return member{}, false
+	}
+	return *m, true
+}
+
+// membersNow returns every member, and a channel closed at the next change.
+func (c *catalog) membersNow() ([]member, <-chan struct{}) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := make([]member, 0, len(c.members))
+	for _, m := range c.members {
+		out = append(out, *m)
+	}
+	return out, c.changed
+}
+
+// shownStatus is a record's status as the fleet shows it: unknown when its
+// owner is down.
+func (c *catalog) shownLocked(r *record) health.Status {
+	if m, ok := c.members[r.owner]; !ok || !m.up {
+		return health.StatusUnknown
+	}
+	if r.status == "" {
+		return health.StatusStarting
+	}
+	return r.status
+}
+
+// summary counts the fleet's instances by shown status, in all and per node.
+func (c *catalog) summary() (map[health.Status]int, map[string]map[health.Status]int) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	total := map[health.Status]int{}
+	for _, st := range health.Statuses {
+		total[st] = 0
+	}
+	perNode := map[string]map[health.Status]int{}
+	for name := range c.members {
+		perNode[name] = map[health.Status]int{}
+		for _, st := range health.Statuses {
+			perNode[name][st] = 0
+		}
+	}
+	for owner, n := range c.counts {
+		node := perNode[owner]
+		if node == nil {
+			node = map[health.Status]int{}
+			for _, st := range health.Statuses {
+				node[st] = 0
+			}
+			perNode[owner] = node
+		}
+		up := false
+		if m, ok := c.members[owner]; ok {
+			up = m.up
+		}
+		for i, k := range n {
+			st := health.StatusStarting // published nothing yet: registered moments ago
+			if i < len(health.Statuses) {
+				st = health.Statuses[i]
+			}
+			if !up {
+				st = health.StatusUnknown
+			}
+			node[st] += k
+			total[st] += k
+		}
+	}
+	return total, perNode
+}
+
+// page returns up to limit records after the id cursor whose shown status
+// is in statuses (all when empty), with their shown status, and whether
+// more follow.
+func (c *catalog) page(statuses []health.Status, after string, limit int) (recs []record, shown []health.Status, more bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	visit := func(r *record) bool {
+		if r.id <= after && after != "" {
+			return true
+		}
+		if r.owner == "" {
+			return true // a status whose owner key is not here yet
+		}
+		st := c.shownLocked(r)
+		if len(statuses) > 0 && !contains(statuses, st) {
+			return true
+		}
+		if len(recs) == limit {
+			more = true
+			return false
+		}
+		recs = append(recs, *r)
+		shown = append(shown, st)
+		return true
+	}
+	if after == "" {
+		c.byID.Ascend(visit)
+	} else {
+		c.byID.AscendGreaterOrEqual(&record{id: after}, visit)
+	}
+	return recs, shown, more
+}
+
+// ownedBy returns the ids a node owns.
+func (c *catalog) ownedBy(node string) []string {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	var ids []string
+	c.byID.Ascend(func(r *record) bool {
+		if r.owner == node {
+			ids = append(ids, r.id)
+		}
+		return true
+	})
+	return ids
+}
+
+// instances counts the instances a node owns.
+func (c *catalog) instances(node string) int {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	n := 0
+	if k := c.counts[node]; k != nil {
+		for _, v := range k {
+			n += v
+		}
+	}
+	return n
+}
+
+func contains(set []health.Status, st health.Status) bool {
+	for _, s := range set {
+		if s == st {
+			return true
+		}
+	}
+	return false
+}
