@@ -76,6 +76,7 @@ type instanceActor struct {
 	inst       *health.Instance // the applied spec; shared with the entry, never mutated
 	nextCheck  time.Time
 	waiters    []*actor.PID
+	handoffTo  *actor.PID // waits for the probe in flight to hand the actor over
 
 	cfg   health.Config
 	saved health.Progress // progress in the last snapshot
@@ -120,6 +121,13 @@ func (a *instanceActor) Receive(ctx actor.Context) {
 	case *probeNow:
 		a.probeNow(ctx)
 	case *handoff:
+		if a.probeToken != 0 && a.runs() {
+			// the probe in flight finishes first: the target saw it, and
+			// the next node must not probe sooner than this one would have
+			a.handoffTo = ctx.Sender()
+			a.stopTimer(ctx)
+			return
+		}
 		ctx.Respond(a.handOff())
 	case *actor.Restarting:
 		a.halt(errRestarted)
@@ -288,15 +296,10 @@ func (a *instanceActor) transition(tr health.Transition) {
 	})
 }
 
-// handOff stops probing for good and returns the state to hand over: its
-// next check is the due probe, or, with a probe in flight (now aborted, its
-// result never applied), the pause after it, so that the next node does not
-// probe sooner than this one would have.
+// handOff stops probing for good and returns the state to hand over, whose
+// next check is the probe this actor would have run next.
 func (a *instanceActor) handOff() *Snapshot {
 	next := a.nextCheck
-	if a.probeToken != 0 && a.runs() {
-		next = a.due.Add(a.late).Add(health.NextDelay(a.cfg.Policy, a.st.Status))
-	}
 	a.halt(ErrNotFound)
 	a.closeProber()
 	a.nextCheck = next
@@ -388,6 +391,10 @@ func (a *instanceActor) halt(err error) {
 	a.rearm(nil)
 	a.abortProbe()
 	a.failWaiters(err)
+	if to := a.handoffTo; to != nil && err != nil {
+		a.handoffTo = nil
+		a.s.root.Send(to, err)
+	}
 }
 
 func (a *instanceActor) failWaiters(err error) {
@@ -666,6 +673,10 @@ func (a *instanceActor) finishProbe(ctx actor.Context, r health.Result, waited t
 			ctx.Send(w, reply)
 		}
 		a.waiters = nil
+	}
+	if to := a.handoffTo; to != nil {
+		a.handoffTo = nil
+		ctx.Send(to, a.handOff())
 	}
 }
 

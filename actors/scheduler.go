@@ -185,7 +185,8 @@ type Scheduler struct {
 type entry struct {
 	id   string
 	mu   sync.Mutex // serializes changes of this instance's spec
-	pid  *actor.PID
+	// the actor, once spawned (while mu is held by whoever spawns it)
+	pid  atomic.Pointer[actor.PID]
 	spec atomic.Pointer[health.Instance]
 	// the actor's mailbox, set as it is spawned, before its first message;
 	// its timer wakes it
@@ -316,7 +317,7 @@ func (s *Scheduler) spawnAll(entries []*entry) error {
 		if r.errs[i] != nil {
 			return fmt.Errorf("actors: spawn %s: %w", e.id, r.errs[i])
 		}
-		e.pid = r.pids[i]
+		e.pid.Store(r.pids[i])
 	}
 	return nil
 }
@@ -325,7 +326,7 @@ func (s *Scheduler) childGaveUp(pid *actor.PID) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	for _, e := range s.entries {
-		if e.pid != nil && e.pid.Equal(pid) {
+		if p := e.pid.Load(); p != nil && p.Equal(pid) {
 			e.dead.Store(true)
 		}
 	}
@@ -336,6 +337,23 @@ func (s *Scheduler) lookup(id string) *entry {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return s.entries[id]
+}
+
+// spawned returns the entry of id once its actor is spawned: an entry being
+// registered is waited for (its registration holds its lock), one whose
+// registration failed is nil.
+func (s *Scheduler) spawned(id string) *entry {
+	e := s.lookup(id)
+	if e == nil || e.pid.Load() != nil {
+		return e
+	}
+	e.mu.Lock()
+	gone := e.gone
+	e.mu.Unlock()
+	if gone || e.pid.Load() == nil {
+		return nil
+	}
+	return e
 }
 
 // entryOf is the registry entry of an instance actor's PID (named
@@ -488,8 +506,8 @@ func (s *Scheduler) Remove(ctx context.Context, id string) error {
 		return err
 	}
 	e.gone = true
-	if e.pid != nil {
-		_ = s.root.StopFuture(e.pid).Wait()
+	if pid := e.pid.Load(); pid != nil {
+		_ = s.root.StopFuture(pid).Wait()
 	}
 	// a snapshot queued by the stopping actor must not outlive the delete
 	if err := s.opt.store.DeleteInstance(ctx, id); err != nil {
@@ -512,7 +530,11 @@ func (s *Scheduler) askRaw(e *entry, msg any, timeout time.Duration) (any, error
 	if e.dead.Load() {
 		return nil, ErrActorStopped
 	}
-	res, err := s.root.RequestFuture(e.pid, msg, timeout).Result()
+	pid := e.pid.Load()
+	if pid == nil {
+		return nil, ErrNotFound // never spawned: its registration failed
+	}
+	res, err := s.root.RequestFuture(pid, msg, timeout).Result()
 	switch {
 	case errors.Is(err, actor.ErrDeadLetter):
 		if e.dead.Load() {
@@ -536,7 +558,7 @@ func (s *Scheduler) Get(ctx context.Context, id string) (Info, error) {
 	if s.closed.Load() {
 		return Info{}, ErrClosed
 	}
-	e := s.lookup(id)
+	e := s.spawned(id)
 	if e == nil {
 		return Info{}, ErrNotFound
 	}
@@ -616,7 +638,7 @@ func (s *Scheduler) Ready() bool {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	for _, e := range s.entries {
-		if _, ok := e.published(); e.pid == nil || e.dead.Load() || !ok {
+		if _, ok := e.published(); e.pid.Load() == nil || e.dead.Load() || !ok {
 			return false
 		}
 	}
@@ -642,7 +664,7 @@ func (s *Scheduler) ProbeNow(ctx context.Context, id string) (health.Result, Inf
 	if s.closed.Load() {
 		return health.Result{}, Info{}, ErrClosed
 	}
-	e := s.lookup(id)
+	e := s.spawned(id)
 	if e == nil {
 		return health.Result{}, Info{}, ErrNotFound
 	}
@@ -784,8 +806,9 @@ type Handoff struct {
 var ErrExists = errors.New("actors: the instance is already running here")
 
 // Detach stops an instance's actor and returns its state, leaving its data
-// in the store: it is no longer listed, probed or counted, and nothing of it
-// runs once Detach returns. Attach brings it back; Discard deletes what is
+// in the store: a probe in flight finishes first (its result is part of the
+// state), then the instance is no longer listed, probed or counted, and
+// nothing of it runs once Detach returns. Attach brings it back; Discard deletes what is
 // stored.
 func (s *Scheduler) Detach(ctx context.Context, id string) (Handoff, error) {
 	if s.closed.Load() {
@@ -800,13 +823,17 @@ func (s *Scheduler) Detach(ctx context.Context, id string) (Handoff, error) {
 	if e.gone {
 		return Handoff{}, ErrNotFound
 	}
-	res, err := s.askRaw(e, &handoff{}, s.opt.askTimeout)
+	timeout := s.opt.askTimeout // and the probe in flight, which finishes first
+	if p := e.spec.Load().HealthCheck; p != nil {
+		timeout += p.Timeout
+	}
+	res, err := s.askRaw(e, &handoff{}, timeout)
 	if err != nil {
 		return Handoff{}, err
 	}
 	snap := res.(*Snapshot)
 	e.gone = true
-	_ = s.root.StopFuture(e.pid).Wait()
+	_ = s.root.StopFuture(e.pid.Load()).Wait()
 	s.unregister(id, e)
 	in := *e.spec.Load()
 	s.log.Info().Str("instance_id", id).Msg("instance_detached")

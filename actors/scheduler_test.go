@@ -274,7 +274,7 @@ func TestProbeNowJoinsInFlightProbe(t *testing.T) {
 	h.put("vm-1", `{"state":"Running","network":{"ip":"127.0.0.1"},"health_check":{"tcp":{"port":1},"timeout":"5s"}}`)
 	// three requests in the actor's mailbox before the probe may end: the
 	// first starts it, the others must join it
-	pid := h.s.lookup("vm-1").pid
+	pid := h.s.lookup("vm-1").pid.Load()
 	var futures []*actor.Future
 	for range 3 {
 		futures = append(futures, h.s.root.RequestFuture(pid, &probeNow{}, 10*time.Second))

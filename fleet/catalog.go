@@ -15,6 +15,7 @@ import (
 type record struct {
 	id     string
 	owner  string
+	rev    int64 // etcd revision of the owner key as applied
 	status health.Status // "" until the owner published one
 	since  time.Time
 }
@@ -82,17 +83,24 @@ func (c *catalog) get(id string) (record, bool) {
 	return *r, true
 }
 
-// setOwner records owners/<id> (owner "" deletes the instance).
-func (c *catalog) setOwner(id, owner string) {
+// setOwner records owners/<id> as of etcd revision rev (owner "" deletes
+// the instance). What this node learns from its own transactions and from
+// the watch can arrive in either order: an older revision never overwrites
+// a newer one.
+// It reports whether it applied the change.
+func (c *catalog) setOwner(id, owner string, rev int64) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	r, ok := c.byID.Get(&record{id: id})
+	if ok && rev < r.rev {
+		return false
+	}
 	if owner == "" {
 		if ok {
 			c.countLocked(r, -1)
 			c.byID.Delete(r)
 		}
-		return
+		return true
 	}
 	if !ok {
 		r = &record{id: id}
@@ -100,8 +108,9 @@ func (c *catalog) setOwner(id, owner string) {
 	} else {
 		c.countLocked(r, -1)
 	}
-	r.owner = owner
+	r.owner, r.rev = owner, rev
 	c.countLocked(r, +1)
+	return true
 }
 
 // setStatus records status/<id>; a status of an instance with no owner

@@ -88,7 +88,8 @@ func (n *Node) serve(msg proto.Message) *peer.Reply {
 		if !m.History {
 			info.Health.History = nil
 		}
-		info.Node, body = n.cfg.Name, info
+		info.Node = n.cfg.Name
+		body = info
 	case *peer.GetMany:
 		infos := make([]actors.Info, 0, len(m.Ids))
 		for _, id := range m.Ids {
@@ -101,7 +102,8 @@ func (n *Node) serve(msg proto.Message) *peer.Reply {
 	case *peer.Patch:
 		var info actors.Info
 		info, err = sched.Patch(ctx, m.Id, m.Patch)
-		info.Node, body = n.cfg.Name, info
+		info.Node = n.cfg.Name
+		body = info
 	case *peer.Delete:
 		err = n.removeLocal(ctx, m.Id)
 	case *peer.Probe:
@@ -146,7 +148,13 @@ func (n *Node) ask(ctx context.Context, node, op string, msg proto.Message) (*pe
 		return nil, unavailable("no node named %s in the fleet", node)
 	}
 	if !m.up {
-		return nil, &Error{Status: 503, Code: "node_down", Owner: node, Message: "node " + node + " is down"}
+		return nil, &Error{Status: 503, Code: NodeReason, Owner: node, Message: "node " + node + " is down"}
+	}
+	n.unreachableMu.Lock()
+	until, dropped := n.unreachable[m.Peer]
+	n.unreachableMu.Unlock()
+	if dropped && time.Now().Before(until) {
+		return nil, &Error{Status: 503, Code: Unreachable, Owner: node, Message: "node " + node + " is unreachable: its connection dropped"}
 	}
 	timeout := DefaultPeerWait
 	if dl, ok := ctx.Deadline(); ok {

@@ -110,7 +110,6 @@ func (n *Node) moveLocal(ctx context.Context, id, to string) (actors.Info, error
 		return back(errors.New("this node no longer owned it in etcd"))
 	}
 	result = "moved"
-	n.cat.setOwner(id, to)
 	if err := sched.Discard(context.WithoutCancel(ctx), id); err != nil {
 		n.log.Warn().Err(err).Str("instance_id", id).Msg("fleet_discard_failed")
 	}
@@ -153,9 +152,9 @@ func (n *Node) stage(ctx context.Context, m *peer.Stage) error {
 	n.stagedMu.Lock()
 	n.staged[m.Id] = h
 	n.stagedMu.Unlock()
-	// the transaction cannot have happened yet, but a watch event of it
-	// before this line would have found nothing staged: look again
-	if r, ok := n.cat.get(m.Id); ok && r.owner == n.cfg.Name {
+	// the move's transaction comes after this answer, so etcd cannot say
+	// this node owns it yet; if it does, a watch event found nothing staged
+	if owner, err := n.ownerFromEtcd(ctx, m.Id); err == nil && owner == n.cfg.Name {
 		n.ownerChanged(m.Id, n.cfg.Name)
 	}
 	return nil

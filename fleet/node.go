@@ -39,6 +39,7 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -55,6 +56,9 @@ const (
 	etcdDialTimeout  = 3 * time.Second
 	etcdOpTimeout    = 3 * time.Second
 	aliveCheckPeriod = time.Second
+	// unreachableFor is how long a peer whose connection dropped is not
+	// asked
+	unreachableFor = time.Second
 )
 
 // Keys under the prefix.
@@ -112,6 +116,10 @@ type Node struct {
 	unresolvedMu sync.Mutex
 	unresolved   map[string]unresolvedMove // moves whose outcome etcd has not told yet
 
+	// peers whose connection dropped: asked again only after the time set
+	unreachableMu sync.Mutex
+	unreachable   map[string]time.Time // peer address → until
+
 	joined atomic.Bool
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -143,15 +151,19 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("--peer-listen %q must be host:port with a host to advertise and a port", cfg.PeerListen)
 	}
 	cli, err := clientv3.New(clientv3.Config{Endpoints: cfg.Etcd, DialTimeout: etcdDialTimeout, Logger: zap.NewNop(),
-		// a node must notice a dead etcd connection quickly
-		DialKeepAliveTime: 2 * time.Second, DialKeepAliveTimeout: 2 * time.Second})
+		// a node must notice a dead etcd connection quickly, and find etcd
+		// again within a second of its return (gRPC's default backoff
+		// grows to two minutes)
+		DialKeepAliveTime: 2 * time.Second, DialKeepAliveTimeout: 2 * time.Second,
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{MinConnectTimeout: time.Second,
+			Backoff: backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second}})}})
 	if err != nil {
 		return nil, fmt.Errorf("fleet: etcd %v: %w", cfg.Etcd, err)
 	}
 	nctx, cancel := context.WithCancel(context.Background())
 	n := &Node{cfg: cfg, log: cfg.Log.With().Str("component", "fleet").Logger(), etcd: cli, cat: newCatalog(),
 		staged: map[string]actors.Handoff{}, moves: map[string]chan struct{}{}, unresolved: map[string]unresolvedMove{},
-		bootOwned: map[string]bool{}, ctx: nctx, cancel: cancel}
+		bootOwned: map[string]bool{}, unreachable: map[string]time.Time{}, ctx: nctx, cancel: cancel}
 	n.metrics = newMetrics(n, cfg.Registerer)
 	if err := n.load(ctx); err != nil {
 		cancel()
@@ -196,7 +208,7 @@ func (n *Node) load(ctx context.Context) error {
 		if err == nil {
 			now := time.Now()
 			for _, kv := range resp.Kvs {
-				n.apply(string(kv.Key), kv.Value, false, now)
+				n.apply(string(kv.Key), kv.Value, false, kv.ModRevision, now)
 			}
 			n.cat.rev = resp.Header.Revision
 			for _, id := range n.cat.ownedBy(n.cfg.Name) {
@@ -219,11 +231,12 @@ func (n *Node) load(ctx context.Context) error {
 }
 
 // apply records one key of the fleet in the catalog (deleted: its value is
-// gone). It reports membership changes for the watch.
-func (n *Node) apply(key string, value []byte, deleted bool, now time.Time) {
+// gone) as of etcd revision rev. It reports whether an owner key changed
+// what the catalog knew (an older revision than it holds does not).
+func (n *Node) apply(key string, value []byte, deleted bool, rev int64, now time.Time) (ownerChanged bool) {
 	rest, ok := strings.CutPrefix(key, n.cfg.Prefix)
 	if !ok {
-		return
+		return false
 	}
 	switch {
 	case strings.HasPrefix(rest, keyOwners):
@@ -232,12 +245,12 @@ func (n *Node) apply(key string, value []byte, deleted bool, now time.Time) {
 		if deleted {
 			owner = ""
 		}
-		n.cat.setOwner(id, owner)
+		return n.cat.setOwner(id, owner, rev)
 	case strings.HasPrefix(rest, keyStatus):
 		id := strings.TrimPrefix(rest, keyStatus)
 		if deleted {
 			n.cat.setStatus(id, "", time.Time{})
-			return
+			return false
 		}
 		var s statusRecord
 		if json.Unmarshal(value, &s) == nil {
@@ -259,6 +272,7 @@ func (n *Node) apply(key string, value []byte, deleted bool, now time.Time) {
 			ev.Str("node", name).Msg(msg)
 		}
 	}
+	return false
 }
 
 // statusRecord is the value of status/<id>.
@@ -345,12 +359,12 @@ func (n *Node) claim(ctx context.Context, id string) error {
 		return unavailable("etcd did not answer: the ownership of %s cannot be recorded: %v", id, err)
 	}
 	if resp.Succeeded {
-		n.cat.setOwner(id, n.cfg.Name)
+		n.cat.setOwner(id, n.cfg.Name, resp.Header.Revision)
 		return nil
 	}
 	if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
 		owner := string(kvs[0].Value)
-		n.cat.setOwner(id, owner)
+		n.cat.setOwner(id, owner, kvs[0].ModRevision)
 		if owner == n.cfg.Name {
 			return nil
 		}
@@ -364,13 +378,15 @@ func (n *Node) release(ctx context.Context, id string) {
 	octx, done := n.op("release")
 	defer done()
 	k := n.key(keyOwners, id)
-	_, err := n.etcd.Txn(octx).If(clientv3.Compare(clientv3.Value(k), "=", n.cfg.Name)).
+	resp, err := n.etcd.Txn(octx).If(clientv3.Compare(clientv3.Value(k), "=", n.cfg.Name)).
 		Then(clientv3.OpDelete(k), clientv3.OpDelete(n.key(keyStatus, id))).Commit()
 	if err != nil {
 		n.log.Warn().Err(err).Str("instance_id", id).Msg("fleet_release_failed")
 		return
 	}
-	n.cat.setOwner(id, "")
+	if resp.Succeeded {
+		n.cat.setOwner(id, "", resp.Header.Revision)
+	}
 }
 
 func (n *Node) putMember(ctx context.Context) error {
@@ -485,8 +501,8 @@ func (n *Node) watch() {
 			now := time.Now()
 			for _, ev := range resp.Events {
 				key := string(ev.Kv.Key)
-				n.apply(key, ev.Kv.Value, ev.Type == clientv3.EventTypeDelete, now)
-				if ev.Type == clientv3.EventTypePut && strings.HasPrefix(key, n.key(keyOwners)) {
+				applied := n.apply(key, ev.Kv.Value, ev.Type == clientv3.EventTypeDelete, ev.Kv.ModRevision, now)
+				if applied && ev.Type == clientv3.EventTypePut && strings.HasPrefix(key, n.key(keyOwners)) {
 					n.ownerChanged(strings.TrimPrefix(key, n.key(keyOwners)), string(ev.Kv.Value))
 				}
 			}
@@ -587,6 +603,21 @@ func (n *Node) listen(host string, port int) (err error) {
 	}()
 	n.remote = remote.NewRemote(n.system, cfg)
 	n.remote.Start()
+	// a peer whose connection drops is not waited for until its lease says
+	// whether it is gone: requests fail at once for a while, answered with
+	// what the fleet knows (the event stream's handler only hands off)
+	n.system.EventStream.Subscribe(func(ev any) {
+		switch e := ev.(type) {
+		case *remote.EndpointTerminatedEvent:
+			n.unreachableMu.Lock()
+			n.unreachable[e.Address] = time.Now().Add(unreachableFor)
+			n.unreachableMu.Unlock()
+		case *remote.EndpointConnectedEvent:
+			n.unreachableMu.Lock()
+			delete(n.unreachable, e.Address)
+			n.unreachableMu.Unlock()
+		}
+	})
 	_, err = n.root.SpawnNamed(actor.PropsFromProducer(func() actor.Actor { return &gateway{n: n} }), gatewayName)
 	return err
 }

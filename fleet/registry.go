@@ -24,9 +24,13 @@ func (n *Node) Registry() *Registry { return &Registry{n: n} }
 
 func (r *Registry) sched() *actors.Scheduler { return r.n.sched.Load() }
 
-// NodeReason is the reason of a status the fleet answers for a node that is
-// down.
-const NodeReason = "node_down"
+// Reasons of a status the fleet answers for a node it cannot ask: down
+// (its lease expired) or unreachable (its connection dropped, its lease not
+// expired yet).
+const (
+	NodeReason  = "node_down"
+	Unreachable = "node_unreachable"
+)
 
 // owner returns the node that owns id, "" for none. The catalog answers
 // first; when it knows nothing, etcd does (a registration on another node
@@ -126,8 +130,10 @@ func (r *Registry) Get(ctx context.Context, id string) (actors.Info, error) {
 		return r.n.call(ctx, owner, "get", &peer.Get{Id: id, History: true}, &info)
 	})
 	var e *Error
-	if errors.As(err, &e) && e.Code == NodeReason {
-		return r.n.downInfo(id), nil
+	if errors.As(err, &e) && (e.Code == NodeReason || e.Code == Unreachable) {
+		info := r.n.downInfo(id)
+		info.Health.Reason = e.Code
+		return info, nil
 	}
 	return info, err
 }
@@ -199,7 +205,7 @@ func (n *Node) ownerFromEtcd(ctx context.Context, id string) (string, error) {
 		return "", err
 	}
 	owner := string(resp.Kvs[0].Value)
-	n.cat.setOwner(id, owner)
+	n.cat.setOwner(id, owner, resp.Kvs[0].ModRevision)
 	return owner, nil
 }
 
@@ -362,7 +368,7 @@ func (r *Registry) FleetList(ctx context.Context, statuses []health.Status, afte
 			if !n.cat.isUp(rec.owner) || failed != nil {
 				// its owner did not answer in time: say what is known
 				info = n.downInfo(rec.id)
-				info.Health.Reason = "node_unreachable"
+				info.Health.Reason = Unreachable
 			} else {
 				continue // deleted meanwhile
 			}
@@ -413,6 +419,9 @@ func (n *Node) txnOwner(ctx context.Context, id, to string) (bool, error) {
 		Then(clientv3.OpPut(k, to)).Commit()
 	if err != nil {
 		return false, err
+	}
+	if resp.Succeeded {
+		n.cat.setOwner(id, to, resp.Header.Revision)
 	}
 	return resp.Succeeded, nil
 }
