@@ -325,7 +325,7 @@ func TestFleet(t *testing.T) {
 		began := time.Now()
 		for i := range 100 {
 			id := ids[i%len(ids)]
-			via := nodes[(i/len(ids))%3]       // asked of any node
+			via := nodes[(i/len(ids))%3]         // asked of any node
 			to := nodes[(i/len(ids)+i+1)%3].name // somewhere else, mostly
 			in, err := via.c.Move(ctx, id, to)
 			require.NoError(t, err, "move %d of %s to %s via %s", i, id, to, via.name)

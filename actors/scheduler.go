@@ -183,8 +183,8 @@ type Scheduler struct {
 // entry is the registry's record of one instance, shared by the scheduler
 // and the instance's actor.
 type entry struct {
-	id   string
-	mu   sync.Mutex // serializes changes of this instance's spec
+	id string
+	mu sync.Mutex // serializes changes of this instance's spec
 	// the actor, once spawned (while mu is held by whoever spawns it)
 	pid  atomic.Pointer[actor.PID]
 	spec atomic.Pointer[health.Instance]

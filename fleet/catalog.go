@@ -15,7 +15,7 @@ import (
 type record struct {
 	id     string
 	owner  string
-	rev    int64 // etcd revision of the owner key as applied
+	rev    int64         // etcd revision of the owner key as applied
 	status health.Status // "" until the owner published one
 	since  time.Time
 }
@@ -37,7 +37,7 @@ type catalog struct {
 	byID    *btree.BTreeG[*record]
 	members map[string]*member
 	counts  map[string]*[statusSlots]int // owner → records by status
-	rev     int64                         // etcd revision applied
+	rev     int64                        // etcd revision applied
 	// changes of membership, for event streams (closed and replaced on
 	// every change)
 	changed chan struct{}

@@ -248,4 +248,3 @@ func (n *Node) followNode(ctx context.Context, name string, after uint64, known 
 }
 
 var errNodeDown = errors.New("fleet: node is down")
-

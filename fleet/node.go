@@ -19,10 +19,10 @@ package fleet
 import (
 	"context"
 	"crypto/subtle"
-	"log/slog"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"regexp"
 	"strconv"
