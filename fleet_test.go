@@ -455,6 +455,53 @@ func TestFleet(t *testing.T) {
 		assert.Equal(t, "n2", deref(in.Node))
 	})
 
+	t.Run("metrics", func(t *testing.T) {
+		m, err := n1.c.Metrics(ctx)
+		require.NoError(t, err)
+		for _, name := range []string{`vigil_fleet_nodes{state="up"} 3`, `vigil_fleet_nodes{state="down"} 0`,
+			`vigil_fleet_forwarded_seconds_bucket{op="get",outcome="ok"`, `vigil_fleet_moves_total{result="moved"}`,
+			`vigil_fleet_etcd_seconds_bucket{op="claim"`} {
+			assert.Contains(t, string(m), name)
+		}
+	})
+
+	t.Run("a node without the fleet's secret is refused", func(t *testing.T) {
+		bin, err := vigilbin.Path()
+		require.NoError(t, err)
+		dir := t.TempDir()
+		peer := freePortOn(t, "127.0.0.4")
+		cmd := exec.Command(bin, "serve", "--listen", "127.0.0.4:0", "--data-dir", dir, "--etcd", e.url, "--node", "n4",
+			"--peer-listen", fmt.Sprintf("127.0.0.4:%d", peer), "--peer-token", "not-the-secret")
+		out, err := cmd.StderrPipe()
+		require.NoError(t, err)
+		require.NoError(t, cmd.Start())
+		defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+		sc := bufio.NewScanner(out)
+		api := ""
+		for api == "" && sc.Scan() {
+			var line struct{ Message, Listen string }
+			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Message == "serving" {
+				api = line.Listen
+			}
+		}
+		go func() {
+			for sc.Scan() { //nolint:revive // drain its log
+			}
+		}()
+		c4, err := client.New(api)
+		require.NoError(t, err)
+		require.Eventually(t, func() bool { return c4.Ready(ctx) == nil }, 10*time.Second, 20*time.Millisecond)
+		_, err = c4.Probe(ctx, "vm-a")
+		var ae *client.Error
+		require.ErrorAs(t, err, &ae, "n1 refuses n4's request")
+		assert.Equal(t, http.StatusServiceUnavailable, ae.Status)
+		_, _, err = c4.Put(ctx, "vm-n4", target.instance("vm-n4", "1s"))
+		require.NoError(t, err)
+		_, err = n1.c.Probe(ctx, "vm-n4")
+		require.ErrorAs(t, err, &ae, "n4 refuses n1's request")
+		assert.Equal(t, http.StatusServiceUnavailable, ae.Status)
+	})
+
 	stopStream()
 	evMu.Lock()
 	seqs := map[string][]int64{}

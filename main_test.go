@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"github.com/vigilhq/vigil/fleet"
 )
 
 func TestVersionAndUsage(t *testing.T) {
@@ -56,4 +58,31 @@ func TestServeReportsLockedDataDir(t *testing.T) {
 	// an unusable directory gives a clear error and a non-zero exit
 	assert.Equal(t, 1, run([]string{"serve", "--listen", "127.0.0.1:0", "--data-dir", dir + "/\x00bad"}, &out, &errOut))
 	assert.Contains(t, errOut.String(), "data directory")
+}
+
+func TestFleetSettings(t *testing.T) {
+	base := serveConfig{listen: "127.0.0.1:8484", budget: 1, etcd: []string{"http://127.0.0.1:2379"}, node: "n1"}
+	for _, tc := range []struct {
+		mod  func(*serveConfig)
+		want string
+	}{
+		{func(c *serveConfig) { c.peerListen = "127.0.0.2:7946" }, ""},
+		{func(c *serveConfig) { c.peerListen = "" }, "--peer-listen is required with --etcd"},
+		{func(c *serveConfig) { c.peerListen = "10.0.0.5:7946" }, "--peer-listen 10.0.0.5:7946 is not a loopback address: set --peer-token"},
+		{func(c *serveConfig) { c.peerListen = "10.0.0.5:7946"; c.peerToken = "s" }, ""},
+		{func(c *serveConfig) { c.peerListen = "127.0.0.1:7946"; c.node = "Node_1" }, `--node "Node_1" must be 1-63 characters`},
+		{func(c *serveConfig) { c.peerListen = "nope" }, `--peer-listen "nope" must be host:port`},
+		{func(c *serveConfig) { c.etcd = nil; c.node = "Bad!" }, ""}, // without --etcd the fleet flags are not read
+	} {
+		c := base
+		tc.mod(&c)
+		err := c.check()
+		if tc.want == "" {
+			assert.NoError(t, err, "%+v", c)
+			continue
+		}
+		require.Error(t, err, "%+v", c)
+		assert.Contains(t, err.Error(), tc.want)
+	}
+	assert.NoError(t, fleet.ValidName(defaultNodeName()), "the host name makes a valid node name")
 }

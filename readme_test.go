@@ -14,6 +14,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/vigilhq/vigil/internal/vigilbin"
 )
 
 // codeBlock returns the body of the first fenced block of the given
@@ -98,4 +99,46 @@ func TestReadmeTourRuns(t *testing.T) {
 	}
 	// the resumed stream replayed from seq 2 on: the healthy transition again
 	assert.Equal(t, 2, len(regexp.MustCompile(`"seq":2,`).FindAllString(got, -1)), got)
+}
+
+// TestReadmeFleetTourRuns pastes README's fleet tour into bash, with its
+// ports made free ones: three real nodes and a real etcd.
+func TestReadmeFleetTourRuns(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs etcd, three nodes and the tour (≈ 15 s)")
+	}
+	for _, tool := range []string{"bash", "curl", "python3", "etcd"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("the fleet tour needs %s, which this machine lacks", tool)
+		}
+	}
+	bin, err := vigilbin.Path()
+	require.NoError(t, err)
+	tour := codeBlock(t, "## Running a fleet", "sh")
+	tour = strings.Replace(tour, "make build\n", "", 1)
+	tour = strings.ReplaceAll(tour, "./bin/vigil", bin)
+	for _, port := range []string{"2379", "2380", "9000"} {
+		tour = strings.ReplaceAll(tour, ":"+port, ":"+strconv.Itoa(freePort(t)))
+	}
+	api, peer := strconv.Itoa(freePortOn(t, "127.0.0.1")), strconv.Itoa(freePortOn(t, "127.0.0.1"))
+	tour = strings.ReplaceAll(tour, ":8484", ":"+api)
+	tour = strings.ReplaceAll(tour, ":7946", ":"+peer)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "bash", "-e", "-o", "pipefail", "-c", tour)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err = cmd.Run()
+	require.NoError(t, err, out.String())
+	got := out.String()
+	for _, want := range []string{
+		`"up":true`,
+		`"status":"healthy"`,
+		`"code":"conflict"`,
+		`"node":"node-2"`,
+		`"reason":"node_down"`,
+		`"last_known_status":"healthy"`,
+	} {
+		assert.Contains(t, got, want)
+	}
 }
