@@ -8,7 +8,7 @@ PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 OAPI_CODEGEN       := github.com/oapi-codegen/oapi-codegen/v2/cmd/oapi-codegen@v2.8.2
 TOOLS              := $(CURDIR)/bin/tools
 
-.PHONY: run build test check bench bench-persistence bench-scale bench-api bench-exec bench-smoke bench-fleet fmt vet tidy-check clean generate generate-client generate-proto generate-check tools
+.PHONY: run build test check bench bench-persistence bench-scale bench-api bench-exec bench-smoke bench-fleet bench-fleet-nodes fmt vet tidy-check clean generate generate-client generate-proto generate-check tools
 
 ## run: build and start `vigil serve` on 127.0.0.1:8484 with its data in ./vigil-data
 run: build
@@ -33,7 +33,7 @@ tools:
 	GOBIN=$(TOOLS) $(GO) install $(OAPI_CODEGEN)
 
 ## generate: regenerate the Go client's types and calls from api/openapi.json, and
-## probes/guest from guest.proto (that part needs protoc: Debian's protobuf-compiler)
+## probes/guest and fleet/peer from their .proto (that part needs protoc: Debian's protobuf-compiler)
 generate: generate-client generate-proto
 
 generate-client:
@@ -43,6 +43,7 @@ generate-client:
 generate-proto: tools
 	cd probes/guest && PATH="$(TOOLS):$$PATH" protoc --go_out=. --go_opt=paths=source_relative \
 		--go-grpc_out=. --go-grpc_opt=paths=source_relative guest.proto
+	cd fleet/peer && PATH="$(TOOLS):$$PATH" protoc --go_out=. --go_opt=paths=source_relative peer.proto
 
 ## generate-check: fail when checked-in generated code drifts from its source (the
 ## protobuf part is skipped without protoc)
@@ -51,7 +52,7 @@ generate-check:
 	if ! git diff --exit-code --stat -- client/gen.go; then echo "client/gen.go is out of date: run make generate and commit"; exit 1; fi
 	@if ! command -v protoc >/dev/null; then echo "protoc not installed: skipping the protobuf drift check"; exit 0; fi; \
 	$(MAKE) --no-print-directory generate-proto >/dev/null && \
-	if ! git diff --exit-code --stat -- probes/guest; then echo "probes/guest is out of date: run make generate and commit"; exit 1; fi
+	if ! git diff --exit-code --stat -- probes/guest fleet/peer; then echo "generated protobuf code is out of date: run make generate and commit"; exit 1; fi
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -78,6 +79,11 @@ bench-exec:
 ## bench-smoke: a small mixed fleet through `vigil loadtest` (≤ 60 s); CI runs it
 bench-smoke: build
 	./bin/vigil loadtest --instances 2000 --type mixed --interval 2s --timeout 1s --hung 0.01 --flip 0.05 --duration 20s --json
+
+## bench-fleet-nodes: 10 vigil serve nodes on one etcd, 10 000 TCP instances each at 10 s, beside a
+## standalone node with the same load (≈ 6 minutes; needs etcd)
+bench-fleet-nodes: build
+	./bin/vigil loadtest --fleet-nodes 10 --instances 10000 --interval 10s --flip 0.01 --duration 60s --moves 100 --kills 3 --queries 200
 
 ## bench-fleet: the issue-6 scenarios, as recorded in BENCHMARKS.md (≈ 5 minutes each run)
 bench-fleet: build

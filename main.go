@@ -150,8 +150,16 @@ func loadtestCmd(args []string, stdout, stderr io.Writer) int {
 	cpuProfile := cmd.String("cpuprofile", "", "", "FILE", "write a CPU profile of the measurement window to this file")
 	memProfile := cmd.String("memprofile", "", "", "FILE", "write a heap profile at the end of the run to this file (and one at the start of the measurement to FILE.start)")
 	level := cmd.Choice("log-level", "", "warn", "LEVEL", "debug, info, warn or error", logLevels...)
+	fleetNodes := cmd.Int("fleet-nodes", "", 0, "run N vigil serve nodes on one etcd (and a standalone one to compare), --instances each, TCP")
+	moves := cmd.Int("moves", "", 100, "with --fleet-nodes: moves to time")
+	kills := cmd.Int("kills", "", 3, "with --fleet-nodes: nodes to kill and restart, timing unknown-everywhere")
+	queries := cmd.Int("queries", "", 200, "with --fleet-nodes: fleet summaries and fleet pages to time")
 	if err := cmd.parse(args, stdout, stderr); err != nil {
 		return exit(err)
+	}
+	if *fleetNodes > 0 {
+		return fleetNodesCmd(loadtest.NodesConfig{Nodes: *fleetNodes, PerNode: *instances, Interval: *interval, Timeout: *timeout,
+			Unhealthy: *flip, Window: *duration, Queries: *queries, Moves: *moves, Kills: *kills}, *asJSON, stdout, stderr)
 	}
 	cfg.Instances, cfg.Type, cfg.Interval, cfg.Timeout, cfg.StartPeriod = *instances, *typ, *interval, *timeout, *startPeriod
 	cfg.Hung, cfg.Flip, cfg.Duration, cfg.Store, cfg.DataDir, cfg.Budget = *hung, *flip, *duration, *store, *dataDir, *budget
@@ -215,6 +223,31 @@ func loadtestCmd(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if *asJSON {
+		err = rep.WriteJSON(stdout)
+	} else {
+		err = rep.WriteTable(stdout)
+	}
+	if err != nil {
+		return 1
+	}
+	return 0
+}
+
+func fleetNodesCmd(cfg loadtest.NodesConfig, asJSON bool, stdout, stderr io.Writer) int {
+	bin, err := os.Executable()
+	if err != nil {
+		fmt.Fprintln(stderr, "vigil loadtest:", err)
+		return 1
+	}
+	cfg.Binary, cfg.Progress = bin, stderr
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	rep, err := loadtest.RunNodes(ctx, cfg)
+	if err != nil {
+		fmt.Fprintln(stderr, "vigil loadtest:", err)
+		return 1
+	}
+	if asJSON {
 		err = rep.WriteJSON(stdout)
 	} else {
 		err = rep.WriteTable(stdout)

@@ -862,12 +862,20 @@ func (s *Scheduler) Stage(ctx context.Context, h Handoff) error {
 // next probe at the snapshot's NextCheckAt (at once when that has passed).
 // Attaching emits no transition.
 func (s *Scheduler) Attach(ctx context.Context, h Handoff) (Info, error) {
-	id := h.Instance.ID
-	if err := health.ValidateID(id); err != nil {
+	if err := health.ValidateID(h.Instance.ID); err != nil {
 		return Info{}, err
 	}
 	if err := s.Stage(ctx, h); err != nil {
 		return Info{}, err
+	}
+	return s.AttachStaged(ctx, h)
+}
+
+// AttachStaged is Attach of an instance that Stage has already stored.
+func (s *Scheduler) AttachStaged(ctx context.Context, h Handoff) (Info, error) {
+	id := h.Instance.ID
+	if s.closed.Load() {
+		return Info{}, ErrClosed
 	}
 	s.mu.Lock()
 	if _, exists := s.entries[id]; exists {

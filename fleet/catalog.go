@@ -20,6 +20,17 @@ type record struct {
 	since  time.Time
 }
 
+// item is a record as the catalog keeps it, for a whole fleet's instances
+// on every node: by value in the tree, its one pointer the id, the owner an
+// index into the node names.
+type item struct {
+	id     string
+	rev    int64
+	since  int64  // unix nanoseconds; 0 for none
+	owner  uint16 // index in catalog.names; 0 for none
+	status uint8  // slot of the status; len(health.Statuses) for none
+}
+
 // member is one node of the fleet as etcd knows it.
 type member struct {
 	Name  string    `json:"name"`
@@ -34,10 +45,12 @@ type member struct {
 // node kept as records change. Reads take the read lock.
 type catalog struct {
 	mu      sync.RWMutex
-	byID    *btree.BTreeG[*record]
+	byID    *btree.BTreeG[item]
 	members map[string]*member
-	counts  map[string]*[statusSlots]int // owner → records by status
+	counts  map[uint16]*[statusSlots]int // owner → records by status
 	rev     int64                        // etcd revision applied
+	names   []string                     // node names by index; names[0] is none
+	index   map[string]uint16            // node name → index
 	// changes of membership, for event streams (closed and replaced on
 	// every change)
 	changed chan struct{}
@@ -56,31 +69,54 @@ func slot(st health.Status) int {
 }
 
 func newCatalog() *catalog {
-	return &catalog{byID: btree.NewG(32, func(a, b *record) bool { return a.id < b.id }),
-		members: map[string]*member{}, counts: map[string]*[statusSlots]int{}, changed: make(chan struct{})}
+	return &catalog{byID: btree.NewG(32, func(a, b item) bool { return a.id < b.id }),
+		members: map[string]*member{}, counts: map[uint16]*[statusSlots]int{}, changed: make(chan struct{}),
+		names: []string{""}, index: map[string]uint16{"": 0}}
 }
 
-func (c *catalog) countLocked(r *record, d int) {
-	if r.owner == "" {
+// nodeLocked is the index of a node's name, added when new.
+func (c *catalog) nodeLocked(name string) uint16 {
+	if i, ok := c.index[name]; ok {
+		return i
+	}
+	i := uint16(len(c.names))
+	c.names = append(c.names, name)
+	c.index[name] = i
+	return i
+}
+
+func (c *catalog) countLocked(it item, d int) {
+	if it.owner == 0 {
 		return
 	}
-	n := c.counts[r.owner]
+	n := c.counts[it.owner]
 	if n == nil {
 		n = new([statusSlots]int)
-		c.counts[r.owner] = n
+		c.counts[it.owner] = n
 	}
-	n[slot(r.status)] += d
+	n[it.status] += d
 }
 
-// get returns a copy of the record of id.
+func (c *catalog) recordLocked(it item) record {
+	r := record{id: it.id, owner: c.names[it.owner], rev: it.rev}
+	if int(it.status) < len(health.Statuses) {
+		r.status = health.Statuses[it.status]
+	}
+	if it.since != 0 {
+		r.since = time.Unix(0, it.since).UTC()
+	}
+	return r
+}
+
+// get returns the record of id.
 func (c *catalog) get(id string) (record, bool) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	r, ok := c.byID.Get(&record{id: id})
+	it, ok := c.byID.Get(item{id: id})
 	if !ok {
 		return record{}, false
 	}
-	return *r, true
+	return c.recordLocked(it), true
 }
 
 // setOwner records owners/<id> as of etcd revision rev (owner "" deletes
@@ -91,25 +127,25 @@ func (c *catalog) get(id string) (record, bool) {
 func (c *catalog) setOwner(id, owner string, rev int64) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	r, ok := c.byID.Get(&record{id: id})
-	if ok && rev < r.rev {
+	it, ok := c.byID.Get(item{id: id})
+	if ok && rev < it.rev {
 		return false
 	}
 	if owner == "" {
 		if ok {
-			c.countLocked(r, -1)
-			c.byID.Delete(r)
+			c.countLocked(it, -1)
+			c.byID.Delete(it)
 		}
 		return true
 	}
-	if !ok {
-		r = &record{id: id}
-		c.byID.ReplaceOrInsert(r)
+	if ok {
+		c.countLocked(it, -1)
 	} else {
-		c.countLocked(r, -1)
+		it = item{id: id, status: uint8(len(health.Statuses))}
 	}
-	r.owner, r.rev = owner, rev
-	c.countLocked(r, +1)
+	it.owner, it.rev = c.nodeLocked(owner), rev
+	c.byID.ReplaceOrInsert(it)
+	c.countLocked(it, +1)
 	return true
 }
 
@@ -118,14 +154,18 @@ func (c *catalog) setOwner(id, owner string, rev int64) bool {
 func (c *catalog) setStatus(id string, st health.Status, since time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	r, ok := c.byID.Get(&record{id: id})
-	if !ok {
-		r = &record{id: id}
-		c.byID.ReplaceOrInsert(r)
+	it, ok := c.byID.Get(item{id: id})
+	if ok {
+		c.countLocked(it, -1)
+	} else {
+		it = item{id: id}
 	}
-	c.countLocked(r, -1)
-	r.status, r.since = st, since
-	c.countLocked(r, +1)
+	it.status, it.since = uint8(slot(st)), 0
+	if !since.IsZero() {
+		it.since = since.UnixNano()
+	}
+	c.byID.ReplaceOrInsert(it)
+	c.countLocked(it, +1)
 }
 
 // setMember records members/<name> and alive/<name>.
@@ -188,16 +228,16 @@ func (c *catalog) membersNow() ([]member, <-chan struct{}) {
 	return out, c.changed
 }
 
-// shownStatus is a record's status as the fleet shows it: unknown when its
-// owner is down.
-func (c *catalog) shownLocked(r *record) health.Status {
-	if m, ok := c.members[r.owner]; !ok || !m.up {
+// shownLocked is an item's status as the fleet shows it: unknown when its
+// owner is down, starting before its owner published one.
+func (c *catalog) shownLocked(it item) health.Status {
+	if m, ok := c.members[c.names[it.owner]]; !ok || !m.up {
 		return health.StatusUnknown
 	}
-	if r.status == "" {
+	if int(it.status) >= len(health.Statuses) {
 		return health.StatusStarting
 	}
-	return r.status
+	return health.Statuses[it.status]
 }
 
 // summary counts the fleet's instances by shown status, in all and per node.
@@ -215,7 +255,8 @@ func (c *catalog) summary() (map[health.Status]int, map[string]map[health.Status
 			perNode[name][st] = 0
 		}
 	}
-	for owner, n := range c.counts {
+	for i, n := range c.counts {
+		owner := c.names[i]
 		node := perNode[owner]
 		if node == nil {
 			node = map[health.Status]int{}
@@ -249,14 +290,14 @@ func (c *catalog) summary() (map[health.Status]int, map[string]map[health.Status
 func (c *catalog) page(statuses []health.Status, after string, limit int) (recs []record, shown []health.Status, more bool) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	visit := func(r *record) bool {
-		if r.id <= after && after != "" {
+	visit := func(it item) bool {
+		if it.id <= after && after != "" {
 			return true
 		}
-		if r.owner == "" {
+		if it.owner == 0 {
 			return true // a status whose owner key is not here yet
 		}
-		st := c.shownLocked(r)
+		st := c.shownLocked(it)
 		if len(statuses) > 0 && !contains(statuses, st) {
 			return true
 		}
@@ -264,14 +305,14 @@ func (c *catalog) page(statuses []health.Status, after string, limit int) (recs 
 			more = true
 			return false
 		}
-		recs = append(recs, *r)
+		recs = append(recs, c.recordLocked(it))
 		shown = append(shown, st)
 		return true
 	}
 	if after == "" {
 		c.byID.Ascend(visit)
 	} else {
-		c.byID.AscendGreaterOrEqual(&record{id: after}, visit)
+		c.byID.AscendGreaterOrEqual(item{id: after}, visit)
 	}
 	return recs, shown, more
 }
@@ -281,9 +322,13 @@ func (c *catalog) ownedBy(node string) []string {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	var ids []string
-	c.byID.Ascend(func(r *record) bool {
-		if r.owner == node {
-			ids = append(ids, r.id)
+	i, ok := c.index[node]
+	if !ok {
+		return nil
+	}
+	c.byID.Ascend(func(it item) bool {
+		if it.owner == i {
+			ids = append(ids, it.id)
 		}
 		return true
 	})
@@ -295,7 +340,7 @@ func (c *catalog) instances(node string) int {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	n := 0
-	if k := c.counts[node]; k != nil {
+	if k := c.counts[c.index[node]]; k != nil && node != "" {
 		for _, v := range k {
 			n += v
 		}

@@ -55,7 +55,7 @@ const (
 	DefaultPeerWait  = 3 * time.Second // a request to another node
 	etcdDialTimeout  = 3 * time.Second
 	etcdOpTimeout    = 3 * time.Second
-	aliveCheckPeriod = time.Second
+	aliveCheckPeriod = DefaultLeaseTTL
 	// unreachableFor is how long a peer whose connection dropped is not
 	// asked
 	unreachableFor = time.Second
@@ -409,9 +409,9 @@ func (n *Node) putMember(ctx context.Context) error {
 
 // membership keeps this node's alive key on a lease kept alive by an etcd
 // session. When the session ends (etcd was away longer than the lease, or
-// the lease was lost) it starts a new one and registers again, and every
-// second it checks that its key is really there: a node must never run on
-// outside its own fleet's view of itself.
+// the lease was lost) it starts a new one and registers again, and once a
+// lease period it checks that its key is really there, on its lease: a node
+// must never run on outside its own fleet's view of itself.
 func (n *Node) membership() {
 	defer n.wg.Done()
 	key := n.key(keyAlive, n.cfg.Name)
@@ -547,7 +547,7 @@ func (n *Node) ownerChanged(id, owner string) {
 
 // activate starts a handed-over instance here.
 func (n *Node) activate(sched *actors.Scheduler, h actors.Handoff) {
-	info, err := sched.Attach(n.ctx, h)
+	info, err := sched.AttachStaged(n.ctx, h)
 	if err != nil {
 		n.log.Error().Err(err).Str("instance_id", h.Instance.ID).Msg("fleet_activate_failed")
 		return

@@ -48,3 +48,39 @@ func (r *Report) WriteJSON(w io.Writer) error {
 	_, err = fmt.Fprintf(w, "%s\n", b)
 	return err
 }
+
+// WriteTable writes the fleet-of-nodes report as a two-column table.
+func (r *NodesReport) WriteTable(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	rows := []struct {
+		k string
+		v any
+	}{
+		{"nodes × instances", fmt.Sprintf("%d × %d TCP at %.0f ms", r.Nodes, r.PerNode, r.IntervalMS)},
+		{"registration over the API", fmt.Sprintf("%.1f s", r.RegistrationS)},
+		{"fleet summary p50 / p99", fmt.Sprintf("%.1f / %.1f ms", r.SummaryP50MS, r.SummaryP99MS)},
+		{"fleet page of unhealthy p50 / p99", fmt.Sprintf("%.1f / %.1f ms (%d items)", r.PageP50MS, r.PageP99MS, r.PageItems)},
+		{"move p50 / p99", fmt.Sprintf("%.1f / %.1f ms", r.MoveP50MS, r.MoveP99MS)},
+		{"node down → unknown everywhere p50 / p99", fmt.Sprintf("%.0f / %.0f ms after the lease expired (%.0f ms after the kill, at most)",
+			r.NodeDownP50MS, r.NodeDownP99MS, r.NodeDownFromKillMS)},
+		{"node cpu median / max", fmt.Sprintf("%.1f / %.1f %% of one core", r.NodeCPUPercent, r.NodeCPUMaxPercent)},
+		{"standalone cpu", fmt.Sprintf("%.1f %% (node / standalone %.2f)", r.AloneCPUPercent, r.CPURatio)},
+		{"node rss median / standalone", fmt.Sprintf("%.0f / %.0f MiB (%.2f)", float64(r.NodeRSSBytes)/(1<<20),
+			float64(r.AloneRSSBytes)/(1<<20), r.RSSRatio)},
+		{"etcd cpu", fmt.Sprintf("%.1f %% of one core", r.EtcdCPUPercent)},
+	}
+	for _, row := range rows {
+		fmt.Fprintf(tw, "%s\t%v\n", row.k, row.v)
+	}
+	return tw.Flush()
+}
+
+// WriteJSON writes the fleet-of-nodes report as one JSON object on one line.
+func (r *NodesReport) WriteJSON(w io.Writer) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(w, "%s\n", b)
+	return err
+}
