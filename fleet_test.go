@@ -455,6 +455,40 @@ func TestFleet(t *testing.T) {
 		assert.Equal(t, "n2", deref(in.Node))
 	})
 
+	t.Run("the fleet stream resumes from its cursor on any node", func(t *testing.T) {
+		evMu.Lock()
+		var last client.StreamEvent
+		for _, ev := range events {
+			if ev.Transition != nil {
+				last = ev
+			}
+		}
+		evMu.Unlock()
+		require.NotEmpty(t, last.ID)
+		_, _, err := n3.c.Put(ctx, "vm-resume", target.instance("vm-resume", "1s"))
+		require.NoError(t, err)
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		var got []client.Event
+		for ev, err := range n1.c.Events(rctx, client.EventsOptions{Fleet: true, After: last.ID}) {
+			if err != nil || ev.Transition == nil {
+				continue
+			}
+			got = append(got, *ev.Transition)
+			if ev.Transition.InstanceId == "vm-resume" && ev.Transition.To == "healthy" {
+				break
+			}
+		}
+		require.NotEmpty(t, got)
+		for _, ev := range got {
+			if deref(ev.Node) == deref(last.Transition.Node) {
+				assert.Greater(t, ev.Seq, last.Transition.Seq, "resumed after the cursor, not before: %+v", ev)
+			}
+		}
+		assert.Equal(t, "vm-resume", got[len(got)-1].InstanceId)
+		assert.Equal(t, "n3", deref(got[len(got)-1].Node))
+	})
+
 	t.Run("metrics", func(t *testing.T) {
 		m, err := n1.c.Metrics(ctx)
 		require.NoError(t, err)
