@@ -89,12 +89,14 @@ type VsockSpec struct {
 
 // InstanceSpec is an instance as a client writes it (without id).
 type InstanceSpec struct {
-	Name        string      `json:"name,omitempty"`
-	State       Lifecycle   `json:"state"`
-	StartedAt   *time.Time  `json:"started_at,omitempty"`
-	Network     *Network    `json:"network,omitempty"`
-	Vsock       *VsockSpec  `json:"vsock,omitempty"`
-	HealthCheck *PolicySpec `json:"health_check,omitempty"`
+	Name          string             `json:"name,omitempty"`
+	State         Lifecycle          `json:"state"`
+	StartedAt     *time.Time         `json:"started_at,omitempty"`
+	Network       *Network           `json:"network,omitempty"`
+	Vsock         *VsockSpec         `json:"vsock,omitempty"`
+	HealthCheck   *PolicySpec        `json:"health_check,omitempty"`
+	Labels        map[string]string  `json:"labels,omitempty"`
+	RestartPolicy *RestartPolicySpec `json:"restart_policy,omitempty"`
 }
 
 // Instance is a normalized, valid instance. HealthCheck is nil when health
@@ -102,14 +104,17 @@ type InstanceSpec struct {
 // normalized from, as the client wrote it: a merge patch applies to that, so
 // that derived defaults follow the fields they derive from.
 type Instance struct {
-	ID          string        `json:"id"`
-	Name        string        `json:"name,omitempty"`
-	State       Lifecycle     `json:"state"`
-	StartedAt   *time.Time    `json:"started_at,omitempty"`
-	Network     *Network      `json:"network,omitempty"`
-	Vsock       *Vsock        `json:"vsock,omitempty"`
-	HealthCheck *Policy       `json:"health_check,omitempty"`
-	Written     *InstanceSpec `json:"-"`
+	ID          string            `json:"id"`
+	Name        string            `json:"name,omitempty"`
+	State       Lifecycle         `json:"state"`
+	StartedAt   *time.Time        `json:"started_at,omitempty"`
+	Network     *Network          `json:"network,omitempty"`
+	Vsock       *Vsock            `json:"vsock,omitempty"`
+	HealthCheck *Policy           `json:"health_check,omitempty"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	// RestartPolicy is nil when vigil restarts nothing (absent, or never).
+	RestartPolicy *RestartPolicy `json:"restart_policy,omitempty"`
+	Written       *InstanceSpec  `json:"-"`
 }
 
 // LifecycleNames lists the lifecycle states for messages.
@@ -185,6 +190,27 @@ func (s InstanceSpec) Normalize(id string) (Instance, error) {
 			in.HealthCheck = &p
 		}
 	}
+	if err := ValidateLabels(s.Labels); err != nil {
+		return Instance{}, err
+	}
+	if len(s.Labels) > 0 {
+		in.Labels = make(map[string]string, len(s.Labels))
+		for k, v := range s.Labels {
+			in.Labels[k] = v
+		}
+	}
+	if s.RestartPolicy != nil {
+		rp, err := s.RestartPolicy.Normalize()
+		if err != nil {
+			return Instance{}, err
+		}
+		if rp.Enabled() {
+			if in.HealthCheck == nil {
+				return Instance{}, fieldErr("restart_policy", "needs a health_check: restarts follow the health status")
+			}
+			in.RestartPolicy = &rp
+		}
+	}
 	if p := in.HealthCheck; p != nil {
 		switch {
 		case p.Type == TypeExec && in.Vsock == nil:
@@ -208,7 +234,11 @@ func (in Instance) Spec() InstanceSpec {
 // NormalizedSpec returns the normalized instance in its input shape, every
 // default written out.
 func (in Instance) NormalizedSpec() InstanceSpec {
-	s := InstanceSpec{Name: in.Name, State: in.State, StartedAt: in.StartedAt, Network: in.Network}
+	s := InstanceSpec{Name: in.Name, State: in.State, StartedAt: in.StartedAt, Network: in.Network, Labels: in.Labels}
+	if in.RestartPolicy != nil {
+		rs := in.RestartPolicy.Spec()
+		s.RestartPolicy = &rs
+	}
 	if v := in.Vsock; v != nil {
 		port := v.Port
 		s.Vsock = &VsockSpec{CID: v.CID, Socket: v.Socket, Port: &port}

@@ -83,6 +83,9 @@ type State struct {
 	LastFailureAt        time.Time `json:"last_failure_at"`
 	LastError            string    `json:"last_error"`
 	History              History   `json:"history"`
+	// acting on health: the restart bookkeeping and the flapping detector
+	Restart RestartState `json:"restart"`
+	Flap    Flap         `json:"flap"`
 }
 
 // Progress is the part of a State whose loss in a crash would change what
@@ -288,7 +291,11 @@ type View struct {
 	LastFailureAt        *time.Time `json:"last_failure_at"`
 	LastError            string     `json:"last_error"`
 	NextCheckAt          *time.Time `json:"next_check_at"`
-	History              []Result   `json:"history,omitempty"`
+	// Flapping: the status changed too often lately (SPEC §8)
+	Flapping bool `json:"flapping"`
+	// Restart is the restart bookkeeping, when a restart policy is set
+	Restart *RestartView `json:"restart,omitempty"`
+	History []Result     `json:"history,omitempty"`
 	// Reason says why the status is what it is when no probe decided it
 	// (node_down: the node that owns the instance is down), and
 	// LastKnownStatus what it was before.
@@ -315,6 +322,12 @@ type Brief struct {
 	// unix nanoseconds; 0 for none
 	Since, LastCheckedAt, LastSuccessAt, LastFailureAt, NextCheckAt int64
 	LastError                                                       string
+	Flapping                                                        bool
+	// the restart bookkeeping, when a restart policy is set (HasRestart)
+	HasRestart                   bool
+	RestartAttempts              int32
+	RestartLastAt, RestartNextAt int64
+	RestartBlocked               string
 }
 
 // Brief is View(nextCheck, false) in compact form.
@@ -322,7 +335,20 @@ func (s *State) Brief(nextCheck time.Time) Brief {
 	return Brief{Status: s.Status, ConsecutiveSuccesses: clamp32(s.ConsecutiveSuccesses),
 		ConsecutiveFailures: clamp32(s.ConsecutiveFailures), Since: nanos(s.Since), LastCheckedAt: nanos(s.LastCheckedAt),
 		LastSuccessAt: nanos(s.LastSuccessAt), LastFailureAt: nanos(s.LastFailureAt), NextCheckAt: nanos(nextCheck),
-		LastError: s.LastError}
+		LastError: s.LastError, Flapping: s.Flap.Flapping}
+}
+
+// WithRestart adds the restart bookkeeping to a brief, for an instance with
+// a restart policy.
+func (b Brief) WithRestart(r *RestartState) Brief {
+	b.HasRestart = true
+	b.RestartAttempts = clamp32(r.Attempts)
+	b.RestartLastAt = nanos(r.LastAttemptAt)
+	if r.Attempts > 0 {
+		b.RestartNextAt = nanos(r.NextAttemptAt)
+	}
+	b.RestartBlocked = r.Blocked
+	return b
 }
 
 // View renders the brief as readers see it; the five times share one
@@ -340,7 +366,25 @@ func (b *Brief) View() View {
 		LastFailureAt:        timeAt(times, 3),
 		LastError:            b.LastError,
 		NextCheckAt:          timeAt(times, 4),
+		Flapping:             b.Flapping,
+		Restart:              b.restart(),
 	}
+}
+
+func (b *Brief) restart() *RestartView {
+	if !b.HasRestart {
+		return nil
+	}
+	v := &RestartView{Attempts: int(b.RestartAttempts), BlockedReason: b.RestartBlocked}
+	if b.RestartLastAt != 0 {
+		t := time.Unix(0, b.RestartLastAt).UTC()
+		v.LastAttemptAt = &t
+	}
+	if b.RestartNextAt != 0 {
+		t := time.Unix(0, b.RestartNextAt).UTC()
+		v.NextAttemptAt = &t
+	}
+	return v
 }
 
 func clamp32(n int) int32 { return int32(min(max(n, 0), math.MaxInt32)) }

@@ -1,0 +1,197 @@
+package health
+
+import (
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func restartPolicy(t *testing.T, js string) *RestartPolicy {
+	t.Helper()
+	var s RestartPolicySpec
+	require.NoError(t, json.Unmarshal([]byte(js), &s))
+	p, err := s.Normalize()
+	require.NoError(t, err)
+	return &p
+}
+
+// TestRestartRules walks the restart rules through a sequence of inputs on
+// a fake clock: the after delay, exponential backoff to the cap, the
+// attempts limit, holds, and the reset after stable_after of health.
+func TestRestartRules(t *testing.T) {
+	p := restartPolicy(t, `{"policy":"on_unhealthy","url":"http://127.0.0.1:1/restart","backoff":"5s","max_backoff":"20s","max_attempts":4,"stable_after":"1m","after":"10s"}`)
+	var r RestartState
+	down := t0 // unhealthy since
+	type step struct {
+		at      time.Duration
+		status  Status
+		since   time.Time
+		held    string
+		attempt bool
+		wake    time.Duration // from t0; -1 for none
+		blocked string
+		n       int
+	}
+	for i, s := range []step{
+		{at: 0, status: StatusUnhealthy, since: down, wake: 10 * time.Second},          // after 10 s
+		{at: 9 * time.Second, status: StatusUnhealthy, since: down, wake: 10 * time.Second},
+		{at: 10 * time.Second, status: StatusUnhealthy, since: down, attempt: true, wake: 15 * time.Second, n: 1},
+		{at: 12 * time.Second, status: StatusUnhealthy, since: down, wake: 15 * time.Second, n: 1}, // inside the backoff
+		{at: 15 * time.Second, status: StatusUnhealthy, since: down, attempt: true, wake: 25 * time.Second, n: 2},
+		{at: 25 * time.Second, status: StatusUnhealthy, since: down, attempt: true, wake: 45 * time.Second, n: 3},
+		{at: 45 * time.Second, status: StatusUnhealthy, since: down, held: BlockedFlapping, wake: -1, blocked: BlockedFlapping, n: 3},
+		{at: 46 * time.Second, status: StatusUnhealthy, since: down, attempt: true, wake: 66 * time.Second, n: 4}, // capped at 20 s
+		{at: 66 * time.Second, status: StatusUnhealthy, since: down, wake: -1, blocked: BlockedMaxAttempts, n: 4},
+		{at: 70 * time.Second, status: StatusHealthy, since: t0.Add(70 * time.Second), wake: 130 * time.Second, blocked: BlockedMaxAttempts, n: 4},
+		{at: 130 * time.Second, status: StatusHealthy, since: t0.Add(70 * time.Second), wake: -1, n: 0}, // stable: reset
+		{at: 200 * time.Second, status: StatusUnhealthy, since: t0.Add(195 * time.Second), wake: 205 * time.Second, n: 0},
+		{at: 205 * time.Second, status: StatusUnhealthy, since: t0.Add(195 * time.Second), attempt: true, wake: 210 * time.Second, n: 1},
+	} {
+		attempt, wake := r.Decide(p, RestartInput{Status: s.status, Since: s.since, Now: t0.Add(s.at), Held: s.held, Reason: ReasonTimeout})
+		assert.Equal(t, s.attempt, attempt, "step %d: attempt", i)
+		if s.wake < 0 {
+			assert.True(t, wake.IsZero(), "step %d: no wake, got %s", i, wake)
+		} else {
+			assert.Equal(t, t0.Add(s.wake), wake, "step %d: wake", i)
+		}
+		assert.Equal(t, s.blocked, r.Blocked, "step %d: blocked", i)
+		assert.Equal(t, s.n, r.Attempts, "step %d: attempts", i)
+	}
+}
+
+// TestRestartSurvivesAKillBetweenAttemptAndDelivery: the attempt is in the
+// durable state (Pending) before it is sent; a vigil killed before sending
+// finds it again and sends that attempt, not a new one inside the backoff.
+func TestRestartSurvivesAKillBetweenAttemptAndDelivery(t *testing.T) {
+	p := restartPolicy(t, `{"policy":"on_unhealthy","url":"http://127.0.0.1:1/r","backoff":"30s"}`)
+	var r RestartState
+	attempt, _ := r.Decide(p, RestartInput{Status: StatusUnhealthy, Since: t0, Now: t0, Reason: ReasonTimeout, LastError: "probe timed out"})
+	require.True(t, attempt)
+	require.True(t, r.Pending)
+	b, err := json.Marshal(r) // what the snapshot holds when vigil is killed
+	require.NoError(t, err)
+
+	var back RestartState
+	require.NoError(t, json.Unmarshal(b, &back))
+	assert.Equal(t, r, back)
+	attempt, wake := back.Decide(p, RestartInput{Status: StatusUnhealthy, Since: t0, Now: t0.Add(2 * time.Second)})
+	assert.False(t, attempt, "no second attempt inside the backoff")
+	assert.Equal(t, t0.Add(30*time.Second), wake)
+	assert.True(t, back.Pending, "the attempt made before the kill is still to be delivered")
+	assert.Equal(t, 1, back.Attempts)
+	assert.Equal(t, "probe timed out", back.LastError)
+}
+
+func TestRestartPolicyRejections(t *testing.T) {
+	for js, field := range map[string]string{
+		`{"policy":"always"}`:                                          "restart_policy.policy",
+		`{"policy":"on_unhealthy"}`:                                    "restart_policy.url",
+		`{"policy":"on_unhealthy","url":"ftp://x/y"}`:                  "restart_policy.url",
+		`{"policy":"on_unhealthy","url":"http://x/","backoff":"10ms"}`: "restart_policy.backoff",
+		`{"policy":"on_unhealthy","url":"http://x/","backoff":"1m","max_backoff":"30s"}`: "restart_policy.max_backoff",
+		`{"policy":"on_unhealthy","url":"http://x/","max_attempts":0}`:                   "restart_policy.max_attempts",
+		`{"policy":"on_unhealthy","url":"http://x/","after":"-1s"}`:                      "restart_policy.after",
+		`{"policy":"on_unhealthy","url":"http://x/","stable_after":"1000h"}`:             "restart_policy.stable_after",
+	} {
+		var s RestartPolicySpec
+		require.NoError(t, json.Unmarshal([]byte(js), &s))
+		_, err := s.Normalize()
+		var fe *FieldError
+		require.ErrorAs(t, err, &fe, js)
+		assert.Equal(t, field, fe.Field, js)
+	}
+	p := restartPolicy(t, `{}`)
+	assert.False(t, p.Enabled(), "no policy restarts nothing")
+}
+
+func TestFlapping(t *testing.T) {
+	window := FlapWindow(time.Second) // 10 s
+	var f Flap
+	for i := range FlapChanges - 1 {
+		assert.False(t, f.Change(t0.Add(time.Duration(i)*time.Second), window), "change %d", i)
+	}
+	assert.True(t, f.Change(t0.Add(5*time.Second), window), "the sixth change within 10 s")
+	assert.True(t, f.Flapping)
+	assert.False(t, f.Change(t0.Add(6*time.Second), window), "flapping starts once")
+	assert.Equal(t, t0.Add(16*time.Second), f.SteadyAt(window))
+	assert.False(t, f.Settle(t0.Add(15*time.Second), window))
+	assert.True(t, f.Settle(t0.Add(16*time.Second), window), "steady for the window")
+	assert.False(t, f.Flapping)
+
+	var slow Flap
+	for i := range 12 {
+		assert.False(t, slow.Change(t0.Add(time.Duration(i)*3*time.Second), window), "a change every 3 s never flaps")
+	}
+	assert.True(t, ReasonTimeout.Counts())
+	assert.False(t, ReasonLifecycle.Counts(), "a lifecycle change is not the workload's")
+}
+
+func TestIncidentRules(t *testing.T) {
+	d := Incidents{Rules: DefaultIncidentRules}
+	const active = 300
+	var opened *Incident
+	for i := range 59 {
+		inc, open, _ := d.Observe(true, active, i+1, t0.Add(time.Duration(i)*100*time.Millisecond))
+		require.False(t, open, "%d of 300 is below 20 %%", i+1)
+		require.Nil(t, inc)
+	}
+	inc, open, _ := d.Observe(true, active, 60, t0.Add(6*time.Second))
+	require.True(t, open, "60 of 300 within 30 s opens an incident")
+	opened = inc
+	inc, open, _ = d.Observe(true, active, 61, t0.Add(7*time.Second))
+	assert.False(t, open)
+	assert.Same(t, opened, inc, "later failures fold into it")
+	// recovery below half the threshold (10 %) closes it
+	unhealthy := 61
+	for unhealthy >= 31 {
+		unhealthy--
+		inc, _, closed := d.Observe(false, active, unhealthy, t0.Add(time.Minute))
+		if unhealthy >= 30 {
+			assert.False(t, closed, "%d unhealthy of 300", unhealthy)
+		} else {
+			assert.True(t, closed)
+			assert.Same(t, opened, inc)
+		}
+	}
+	_, _, closed := d.Observe(false, active, 29, t0.Add(time.Minute))
+	assert.True(t, closed)
+	assert.NotNil(t, opened.ClosedAt)
+	assert.Nil(t, d.Open())
+
+	// few instances: the floor of 10
+	small := Incidents{Rules: DefaultIncidentRules}
+	for i := range 9 {
+		_, open, _ := small.Observe(true, 20, i+1, t0)
+		assert.False(t, open)
+	}
+	_, open, _ = small.Observe(true, 20, 10, t0)
+	assert.True(t, open)
+	// spread out over more than the window: no incident
+	slow := Incidents{Rules: DefaultIncidentRules}
+	for i := range 100 {
+		_, open, _ := slow.Observe(true, 300, i+1, t0.Add(time.Duration(i)*time.Second))
+		assert.False(t, open, "%d", i)
+	}
+}
+
+func TestLabels(t *testing.T) {
+	ok := map[string]string{"service": "web", "tenant": "t1", "example.com/tier": "a_b.c-9", "empty": ""}
+	assert.NoError(t, ValidateLabels(ok))
+	for k, v := range map[string]string{"-bad": "x", "a/": "x", "UP.per/x": "x", "k": "-x", "long": string(make([]byte, 64))} {
+		err := ValidateLabels(map[string]string{k: v})
+		var fe *FieldError
+		require.ErrorAs(t, err, &fe, "%q=%q", k, v)
+		assert.Equal(t, "labels."+k, fe.Field)
+	}
+	many := map[string]string{}
+	for i := range 33 {
+		many[string(rune('a'+i%26))+string(rune('a'+i/26))] = "v"
+	}
+	assert.Error(t, ValidateLabels(many))
+	assert.True(t, MatchLabels(ok, map[string]string{"service": "web"}))
+	assert.False(t, MatchLabels(ok, map[string]string{"service": "db"}))
+	assert.True(t, MatchLabels(ok, nil))
+}

@@ -1,0 +1,83 @@
+package health
+
+import (
+	"fmt"
+	"time"
+)
+
+// Incident rules: when at least Fraction of a node's active instances, and
+// at least Min of them, turn unhealthy within Window, the cause is the host
+// (a bridge, a disk), not hundreds of guests at once: one incident opens,
+// restarts of its instances hold, and their notifications fold into it. It
+// closes when the unhealthy fraction drops below half of Fraction.
+type IncidentRules struct {
+	Fraction float64
+	Min      int
+	Window   time.Duration
+}
+
+// DefaultIncidentRules are vigil's.
+var DefaultIncidentRules = IncidentRules{Fraction: 0.2, Min: 10, Window: 30 * time.Second}
+
+// Incidents is a node's incident detector. Feed it every transition into
+// or out of unhealthy with the node's counts after it; it is plain data,
+// guarded by its owner.
+type Incidents struct {
+	Rules IncidentRules
+	// times of recent transitions to unhealthy, oldest first (unix ns)
+	recent []int64
+	open   *Incident
+	seq    int
+}
+
+// Incident is one open or closed incident.
+type Incident struct {
+	ID        string     `json:"id"`
+	OpenedAt  time.Time  `json:"opened_at"`
+	ClosedAt  *time.Time `json:"closed_at,omitempty"`
+	Instances int        `json:"instances"` // that turned unhealthy while it was open
+	Active    int        `json:"active"`    // the node's active instances when it opened
+	Peak      int        `json:"peak_unhealthy"`
+}
+
+// Observe steps the rules at now for a transition (toUnhealthy: into
+// unhealthy; otherwise out of it) with the node's active and unhealthy
+// counts after it. It returns the incident the transition belongs to (nil
+// for none), and whether this transition opened or closed it.
+func (d *Incidents) Observe(toUnhealthy bool, active, unhealthy int, now time.Time) (inc *Incident, opened, closed bool) {
+	cut := now.Add(-d.Rules.Window).UnixNano()
+	i := 0
+	for i < len(d.recent) && d.recent[i] < cut {
+		i++
+	}
+	d.recent = d.recent[i:]
+	if toUnhealthy {
+		d.recent = append(d.recent, now.UnixNano())
+	}
+	if d.open != nil {
+		d.open.Peak = max(d.open.Peak, unhealthy)
+		if toUnhealthy {
+			d.open.Instances++
+			return d.open, false, false
+		}
+		if active == 0 || float64(unhealthy) < d.Rules.Fraction/2*float64(active) {
+			inc := d.open
+			t := now
+			inc.ClosedAt = &t
+			d.open = nil
+			return inc, false, true
+		}
+		return nil, false, false
+	}
+	need := max(float64(d.Rules.Min), d.Rules.Fraction*float64(active))
+	if toUnhealthy && float64(len(d.recent)) >= need {
+		d.seq++
+		d.open = &Incident{ID: fmt.Sprintf("inc-%d-%d", now.Unix(), d.seq), OpenedAt: now, Instances: len(d.recent),
+			Active: active, Peak: unhealthy}
+		return d.open, true, false
+	}
+	return nil, false, false
+}
+
+// Open is the open incident, or nil.
+func (d *Incidents) Open() *Incident { return d.open }
