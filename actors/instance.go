@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"reflect"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -29,8 +30,13 @@ type (
 	getInfo   struct{ history bool }          // reply *Info
 	probeNow  struct{}                        // reply *probeNowReply
 	handoff   struct{}                        // reply *Snapshot; the actor stops probing for good
-	wake      struct{}                        // the actor's timer fired: a probe or a checkpoint may be due
-	probeDone struct {
+	// recheck: look at the restart rules again (a hold ended); when
+	// silenceEnded, an instance still unhealthy is notified once
+	recheck struct{ silenceEnded bool }
+	// restartDelivered: the VM manager took restart attempt n
+	restartDelivered struct{ attempt int }
+	wake             struct{} // the actor's timer fired: a probe or a checkpoint may be due
+	probeDone        struct {
 		token  uint64
 		result health.Result
 		// how long the probe waited between its hand-off and its start (a
@@ -65,10 +71,12 @@ type instanceActor struct {
 	timerAt    time.Time // when the timer fires; zero when it is stopped
 	due        time.Time // when the pending or running probe was due
 	ckptDue    time.Time
-	armed      bool // a probe is scheduled at due
-	ckptArmed  bool // a checkpoint is scheduled at ckptDue
-	steady     bool // the window has reached steady cadence once
-	dirty      bool // state changed since the last snapshot
+	actDue     time.Time // a restart decision or the end of flapping is due
+	armed      bool      // a probe is scheduled at due
+	ckptArmed  bool      // a checkpoint is scheduled at ckptDue
+	actArmed   bool      // something is due at actDue
+	steady     bool      // the window has reached steady cadence once
+	dirty      bool      // state changed since the last snapshot
 	probeToken uint64
 	run        *probeRun     // the probe in flight, to abort it
 	late       time.Duration // how long after its due time the probe in flight was started
@@ -107,12 +115,25 @@ func (a *instanceActor) Receive(ctx actor.Context) {
 				a.save()
 			}
 		}
+		if a.actArmed && a.reached(a.actDue) {
+			a.actArmed = false
+			a.act(ctx, false)
+		}
 		if a.armed && a.reached(a.due) {
 			a.armed = false
 			// the probe's end resets the timer
 			a.startProbe(ctx)
 		} else {
 			a.rearm(ctx)
+		}
+	case *recheck:
+		a.act(ctx, m.silenceEnded)
+		a.publish()
+	case *restartDelivered:
+		if r := &a.st.Restart; r.Pending && r.Attempts == m.attempt {
+			r.Pending = false
+			a.dirty = true
+			a.armCheckpoint(ctx, a.s.opt.checkpoint)
 		}
 	case *probeDone:
 		if m.token == a.probeToken && m.token != 0 {
@@ -193,6 +214,12 @@ func (a *instanceActor) start(ctx actor.Context) {
 		}
 		a.schedule(ctx, delay)
 	}
+	if a.st.Restart.Pending && a.inst.RestartPolicy != nil && a.s.opt.restarter != nil {
+		a.sendRestart() // recorded before a crash, perhaps never delivered
+	}
+	if a.acts() {
+		a.act(ctx, false)
+	}
 	a.publish()
 }
 
@@ -231,6 +258,11 @@ func (a *instanceActor) configure(ctx actor.Context, in *health.Instance) {
 	tr, changed, fresh := a.st.Configure(prev, a.cfg, now)
 	policyChanged := !prev.Policy.Equal(a.cfg.Policy)
 	targetChanged := !prevInst.SameTarget(*in)
+	if policyChanged || !in.StartTime().Equal(prevInst.StartTime()) || !reflect.DeepEqual(in.RestartPolicy, prevInst.RestartPolicy) {
+		// the VM restarted, or what restarts it changed: the attempts
+		// count from nothing
+		a.st.Restart.Reset()
+	}
 	if policyChanged || targetChanged {
 		a.buildProber()
 	} else if prev.Lifecycle != a.cfg.Lifecycle || fresh {
@@ -268,8 +300,18 @@ func (a *instanceActor) afterChange(ctx actor.Context, tr health.Transition, cha
 	} else if persist || fresh {
 		a.save()
 	}
+	if a.acts() {
+		a.act(ctx, false)
+	} else if a.actArmed {
+		a.actArmed = false
+		a.rearm(ctx)
+	}
 	a.publish()
 }
+
+// acts reports whether acting on health has anything to look at for this
+// instance: a restart policy, or flapping to see end.
+func (a *instanceActor) acts() bool { return a.inst.RestartPolicy != nil || a.st.Flap.Flapping }
 
 func (a *instanceActor) snapshot() *Snapshot {
 	return &Snapshot{Version: SnapshotVersion, ID: a.inst.ID, Lifecycle: a.cfg.Lifecycle, StartedAt: a.cfg.StartedAt,
@@ -282,18 +324,107 @@ func (a *instanceActor) save() {
 	a.s.opt.store.SaveSnapshot(a.snapshot())
 }
 
-// transition makes the transition durable, then publishes it.
+// transition makes the transition durable, then publishes it. A change of
+// the workload's health feeds the flapping detector and the node's incident
+// detector; the event carries the instance's labels and what it was folded
+// into, for notifiers.
 func (a *instanceActor) transition(tr health.Transition) {
+	now := a.now()
+	ev := Event{InstanceID: a.inst.ID, Transition: tr, Labels: a.inst.Labels}
+	flapStarted := false
+	if tr.Reason.Counts() && a.runs() {
+		flapStarted = a.st.Flap.Change(now, a.flapWindow())
+		ev.Flapping = a.st.Flap.Flapping
+	}
+	ev.Silenced = a.s.silenced(a.inst, now)
+	if tr.To == health.StatusUnhealthy || tr.From == health.StatusUnhealthy {
+		ev.Incident = a.s.observeIncident(tr, now)
+	}
 	a.dirty = false
 	a.saved = a.st.Progress(a.cfg.Policy)
-	id := a.inst.ID
-	log := a.s.log
-	a.s.opt.store.AppendTransition(a.snapshot(), Event{InstanceID: id, Transition: tr}, func(ev Event) {
-		log.Info().Uint64("seq", ev.Seq).Str("instance_id", id).Str("from", string(ev.From)).
-			Str("to", string(ev.To)).Str("reason", string(ev.Reason)).Str("last_error", ev.LastError).
-			Msg("health_transition")
-		a.s.publish(ev)
-	})
+	a.s.append(a.snapshot(), ev)
+	if flapStarted {
+		a.s.append(nil, Event{InstanceID: a.inst.ID, Kind: KindFlapping, Transition: tr, Labels: a.inst.Labels,
+			Silenced: ev.Silenced, Incident: ev.Incident})
+	}
+}
+
+// flapWindow is the instance's flapping window.
+func (a *instanceActor) flapWindow() time.Duration {
+	if a.cfg.Policy == nil {
+		return 0
+	}
+	return health.FlapWindow(a.cfg.Policy.Interval)
+}
+
+// held says why restarts of this instance hold now, if they do.
+func (a *instanceActor) held(now time.Time) string {
+	switch {
+	case a.st.Flap.Flapping:
+		return health.BlockedFlapping
+	case a.s.silenced(a.inst, now):
+		return health.BlockedSilenced
+	case a.st.Status == health.StatusUnhealthy && a.s.incidentOpen():
+		return health.BlockedIncident
+	}
+	return ""
+}
+
+// act steps what acting on health needs after a change or at its due
+// time: the end of flapping (one event with the status then), the restart
+// rules (an attempt is made durable before it is sent), and, when a silence
+// ended, one notification of an instance still unhealthy.
+func (a *instanceActor) act(ctx actor.Context, silenceEnded bool) {
+	now := a.now()
+	var wake time.Time
+	if a.st.Flap.Settle(now, a.flapWindow()) {
+		a.dirty = true
+		a.s.append(nil, Event{InstanceID: a.inst.ID, Kind: KindFlappingEnded, Labels: a.inst.Labels,
+			Transition: health.Transition{From: a.st.Status, To: a.st.Status, At: now}, Silenced: a.s.silenced(a.inst, now)})
+	} else if at := a.st.Flap.SteadyAt(a.flapWindow()); !at.IsZero() {
+		wake = at
+	}
+	if silenceEnded && a.st.Status == health.StatusUnhealthy && !a.s.silenced(a.inst, now) {
+		a.s.append(nil, Event{InstanceID: a.inst.ID, Kind: KindSilenceEnded, Labels: a.inst.Labels,
+			Transition: health.Transition{From: a.st.Status, To: a.st.Status, At: now, LastError: a.st.LastError}})
+	}
+	if rp := a.inst.RestartPolicy; rp != nil && a.runs() && a.s.opt.restarter != nil {
+		before := a.st.Restart
+		last, _ := a.st.History.Last()
+		attempt, next := a.st.Restart.Decide(rp, health.RestartInput{Status: a.st.Status, Since: a.st.Since, Now: now,
+			Held: a.held(now), Reason: last.Reason, LastError: a.st.LastError})
+		if attempt {
+			a.sendRestart()
+		} else if a.st.Restart != before {
+			a.dirty = true
+			a.armCheckpoint(ctx, a.s.opt.checkpoint)
+		}
+		if !next.IsZero() && (wake.IsZero() || next.Before(wake)) {
+			wake = next
+		}
+	}
+	a.actArmed, a.actDue = !wake.IsZero(), wake
+	a.rearm(ctx)
+}
+
+// sendRestart makes the attempt recorded in the state durable, then hands
+// it to the restarter; the restarter's word that the VM manager took it
+// clears it. An attempt found recorded at start is sent again, with the
+// same number: at least once, never a new one.
+func (a *instanceActor) sendRestart() {
+	r := a.st.Restart
+	rp := a.inst.RestartPolicy
+	req := RestartRequest{Instance: a.inst.ID, Attempt: r.Attempts, URL: rp.URL, Reason: r.Reason, LastError: r.LastError}
+	s, self := a.s, a.e.pid.Load()
+	req.Done = func(delivered bool) {
+		if delivered && self != nil {
+			s.root.Send(self, &restartDelivered{attempt: req.Attempt})
+		}
+	}
+	a.dirty = false
+	a.saved = a.st.Progress(a.cfg.Policy)
+	a.s.opt.store.Persist(a.snapshot(), func() { s.opt.restarter.Restart(req) })
+	a.s.log.Info().Str("instance_id", req.Instance).Int("attempt", req.Attempt).Str("reason", string(req.Reason)).Msg("restart_requested")
 }
 
 // handOff stops probing for good and returns the state to hand over, whose
@@ -311,7 +442,11 @@ func (a *instanceActor) handOff() *Snapshot {
 
 // info renders what readers see.
 func (a *instanceActor) info(history bool) *Info {
-	return &Info{Instance: *a.inst, Health: a.st.View(a.nextCheck, history)}
+	info := &Info{Instance: *a.inst, Health: a.st.View(a.nextCheck, history)}
+	if a.inst.RestartPolicy != nil {
+		info.Health.Restart = a.st.Restart.View()
+	}
+	return info
 }
 
 // publish makes the applied spec and the current status what list readers
@@ -319,6 +454,9 @@ func (a *instanceActor) info(history bool) *Info {
 func (a *instanceActor) publish() {
 	e := a.e
 	brief := a.st.Brief(a.nextCheck)
+	if a.inst.RestartPolicy != nil {
+		brief = brief.WithRestart(&a.st.Restart)
+	}
 	e.pubMu.Lock()
 	old := e.pub
 	e.pub = published{spec: a.inst, brief: brief}
@@ -348,6 +486,9 @@ func (a *instanceActor) rearm(ctx actor.Context) {
 	}
 	if a.ckptArmed && (at.IsZero() || a.ckptDue.Before(at)) {
 		at = a.ckptDue
+	}
+	if a.actArmed && (at.IsZero() || a.actDue.Before(at)) {
+		at = a.actDue
 	}
 	if at.Equal(a.timerAt) {
 		return
@@ -387,7 +528,7 @@ func (a *instanceActor) abortProbe() {
 
 // halt stops timers and the probe and answers every waiter with err.
 func (a *instanceActor) halt(err error) {
-	a.armed, a.ckptArmed = false, false
+	a.armed, a.ckptArmed, a.actArmed = false, false, false
 	a.rearm(nil)
 	a.abortProbe()
 	a.failWaiters(err)
@@ -655,7 +796,11 @@ func (a *instanceActor) finishProbe(ctx actor.Context, r health.Result, waited t
 	a.schedule(ctx, delay)
 	if changed {
 		a.transition(tr)
-	} else {
+	}
+	if a.acts() {
+		a.act(ctx, false)
+	}
+	if !changed {
 		// progress is checkpointed within the checkpoint interval; evidence
 		// alone (times, history, counters past their thresholds) within the
 		// refresh interval, so a steady fleet writes a twentieth as much

@@ -86,6 +86,9 @@ func (m *MemoryStore) SaveSnapshot(snap *Snapshot) {
 }
 
 func (m *MemoryStore) saveLocked(snap *Snapshot) {
+	if snap == nil {
+		return
+	}
 	if _, ok := m.instances[snap.ID]; ok {
 		m.snaps[snap.ID] = snap
 	}
@@ -105,6 +108,16 @@ func (m *MemoryStore) AppendTransition(snap *Snapshot, ev Event, publish func(Ev
 	}
 	if publish != nil {
 		publish(ev)
+	}
+}
+
+// Persist keeps snap, then calls done.
+func (m *MemoryStore) Persist(snap *Snapshot, done func()) {
+	m.mu.Lock()
+	m.saveLocked(snap)
+	m.mu.Unlock()
+	if done != nil {
+		done()
 	}
 }
 

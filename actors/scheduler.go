@@ -107,7 +107,44 @@ type options struct {
 	// before the wait counts as lateness (see finishProbe)
 	waitFloor time.Duration
 	admit     func(health.Instance) bool
+	restarter Restarter
+	silencer  Silencer
+	incidents health.IncidentRules
 }
+
+// RestartRequest is one restart attempt for the VM manager: the instance,
+// the attempt's number (the same when an attempt is sent again after a
+// crash: the VM manager can tell them apart), why, and where to POST it.
+// Done is called once, with whether the VM manager took it.
+type RestartRequest struct {
+	Instance  string
+	Attempt   int
+	URL       string
+	Reason    health.Reason
+	LastError string
+	Done      func(delivered bool)
+}
+
+// Restarter delivers restart attempts; Restart must not block.
+type Restarter interface {
+	Restart(r RestartRequest)
+}
+
+// Silencer says whether an instance's notifications and restarts hold.
+type Silencer interface {
+	Silenced(id string, labels map[string]string, at time.Time) bool
+}
+
+// WithRestarter sets what delivers restart attempts; without one, restart
+// policies do nothing.
+func WithRestarter(r Restarter) Option { return func(o *options) { o.restarter = r } }
+
+// WithSilencer sets the silences.
+func WithSilencer(s Silencer) Option { return func(o *options) { o.silencer = s } }
+
+// WithIncidentRules replaces the incident rules (default
+// health.DefaultIncidentRules).
+func WithIncidentRules(r health.IncidentRules) Option { return func(o *options) { o.incidents = r } }
 
 // withWaitFloor sets the wait floor; tests on a fake clock make it large, as
 // the real wait would move their exact times.
@@ -178,6 +215,11 @@ type Scheduler struct {
 
 	subsMu sync.Mutex
 	subs   map[*Subscription]struct{}
+
+	incMu     sync.Mutex
+	incidents health.Incidents
+	pastInc   []health.Incident // the most recent closed ones, newest last
+	incOpen   atomic.Bool
 }
 
 // entry is the registry's record of one instance, shared by the scheduler
@@ -221,7 +263,8 @@ func (p *published) info() Info { return Info{Instance: *p.spec, Health: p.brief
 // New builds a scheduler, loads every stored instance and spawns its actor.
 func New(ctx context.Context, opts ...Option) (*Scheduler, error) {
 	o := options{log: zerolog.Nop(), budget: DefaultProbeBudget,
-		askTimeout: DefaultAskTimeout, factory: probes.New, checkpoint: DefaultCheckpoint, waitFloor: defaultWaitFloor}
+		askTimeout: DefaultAskTimeout, factory: probes.New, checkpoint: DefaultCheckpoint, waitFloor: defaultWaitFloor,
+		incidents: health.DefaultIncidentRules}
 	for _, f := range opts {
 		f(&o)
 	}
@@ -238,7 +281,7 @@ func New(ctx context.Context, opts ...Option) (*Scheduler, error) {
 		o.clock = shared
 	}
 	s := &Scheduler{opt: o, log: o.log, budget: newBudget(o.budget), entries: map[string]*entry{},
-		subs: map[*Subscription]struct{}{}, shared: shared}
+		subs: map[*Subscription]struct{}{}, shared: shared, incidents: health.Incidents{Rules: o.incidents}}
 	s.workers = newWorkers(workerIdle, s.runJob)
 	// Instance actors run on the goroutine that sends to them (the timer,
 	// the probe's worker, the asking request) instead of a new goroutine per
@@ -914,6 +957,155 @@ func (s *Scheduler) Discard(ctx context.Context, id string) error {
 		return ErrExists
 	}
 	return s.opt.store.DeleteInstance(ctx, id)
+}
+
+// append makes an event durable (with the instance's snapshot, when it is
+// an instance's) and then logs and publishes it.
+func (s *Scheduler) append(snap *Snapshot, ev Event) {
+	log := s.log
+	s.opt.store.AppendTransition(snap, ev, func(ev Event) {
+		l := log.Info().Uint64("seq", ev.Seq)
+		if ev.InstanceID != "" {
+			l = l.Str("instance_id", ev.InstanceID)
+		}
+		if ev.Kind == "" {
+			l.Str("from", string(ev.From)).Str("to", string(ev.To)).Str("reason", string(ev.Reason)).
+				Str("last_error", ev.LastError).Bool("flapping", ev.Flapping).Msg("health_transition")
+		} else {
+			l.Str("incident", ev.Incident).Msg(ev.Kind)
+		}
+		s.publish(ev)
+	})
+}
+
+func (s *Scheduler) silenced(in *health.Instance, at time.Time) bool {
+	return s.opt.silencer != nil && s.opt.silencer.Silenced(in.ID, in.Labels, at)
+}
+
+func (s *Scheduler) incidentOpen() bool { return s.incOpen.Load() }
+
+// observeIncident feeds a transition into or out of unhealthy to the
+// node's incident detector; it returns the id of the incident a transition
+// into unhealthy folds into. Opening or closing one is an event of its own;
+// closing one looks again at the restarts it held.
+func (s *Scheduler) observeIncident(tr health.Transition, now time.Time) string {
+	counts := s.Summary()
+	unhealthy := counts[health.StatusUnhealthy]
+	toUnhealthy := tr.To == health.StatusUnhealthy
+	// the counts are published after the transition: count it in
+	if toUnhealthy {
+		unhealthy++
+	} else {
+		unhealthy--
+	}
+	active := counts[health.StatusStarting] + counts[health.StatusHealthy] + counts[health.StatusUnhealthy]
+	s.incMu.Lock()
+	inc, opened, closed := s.incidents.Observe(toUnhealthy, active, max(unhealthy, 0), now)
+	var copied health.Incident
+	if inc != nil {
+		copied = *inc
+	}
+	if closed {
+		s.pastInc = append(s.pastInc, copied)
+		if len(s.pastInc) > maxPastIncidents {
+			s.pastInc = s.pastInc[1:]
+		}
+	}
+	s.incMu.Unlock()
+	switch {
+	case opened:
+		s.incOpen.Store(true)
+		details := map[string]any{"active": copied.Active, "unhealthy": copied.Peak, "instances": copied.Instances,
+			"common_labels": s.commonLabels(health.StatusUnhealthy)}
+		s.append(nil, Event{Kind: KindIncidentOpened, Incident: copied.ID, Details: details,
+			Transition: health.Transition{From: health.StatusHealthy, To: health.StatusUnhealthy, At: now}})
+		s.log.Warn().Str("incident", copied.ID).Int("active", copied.Active).Int("unhealthy", copied.Peak).Msg("incident_opened")
+	case closed:
+		s.incOpen.Store(false)
+		s.append(nil, Event{Kind: KindIncidentClosed, Incident: copied.ID,
+			Details:    map[string]any{"instances": copied.Instances, "peak_unhealthy": copied.Peak},
+			Transition: health.Transition{From: health.StatusUnhealthy, To: health.StatusHealthy, At: now}})
+		go s.Recheck(s.idsWithStatus(health.StatusUnhealthy), false)
+	}
+	if inc != nil && toUnhealthy {
+		return copied.ID
+	}
+	return ""
+}
+
+// maxPastIncidents is how many closed incidents Incidents keeps.
+const maxPastIncidents = 100
+
+// Incidents returns the open incident, if any, and the most recent closed
+// ones, newest first.
+func (s *Scheduler) Incidents() []health.Incident {
+	s.incMu.Lock()
+	defer s.incMu.Unlock()
+	var out []health.Incident
+	if inc := s.incidents.Open(); inc != nil {
+		out = append(out, *inc)
+	}
+	for i := len(s.pastInc) - 1; i >= 0; i-- {
+		out = append(out, s.pastInc[i])
+	}
+	return out
+}
+
+// commonLabels are the labels every instance with a status shares.
+func (s *Scheduler) commonLabels(st health.Status) map[string]string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var common map[string]string
+	for _, id := range s.ids {
+		p, ok := s.entries[id].published()
+		if !ok || p.brief.Status != st {
+			continue
+		}
+		if common == nil {
+			common = make(map[string]string, len(p.spec.Labels))
+			for k, v := range p.spec.Labels {
+				common[k] = v
+			}
+			continue
+		}
+		for k, v := range common {
+			if p.spec.Labels[k] != v {
+				delete(common, k)
+			}
+		}
+		if len(common) == 0 {
+			break
+		}
+	}
+	if common == nil {
+		common = map[string]string{}
+	}
+	return common
+}
+
+func (s *Scheduler) idsWithStatus(st health.Status) []string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var ids []string
+	for _, id := range s.ids {
+		if p, ok := s.entries[id].published(); ok && p.brief.Status == st {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
+// Recheck asks instances to look at their restart rules again (a hold
+// ended); with silenceEnded, those still unhealthy are notified once.
+func (s *Scheduler) Recheck(ids []string, silenceEnded bool) {
+	msg := &recheck{silenceEnded: silenceEnded}
+	for _, id := range ids {
+		if e := s.lookup(id); e != nil {
+			if pid := e.pid.Load(); pid != nil {
+				s.root.Send(pid, msg)
+			}
+		}
+	}
 }
 
 // Ping checks that the actor system still dispatches: a round trip to the

@@ -29,13 +29,43 @@ func (s *Snapshot) Config() health.Config {
 	return health.Config{Policy: s.Policy, Lifecycle: s.Lifecycle, StartedAt: s.StartedAt}
 }
 
-// Event is one status transition with its sequence number.
+// Event is one entry of the durable event log, with its sequence number: a
+// status transition (Kind empty), or one of the kinds below.
 type Event struct {
 	Seq        uint64 `json:"seq"`
-	InstanceID string `json:"instance_id"`
+	InstanceID string `json:"instance_id,omitempty"`
 	// Node is the node whose log the event is in, on a fleet's stream.
 	Node string `json:"node,omitempty"`
+	Kind string `json:"kind,omitempty"`
 	health.Transition
+	// What notifiers need of a transition: the instance's labels then,
+	// and whether it was folded into something else — its flapping, a
+	// silence, an incident (whose id it names).
+	Labels   map[string]string `json:"labels,omitempty"`
+	Flapping bool              `json:"flapping,omitempty"`
+	Silenced bool              `json:"silenced,omitempty"`
+	Incident string            `json:"incident,omitempty"`
+	// Details of an event of a kind: an incident's counts and its
+	// instances' common labels.
+	Details map[string]any `json:"details,omitempty"`
+}
+
+// Kinds of events beside transitions.
+const (
+	KindTransition     = "transition"      // the name of Kind "" on the event stream
+	KindFlapping       = "flapping"        // an instance started flapping (the transition that made it flap)
+	KindFlappingEnded  = "flapping_ended"  // it has been steady for its window again: its current status
+	KindIncidentOpened = "incident_opened" // a node's instances failing together
+	KindIncidentClosed = "incident_closed"
+	KindSilenceEnded   = "silence_ended" // an instance still unhealthy when its silence ended
+)
+
+// Name is the event's kind as the event stream names it.
+func (ev *Event) Name() string {
+	if ev.Kind == "" {
+		return KindTransition
+	}
+	return ev.Kind
 }
 
 // ErrNotStored is returned by Store.Snapshot for an instance without one.
@@ -64,8 +94,13 @@ type Store interface {
 	// AppendTransition makes snap and the transition durable, assigns the
 	// event its sequence number, and then calls publish with it. publish is
 	// called in sequence order, never concurrently with itself, and never
-	// before the event is durable. It does not block the caller on I/O.
+	// before the event is durable. It does not block the caller on I/O. snap
+	// is nil for an event of no instance's (an incident).
 	AppendTransition(snap *Snapshot, ev Event, publish func(Event))
+	// Persist makes snap durable and then calls done (from the store's own
+	// goroutine, never before): for a decision that must not be lost once
+	// acted on (a restart attempt). It does not block the caller on I/O.
+	Persist(snap *Snapshot, done func())
 	// Events returns up to limit events with a sequence number above after,
 	// in order, and the oldest sequence number still retained.
 	Events(after uint64, limit int) (events []Event, oldest uint64, err error)

@@ -247,7 +247,7 @@ func (s *stream) send(ev actors.Event) error {
 	if err != nil {
 		return err
 	}
-	return s.write(fmt.Sprintf("id: %d\nevent: transition\ndata: %s\n\n", ev.Seq, b))
+	return s.write(fmt.Sprintf("id: %d\nevent: %s\ndata: %s\n\n", ev.Seq, ev.Name(), b))
 }
 
 func (s *stream) comment(text string) error { return s.write(": " + text + "\n\n") }

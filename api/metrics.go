@@ -22,6 +22,7 @@ type Metrics struct {
 	durations   *prometheus.HistogramVec
 	lag         prometheus.Histogram
 	transitions *prometheus.CounterVec
+	events      *prometheus.CounterVec
 	streams     prometheus.Gauge
 	catchUps    prometheus.Counter
 }
@@ -42,13 +43,15 @@ func NewMetrics() *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
 		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "vigil_transitions_total",
 			Help: "Durable status transitions, by from and to status."}, []string{"from", "to"}),
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "vigil_events_total",
+			Help: "Durable events other than transitions, by kind (flapping, incident_opened, ...)."}, []string{"kind"}),
 		streams: prometheus.NewGauge(prometheus.GaugeOpts{Name: "vigil_event_streams",
 			Help: "Open /v1/events streams."}),
 		catchUps: prometheus.NewCounter(prometheus.CounterOpts{Name: "vigil_event_stream_catchups_total",
 			Help: "Times an event stream fell behind live events and caught up from the log."}),
 	}
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.probes, m.durations, m.lag, m.transitions, m.streams, m.catchUps)
+		m.probes, m.durations, m.lag, m.transitions, m.events, m.streams, m.catchUps)
 	return m
 }
 
@@ -76,8 +79,12 @@ func (m *Metrics) ProbeFinished(_ string, typ health.Type, r health.Result) {
 	m.durations.WithLabelValues(string(typ)).Observe(time.Duration(r.Duration).Seconds())
 }
 
-// Transitioned counts a durable transition.
+// Transitioned counts a durable transition, and the other events by kind.
 func (m *Metrics) Transitioned(ev actors.Event) {
+	if ev.Kind != "" {
+		m.events.WithLabelValues(ev.Kind).Inc()
+		return
+	}
 	m.transitions.WithLabelValues(string(ev.From), string(ev.To)).Inc()
 }
 

@@ -402,12 +402,14 @@ type EventsOptions struct {
 	Fleet bool
 }
 
-// StreamEvent is one event of the stream: a transition, a reset (the
-// events after Reset.RequestedSeq are no longer retained: list again), or
-// on the fleet's stream a node going down or up.
+// StreamEvent is one event of the stream: a transition or another event of
+// the log (flapping, flapping_ended, incident_opened, incident_closed,
+// silence_ended: in Transition too, with its Kind), a reset (the events
+// after Reset.RequestedSeq are no longer retained: list again), or on the
+// fleet's stream a node going down or up.
 type StreamEvent struct {
 	ID         string // what to resume after
-	Type       string // "transition", "reset", "node_down" or "node_up"
+	Type       string // "transition", a kind of event, "reset", "node_down" or "node_up"
 	Transition *Event
 	Reset      *Reset
 	Node       *NodeEvent
@@ -483,7 +485,7 @@ func (c *Client) stream(ctx context.Context, o EventsOptions, last *string, yiel
 		}
 		out := StreamEvent{Type: ev.Type}
 		switch ev.Type {
-		case "transition":
+		case "transition", "flapping", "flapping_ended", "incident_opened", "incident_closed", "silence_ended":
 			var t Event
 			if err := json.Unmarshal([]byte(ev.Data), &t); err != nil {
 				return fmt.Errorf("vigil: event %s: %w", ev.LastEventID, err)

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -230,13 +231,15 @@ func TestEventsResumeAfterTheServerClosesTheStream(t *testing.T) {
 		srv.CloseClientConnections()
 	}
 	var seqs []int64
-	for len(seqs) < flips+2 { // registered, the first probe's healthy, then the flips
+	var kinds []string
+	for len(seqs) < flips+3 { // registered, the first probe's healthy, the flips, and flapping at the sixth change
 		select {
 		case ev, ok := <-events:
 			require.True(t, ok)
-			require.Equal(t, "transition", ev.Type)
+			require.NotNil(t, ev.Transition)
 			require.Equal(t, strconv.FormatInt(ev.Transition.Seq, 10), ev.ID)
 			seqs = append(seqs, ev.Transition.Seq)
+			kinds = append(kinds, ev.Type)
 		case <-ctx.Done():
 			require.FailNow(t, "events did not arrive", "got %v", seqs)
 		}
@@ -244,6 +247,10 @@ func TestEventsResumeAfterTheServerClosesTheStream(t *testing.T) {
 	for i, seq := range seqs {
 		assert.Equal(t, int64(i+1), seq, "every event once, in order: %v", seqs)
 	}
+	// six changes of health within ten intervals (the first probe's and five
+	// flips): the seventh event tells of flapping
+	assert.Equal(t, "flapping", kinds[7], "%v", kinds)
+	assert.Equal(t, []string{"transition"}, slices.Compact(slices.Delete(slices.Clone(kinds), 7, 8)))
 }
 
 func TestUnixSocket(t *testing.T) {

@@ -188,7 +188,7 @@ func (r *Registry) FleetEvents(ctx context.Context, cursor string, keepAlive tim
 			pos[ne.node] = ne.ev.Seq
 			ev := *ne.ev
 			ev.Node = ne.node
-			if err := send(pos.encode(), "transition", ev); err != nil {
+			if err := send(pos.encode(), ev.Name(), ev); err != nil {
 				return nil
 			}
 		}

@@ -33,7 +33,11 @@ func newPublisher(n *Node) *publisher {
 }
 
 // Transitioned queues a durable transition of this node (actors.Observer).
-func (p *publisher) Transitioned(ev actors.Event) { p.publish(ev.InstanceID, ev.To, ev.At) }
+func (p *publisher) Transitioned(ev actors.Event) {
+	if ev.Kind == "" {
+		p.publish(ev.InstanceID, ev.To, ev.At)
+	}
+}
 
 func (p *publisher) ProbeStarted(string, health.Type, time.Time, time.Time) {}
 

@@ -45,6 +45,7 @@ var (
 	prefixInstance = []byte("i/")
 	prefixSnapshot = []byte("s/")
 	prefixEvent    = []byte("e/")
+	prefixMeta     = []byte("x/")
 	keySeq         = []byte("m/seq")
 )
 
@@ -83,13 +84,26 @@ type eventRecord struct {
 type specOp struct {
 	put  *health.Instance
 	del  string
+	meta *metaOp
 	done chan error
+}
+
+// metaOp writes or deletes one record of the store's other users (notifiers
+// and their cursors, silences): keys under prefixMeta.
+type metaOp struct {
+	key   string
+	value []byte // nil deletes
 }
 
 type transitionOp struct {
 	snap    *actors.Snapshot
 	ev      actors.Event
 	publish func(actors.Event)
+}
+
+type persistOp struct {
+	snap *actors.Snapshot
+	done func()
 }
 
 // Store is a Badger-backed actors.Store.
@@ -109,6 +123,7 @@ type Store struct {
 	snaps       map[string]*actors.Snapshot
 	specs       []specOp
 	transitions []transitionOp
+	persists    []persistOp
 	flushes     []chan error
 	writing     map[string]*actors.Snapshot // snapshots in the batch being written
 	seq         uint64                      // last assigned sequence number
@@ -238,9 +253,11 @@ func (s *Store) spec(ctx context.Context, op specOp) error {
 		s.mu.Unlock()
 		return ErrClosed
 	}
-	if op.put != nil {
+	switch {
+	case op.put != nil:
 		s.known[op.put.ID] = true
-	} else {
+	case op.meta != nil:
+	default:
 		delete(s.known, op.del)
 		delete(s.snaps, op.del)
 		delete(s.writing, op.del)
@@ -255,6 +272,39 @@ func (s *Store) spec(ctx context.Context, op specOp) error {
 		// the write stays queued and lands; the caller just stops waiting
 		return ctx.Err()
 	}
+}
+
+// PutMeta stores a record of another component (a notifier, a cursor, a
+// silence) under key, and returns once it is synced.
+func (s *Store) PutMeta(ctx context.Context, key string, value []byte) error {
+	if value == nil {
+		value = []byte{}
+	}
+	return s.spec(ctx, specOp{meta: &metaOp{key: key, value: value}, done: make(chan error, 1)})
+}
+
+// DeleteMeta deletes the record under key, and returns once that is synced.
+func (s *Store) DeleteMeta(ctx context.Context, key string) error {
+	return s.spec(ctx, specOp{meta: &metaOp{key: key}, done: make(chan error, 1)})
+}
+
+// Meta calls fn for every record whose key starts with prefix, in key order.
+func (s *Store) Meta(prefix string, fn func(key string, value []byte) error) error {
+	return s.db.View(func(txn *badger.Txn) error {
+		p := key(prefixMeta, prefix)
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: p, PrefetchValues: true, PrefetchSize: 64})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			v, err := it.Item().ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			if err := fn(string(it.Item().Key()[len(prefixMeta):]), v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // SaveSnapshot queues snap; the newest per instance wins.
@@ -274,12 +324,30 @@ func (s *Store) AppendTransition(snap *actors.Snapshot, ev actors.Event, publish
 		s.mu.Unlock()
 		return
 	}
-	if !s.known[snap.ID] {
+	if snap != nil && !s.known[snap.ID] {
 		snap = nil
-	} else {
+	} else if snap != nil {
 		delete(s.snaps, snap.ID) // this one is newer
 	}
 	s.transitions = append(s.transitions, transitionOp{snap: snap, ev: ev, publish: publish})
+	s.mu.Unlock()
+	s.signal()
+}
+
+// Persist queues snap for the next commit and calls done once it is
+// synced; a snapshot of a deleted instance is dropped, done still called.
+func (s *Store) Persist(snap *actors.Snapshot, done func()) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	if s.known[snap.ID] {
+		delete(s.snaps, snap.ID) // this one is newer
+	} else {
+		snap = nil
+	}
+	s.persists = append(s.persists, persistOp{snap: snap, done: done})
 	s.mu.Unlock()
 	s.signal()
 }
@@ -342,12 +410,17 @@ func (s *Store) writer() {
 // commit writes everything queued in one batch and one sync.
 func (s *Store) commit() {
 	s.mu.Lock()
-	specs, transitions, snaps, flushes := s.specs, s.transitions, s.snaps, s.flushes
-	if len(specs) == 0 && len(transitions) == 0 && len(snaps) == 0 && len(flushes) == 0 {
+	specs, transitions, snaps, flushes, persists := s.specs, s.transitions, s.snaps, s.flushes, s.persists
+	if len(specs) == 0 && len(transitions) == 0 && len(snaps) == 0 && len(flushes) == 0 && len(persists) == 0 {
 		s.mu.Unlock()
 		return
 	}
-	s.specs, s.transitions, s.flushes = nil, nil, nil
+	s.specs, s.transitions, s.flushes, s.persists = nil, nil, nil, nil
+	for _, p := range persists {
+		if p.snap != nil {
+			snaps[p.snap.ID] = p.snap // newer than a coalesced one, which it replaces
+		}
+	}
 	s.snaps = map[string]*actors.Snapshot{}
 	seq := s.seq
 	writing := make(map[string]*actors.Snapshot, len(snaps)+len(transitions))
@@ -381,6 +454,7 @@ func (s *Store) commit() {
 			transitions[i].ev.Seq = 0
 		}
 		s.transitions = append(transitions, s.transitions...)
+		s.persists = append(persists, s.persists...)
 		s.writing = nil
 		s.mu.Unlock()
 	} else {
@@ -397,6 +471,11 @@ func (s *Store) commit() {
 				t.publish(t.ev)
 			}
 		}
+		for _, p := range persists {
+			if p.done != nil {
+				p.done()
+			}
+		}
 	}
 	for _, op := range specs {
 		op.done <- err
@@ -410,6 +489,19 @@ func (s *Store) write(specs []specOp, transitions []transitionOp, snaps map[stri
 	wb := s.db.NewWriteBatch()
 	defer wb.Cancel()
 	for _, op := range specs {
+		if m := op.meta; m != nil {
+			k := key(prefixMeta, m.key)
+			var err error
+			if m.value == nil {
+				err = wb.Delete(k)
+			} else {
+				err = wb.Set(k, m.value)
+			}
+			if err != nil {
+				return err
+			}
+			continue
+		}
 		if op.put != nil {
 			b, err := json.Marshal(instanceRecord{V: SchemaVersion, Instance: *op.put, Spec: op.put.Written})
 			if err != nil {
