@@ -129,7 +129,7 @@ func nextEvent(t *testing.T, ch <-chan client.Event, id, to string) client.Event
 		select {
 		case ev, ok := <-ch:
 			require.True(t, ok, "stream ended")
-			if ev.InstanceId == id && string(ev.To) == to {
+			if deref(ev.InstanceId) == id && string(ev.To) == to {
 				return ev
 			}
 		case <-timeout:

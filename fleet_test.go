@@ -356,7 +356,7 @@ func TestFleet(t *testing.T) {
 		}
 		evMu.Lock()
 		for _, ev := range events[before:] {
-			if ev.Transition != nil && strings.HasPrefix(ev.Transition.InstanceId, "vm-m") {
+			if ev.Transition != nil && strings.HasPrefix(deref(ev.Transition.InstanceId), "vm-m") {
 				t.Errorf("a move emitted a transition: %+v", *ev.Transition)
 			}
 		}
@@ -475,7 +475,7 @@ func TestFleet(t *testing.T) {
 				continue
 			}
 			got = append(got, *ev.Transition)
-			if ev.Transition.InstanceId == "vm-resume" && ev.Transition.To == "healthy" {
+			if deref(ev.Transition.InstanceId) == "vm-resume" && ev.Transition.To == "healthy" {
 				break
 			}
 		}
@@ -485,7 +485,7 @@ func TestFleet(t *testing.T) {
 				assert.Greater(t, ev.Seq, last.Transition.Seq, "resumed after the cursor, not before: %+v", ev)
 			}
 		}
-		assert.Equal(t, "vm-resume", got[len(got)-1].InstanceId)
+		assert.Equal(t, "vm-resume", deref(got[len(got)-1].InstanceId))
 		assert.Equal(t, "n3", deref(got[len(got)-1].Node))
 	})
 

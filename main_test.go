@@ -7,6 +7,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/vigilhq/vigil/fleet"
+	"github.com/vigilhq/vigil/health"
 )
 
 func TestVersionAndUsage(t *testing.T) {
@@ -61,7 +62,8 @@ func TestServeReportsLockedDataDir(t *testing.T) {
 }
 
 func TestFleetSettings(t *testing.T) {
-	base := serveConfig{listen: "127.0.0.1:8484", budget: 1, etcd: []string{"http://127.0.0.1:2379"}, node: "n1"}
+	base := serveConfig{listen: "127.0.0.1:8484", budget: 1, etcd: []string{"http://127.0.0.1:2379"}, node: "n1",
+		incidents: health.DefaultIncidentRules}
 	for _, tc := range []struct {
 		mod  func(*serveConfig)
 		want string

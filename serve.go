@@ -16,9 +16,11 @@ import (
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/rs/zerolog"
 
+	"github.com/vigilhq/vigil/act"
 	"github.com/vigilhq/vigil/actors"
 	"github.com/vigilhq/vigil/api"
 	"github.com/vigilhq/vigil/fleet"
+	"github.com/vigilhq/vigil/health"
 	"github.com/vigilhq/vigil/persistence"
 )
 
@@ -32,6 +34,7 @@ type serveConfig struct {
 	node       string
 	peerListen string
 	peerToken  string
+	incidents  health.IncidentRules
 }
 
 func serve(args []string, stdout, stderr io.Writer) int {
@@ -47,11 +50,16 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	node := cmd.String("node", "VIGIL_NODE", defaultNodeName(), "NAME", "this node's name in the fleet: 1-63 of a-z, 0-9, -")
 	peerListen := cmd.String("peer-listen", "VIGIL_PEER_LISTEN", "", "HOST:PORT", "address for node-to-node traffic, advertised to the other nodes")
 	peerToken := cmd.String("peer-token", "VIGIL_PEER_TOKEN", "", "TOKEN", "the fleet's secret for node-to-node traffic (required off loopback)")
+	incFraction := cmd.Float("incident-fraction", "VIGIL_INCIDENT_FRACTION", health.DefaultIncidentRules.Fraction,
+		"an incident opens when this fraction of the node's active instances turns unhealthy together")
+	incMin := cmd.Int("incident-min", "VIGIL_INCIDENT_MIN", health.DefaultIncidentRules.Min, "... and at least this many")
+	incWindow := cmd.Duration("incident-window", "VIGIL_INCIDENT_WINDOW", health.DefaultIncidentRules.Window, "... within this window")
 	if err := cmd.parse(args, stdout, stderr); err != nil {
 		return exit(err)
 	}
 	cfg := serveConfig{listen: *listen, dataDir: *dataDir, budget: *budget, token: *token, insecure: *insecure,
-		node: *node, peerListen: *peerListen, peerToken: *peerToken}
+		node: *node, peerListen: *peerListen, peerToken: *peerToken,
+		incidents: health.IncidentRules{Fraction: *incFraction, Min: *incMin, Window: *incWindow}}
 	for _, u := range strings.Split(*etcd, ",") {
 		if u = strings.TrimSpace(u); u != "" {
 			cfg.etcd = append(cfg.etcd, u)
@@ -80,6 +88,14 @@ func (c serveConfig) check() error {
 	}
 	if err := checkListen(c); err != nil {
 		return err
+	}
+	switch r := c.incidents; {
+	case r.Fraction <= 0 || r.Fraction > 1:
+		return fmt.Errorf("--incident-fraction must be above 0 and at most 1 (got %g)", r.Fraction)
+	case r.Min < 1:
+		return fmt.Errorf("--incident-min must be at least 1 (got %d)", r.Min)
+	case r.Window < time.Second:
+		return fmt.Errorf("--incident-window must be at least 1s (got %s)", r.Window)
 	}
 	if len(c.etcd) == 0 {
 		return nil
@@ -161,7 +177,19 @@ func serveUntilSignal(log zerolog.Logger, c serveConfig) error {
 	metrics := api.NewMetrics()
 	metrics.Register(store.Collectors()...)
 	ctx := context.Background()
-	opts := []actors.Option{actors.WithLogger(log), actors.WithStore(store), actors.WithProbeBudget(c.budget)}
+	name := defaultNodeName()
+	if len(c.etcd) > 0 {
+		name = c.node
+	}
+	silences, err := act.NewSilences(store, name, log)
+	if err != nil {
+		return err
+	}
+	defer silences.Close()
+	restarter := act.NewRestarter(log)
+	defer restarter.Close()
+	opts := []actors.Option{actors.WithLogger(log), actors.WithStore(store), actors.WithProbeBudget(c.budget),
+		actors.WithRestarter(restarter), actors.WithSilencer(silences), actors.WithIncidentRules(c.incidents)}
 	var node *fleet.Node
 	if len(c.etcd) > 0 {
 		// a signal while etcd is awaited ends the wait
@@ -189,6 +217,13 @@ func serveUntilSignal(log zerolog.Logger, c serveConfig) error {
 	if err != nil {
 		return err
 	}
+	silences.SetScheduler(sched)
+	notifiers, err := act.NewNotifiers(store, sched, name, log)
+	if err != nil {
+		_ = sched.Close(ctx)
+		return err
+	}
+	defer notifiers.Close()
 	var reg api.Registry = sched
 	if node != nil {
 		if err := node.Start(ctx, sched); err != nil {
@@ -199,7 +234,7 @@ func serveUntilSignal(log zerolog.Logger, c serveConfig) error {
 	}
 	stopping := make(chan struct{})
 	handler := api.New(reg, api.Options{Log: log.With().Str("component", "api").Logger(), Token: c.token,
-		Metrics: metrics, Shutdown: stopping})
+		Metrics: metrics, Shutdown: stopping, Notifiers: notifiers, Silences: silences})
 	srv := api.NewServer(handler)
 	srv.RegisterOnShutdown(func() { close(stopping) })
 	l, err := api.Listen(c.listen)
@@ -231,6 +266,7 @@ func serveUntilSignal(log zerolog.Logger, c serveConfig) error {
 	if node != nil {
 		_ = node.Close() // leave the fleet first: the others see this node down at once
 	}
+	notifiers.Close() // every position made durable
 	return sched.Close(shutdownCtx)
 }
 

@@ -621,10 +621,17 @@ func (s *Scheduler) Peek(id string) (Info, bool) {
 	return Info{}, false
 }
 
+// Filter selects instances: any of Statuses (all when empty), and every
+// label of Labels.
+type Filter struct {
+	Statuses []health.Status
+	Labels   map[string]string
+}
+
 // List returns up to limit published Infos in id order, starting after the
-// id cursor, keeping those whose status is in statuses (all when empty). next
-// is the cursor of the following page, or "" at the end.
-func (s *Scheduler) List(statuses []health.Status, cursor string, limit int) (page []Info, next string) {
+// id cursor, keeping those the filter selects. next is the cursor of the
+// following page, or "" at the end.
+func (s *Scheduler) List(f Filter, cursor string, limit int) (page []Info, next string) {
 	if limit <= 0 {
 		return nil, ""
 	}
@@ -633,7 +640,7 @@ func (s *Scheduler) List(statuses []health.Status, cursor string, limit int) (pa
 	i := sort.Search(len(s.ids), func(i int) bool { return s.ids[i] > cursor })
 	for ; i < len(s.ids); i++ {
 		p, ok := s.entries[s.ids[i]].published()
-		if !ok || !statusIn(p.brief.Status, statuses) {
+		if !ok || !statusIn(p.brief.Status, f.Statuses) || !health.MatchLabels(p.spec.Labels, f.Labels) {
 			continue
 		}
 		if len(page) == limit {

@@ -30,6 +30,7 @@ import (
 	"github.com/labstack/echo/v4/middleware"
 	"github.com/rs/zerolog"
 
+	"github.com/vigilhq/vigil/act"
 	"github.com/vigilhq/vigil/actors"
 	"github.com/vigilhq/vigil/health"
 	"github.com/vigilhq/vigil/input"
@@ -59,7 +60,7 @@ type Registry interface {
 	Patch(ctx context.Context, id string, patch []byte) (actors.Info, error)
 	Get(ctx context.Context, id string) (actors.Info, error)
 	Remove(ctx context.Context, id string) error
-	List(statuses []health.Status, cursor string, limit int) ([]actors.Info, string)
+	List(f actors.Filter, cursor string, limit int) ([]actors.Info, string)
 	Summary() map[health.Status]int
 	InFlight() int
 	ProbeNow(ctx context.Context, id string) (health.Result, actors.Info, error)
@@ -77,7 +78,7 @@ type Fleet interface {
 	Nodes(ctx context.Context) (any, error)
 	Move(ctx context.Context, id, to string) (actors.Info, error)
 	FleetSummary(ctx context.Context) (any, error)
-	FleetList(ctx context.Context, statuses []health.Status, after string, limit int) ([]actors.Info, string, error)
+	FleetList(ctx context.Context, f actors.Filter, after string, limit int) ([]actors.Info, string, error)
 	// FleetEvents streams with send (an empty event is a comment) until ctx
 	// ends or send fails; a bad cursor is an error before anything is sent.
 	FleetEvents(ctx context.Context, cursor string, keepAlive time.Duration, send func(id, event string, data any) error) error
@@ -108,6 +109,10 @@ type Options struct {
 	// WriteTimeout writing a response (default 30s; not the event stream's).
 	BodyReadTimeout time.Duration
 	WriteTimeout    time.Duration
+	// Notifiers and Silences, when set, are served under /v1/notifiers and
+	// /v1/silences.
+	Notifiers Notifiers
+	Silences  Silences
 	// Shutdown, when closed, ends every event stream (http.Server.Shutdown
 	// waits for open requests, and a stream never ends on its own).
 	Shutdown <-chan struct{}
@@ -195,6 +200,14 @@ func New(reg Registry, opt Options) *echo.Echo {
 	e.POST("/v1/instances/:id/probe", h.probe, validID, actor)
 	e.POST("/v1/instances/:id/move", h.move, validID, actor)
 	get("/v1/nodes", h.nodes)
+	e.PUT("/v1/notifiers/:name", h.putNotifier)
+	get("/v1/notifiers/:name", h.getNotifier)
+	e.DELETE("/v1/notifiers/:name", h.deleteNotifier)
+	get("/v1/notifiers", h.listNotifiers)
+	e.POST("/v1/silences", h.createSilence)
+	get("/v1/silences", h.listSilences)
+	e.DELETE("/v1/silences/:id", h.deleteSilence)
+	get("/v1/incidents", h.listIncidents)
 	get("/v1/instances", h.list)
 	get("/v1/summary", h.summary)
 	get("/v1/events", h.events)
@@ -423,17 +436,45 @@ func (h *handlers) list(c echo.Context) error {
 	}
 	var page []actors.Info
 	var next string
+	labels, err := labelFilter(c.QueryParams()["label"])
+	if err != nil {
+		return err
+	}
+	f := actors.Filter{Statuses: statuses, Labels: labels}
 	if fleet {
-		if page, next, err = h.fleet.FleetList(c.Request().Context(), statuses, after, limit); err != nil {
+		if page, next, err = h.fleet.FleetList(c.Request().Context(), f, after, limit); err != nil {
 			return err
 		}
 	} else {
-		page, next = h.reg.List(statuses, after, limit)
+		page, next = h.reg.List(f, after, limit)
 	}
 	if page == nil {
 		page = []actors.Info{}
 	}
 	return c.JSON(http.StatusOK, map[string]any{"instances": page, "next_cursor": encodeCursor(next)})
+}
+
+// labelFilter reads ?label=key=value (several are ANDed).
+func labelFilter(params []string) (map[string]string, error) {
+	if len(params) == 0 {
+		return nil, nil
+	}
+	out := make(map[string]string, len(params))
+	for _, p := range params {
+		k, v, ok := strings.Cut(p, "=")
+		if !ok || k == "" {
+			return nil, invalid("label", "label must be key=value (got %q)", p)
+		}
+		out[k] = v
+	}
+	if err := health.ValidateLabels(out); err != nil {
+		var fe *health.FieldError
+		if errors.As(err, &fe) {
+			return nil, invalid("label", "label %s", strings.TrimPrefix(fe.Error(), "labels."))
+		}
+		return nil, err
+	}
+	return out, nil
 }
 
 // cursorPrefix marks the cursors this server issues; a cursor is the last id
@@ -563,6 +604,7 @@ func classify(err error) (int, ErrorDetail) {
 	var ae *apiError
 	var fe *health.FieldError
 	var ie *input.Error
+	var xe *act.Error
 	var he *echo.HTTPError
 	switch {
 	case errors.As(err, &ae):
@@ -571,6 +613,10 @@ func classify(err error) (int, ErrorDetail) {
 		return http.StatusBadRequest, ErrorDetail{Code: "invalid_request", Message: fe.Error(), Field: fe.Field}
 	case errors.As(err, &ie):
 		return http.StatusBadRequest, ErrorDetail{Code: "invalid_request", Message: ie.Message, Field: ie.Field}
+	case errors.As(err, &xe):
+		return http.StatusBadRequest, ErrorDetail{Code: "invalid_request", Message: xe.Message, Field: xe.Field}
+	case errors.Is(err, act.ErrNotFound):
+		return http.StatusNotFound, ErrorDetail{Code: "not_found", Message: "no such notifier or silence"}
 	case errors.Is(err, actors.ErrNotFound):
 		return http.StatusNotFound, ErrorDetail{Code: "not_found", Message: "no such instance"}
 	case errors.Is(err, actors.ErrUnavailable), errors.Is(err, actors.ErrClosed), errors.Is(err, actors.ErrActorStopped),

@@ -68,6 +68,33 @@ func (e ErrorDetailCode) Valid() bool {
 	}
 }
 
+// Defines values for EventKind.
+const (
+	EventKindFlapping       EventKind = "flapping"
+	EventKindFlappingEnded  EventKind = "flapping_ended"
+	EventKindIncidentClosed EventKind = "incident_closed"
+	EventKindIncidentOpened EventKind = "incident_opened"
+	EventKindSilenceEnded   EventKind = "silence_ended"
+)
+
+// Valid indicates whether the value is a known member of the EventKind enum.
+func (e EventKind) Valid() bool {
+	switch e {
+	case EventKindFlapping:
+		return true
+	case EventKindFlappingEnded:
+		return true
+	case EventKindIncidentClosed:
+		return true
+	case EventKindIncidentOpened:
+		return true
+	case EventKindSilenceEnded:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for HTTPCheckMethod.
 const (
 	GET  HTTPCheckMethod = "GET"
@@ -161,6 +188,48 @@ func (e Lifecycle) Valid() bool {
 	case LifecycleStopped:
 		return true
 	case LifecycleUnknown:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for RestartPolicyPolicy.
+const (
+	Never       RestartPolicyPolicy = "never"
+	OnUnhealthy RestartPolicyPolicy = "on_unhealthy"
+)
+
+// Valid indicates whether the value is a known member of the RestartPolicyPolicy enum.
+func (e RestartPolicyPolicy) Valid() bool {
+	switch e {
+	case Never:
+		return true
+	case OnUnhealthy:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for RestartStatusBlockedReason.
+const (
+	RestartStatusBlockedReasonFlapping            RestartStatusBlockedReason = "flapping"
+	RestartStatusBlockedReasonIncident            RestartStatusBlockedReason = "incident"
+	RestartStatusBlockedReasonMaxAttemptsExceeded RestartStatusBlockedReason = "max_attempts_exceeded"
+	RestartStatusBlockedReasonSilenced            RestartStatusBlockedReason = "silenced"
+)
+
+// Valid indicates whether the value is a known member of the RestartStatusBlockedReason enum.
+func (e RestartStatusBlockedReason) Valid() bool {
+	switch e {
+	case RestartStatusBlockedReasonFlapping:
+		return true
+	case RestartStatusBlockedReasonIncident:
+		return true
+	case RestartStatusBlockedReasonMaxAttemptsExceeded:
+		return true
+	case RestartStatusBlockedReasonSilenced:
 		return true
 	default:
 		return false
@@ -345,17 +414,30 @@ type ErrorDetailCode string
 
 // Event defines model for Event.
 type Event struct {
-	At         time.Time `json:"at"`
-	From       Status    `json:"from"`
-	InstanceId string    `json:"instance_id"`
-	LastError  string    `json:"last_error"`
+	At         time.Time               `json:"at"`
+	Details    *map[string]interface{} `json:"details,omitempty"`
+	Flapping   *bool                   `json:"flapping,omitempty"`
+	From       Status                  `json:"from"`
+	Incident   *string                 `json:"incident,omitempty"`
+	InstanceId *string                 `json:"instance_id,omitempty"`
+
+	// Kind absent for a transition
+	Kind *EventKind `json:"kind,omitempty"`
+
+	// Labels at most 32 pairs; Kubernetes-style keys ([prefix/]name, the name ≤ 63 characters) and values (≤ 63)
+	Labels    *map[string]string `json:"labels,omitempty"`
+	LastError string             `json:"last_error"`
 
 	// Node on the fleet stream: the node whose log the event is in
-	Node   *string `json:"node,omitempty"`
-	Reason string  `json:"reason"`
-	Seq    int64   `json:"seq"`
-	To     Status  `json:"to"`
+	Node     *string `json:"node,omitempty"`
+	Reason   string  `json:"reason"`
+	Seq      int64   `json:"seq"`
+	Silenced *bool   `json:"silenced,omitempty"`
+	To       Status  `json:"to"`
 }
+
+// EventKind absent for a transition
+type EventKind string
 
 // ExecCheck defines model for ExecCheck.
 type ExecCheck struct {
@@ -435,20 +517,39 @@ type HealthCheckType string
 
 // HealthStatus defines model for HealthStatus.
 type HealthStatus struct {
-	ConsecutiveFailures  int        `json:"consecutive_failures"`
-	ConsecutiveSuccesses int        `json:"consecutive_successes"`
-	History              *[]Result  `json:"history,omitempty"`
-	LastCheckedAt        *time.Time `json:"last_checked_at,omitempty"`
-	LastError            string     `json:"last_error"`
-	LastFailureAt        *time.Time `json:"last_failure_at,omitempty"`
-	LastKnownStatus      *Status    `json:"last_known_status,omitempty"`
-	LastSuccessAt        *time.Time `json:"last_success_at,omitempty"`
-	NextCheckAt          *time.Time `json:"next_check_at,omitempty"`
+	ConsecutiveFailures  int `json:"consecutive_failures"`
+	ConsecutiveSuccesses int `json:"consecutive_successes"`
+
+	// Flapping the status changed 6 times or more within 10 intervals: notifiers get one flapping event instead of each transition, restarts hold
+	Flapping        *bool      `json:"flapping,omitempty"`
+	History         *[]Result  `json:"history,omitempty"`
+	LastCheckedAt   *time.Time `json:"last_checked_at,omitempty"`
+	LastError       string     `json:"last_error"`
+	LastFailureAt   *time.Time `json:"last_failure_at,omitempty"`
+	LastKnownStatus *Status    `json:"last_known_status,omitempty"`
+	LastSuccessAt   *time.Time `json:"last_success_at,omitempty"`
+	NextCheckAt     *time.Time `json:"next_check_at,omitempty"`
 
 	// Reason why the status is what it is when no probe decided it: node_down (the owning node is down), node_unreachable (it did not answer in time)
-	Reason *string    `json:"reason,omitempty"`
-	Since  *time.Time `json:"since,omitempty"`
-	Status Status     `json:"status"`
+	Reason  *string        `json:"reason,omitempty"`
+	Restart *RestartStatus `json:"restart,omitempty"`
+	Since   *time.Time     `json:"since,omitempty"`
+	Status  Status         `json:"status"`
+}
+
+// Incident defines model for Incident.
+type Incident struct {
+	Active        int        `json:"active"`
+	ClosedAt      *time.Time `json:"closed_at,omitempty"`
+	Id            string     `json:"id"`
+	Instances     int        `json:"instances"`
+	OpenedAt      time.Time  `json:"opened_at"`
+	PeakUnhealthy int        `json:"peak_unhealthy"`
+}
+
+// IncidentList defines model for IncidentList.
+type IncidentList struct {
+	Incidents []Incident `json:"incidents"`
 }
 
 // Instance defines model for Instance.
@@ -457,25 +558,37 @@ type Instance struct {
 	HealthCheck  *HealthCheck `json:"health_check,omitempty"`
 	HealthStatus HealthStatus `json:"health_status"`
 	Id           string       `json:"id"`
-	Name         *string      `json:"name,omitempty"`
-	Network      *Network     `json:"network,omitempty"`
+
+	// Labels at most 32 pairs; Kubernetes-style keys ([prefix/]name, the name ≤ 63 characters) and values (≤ 63)
+	Labels  *map[string]string `json:"labels,omitempty"`
+	Name    *string            `json:"name,omitempty"`
+	Network *Network           `json:"network,omitempty"`
 
 	// Node in a fleet: the node that owns the instance
-	Node      *string    `json:"node,omitempty"`
-	StartedAt *time.Time `json:"started_at,omitempty"`
-	State     Lifecycle  `json:"state"`
-	Vsock     *Vsock     `json:"vsock,omitempty"`
+	Node *string `json:"node,omitempty"`
+
+	// RestartPolicy hypeman's restart_policy: when the status has been unhealthy for after, POST {instance, attempt, reason, last_error} to url; attempts back off from backoff to max_backoff; stable_after of health resets the count; beyond max_attempts restarts stop (blocked_reason max_attempts_exceeded) until the policy or started_at changes
+	RestartPolicy *RestartPolicy `json:"restart_policy,omitempty"`
+	StartedAt     *time.Time     `json:"started_at,omitempty"`
+	State         Lifecycle      `json:"state"`
+	Vsock         *Vsock         `json:"vsock,omitempty"`
 }
 
 // InstanceInput defines model for InstanceInput.
 type InstanceInput struct {
 	// HealthCheck The health policy; returned normalized with defaults filled in.
 	HealthCheck *HealthCheck `json:"health_check,omitempty"`
-	Name        *string      `json:"name,omitempty"`
-	Network     *Network     `json:"network,omitempty"`
-	StartedAt   *time.Time   `json:"started_at,omitempty"`
-	State       Lifecycle    `json:"state"`
-	Vsock       *Vsock       `json:"vsock,omitempty"`
+
+	// Labels at most 32 pairs; Kubernetes-style keys ([prefix/]name, the name ≤ 63 characters) and values (≤ 63)
+	Labels  *map[string]string `json:"labels,omitempty"`
+	Name    *string            `json:"name,omitempty"`
+	Network *Network           `json:"network,omitempty"`
+
+	// RestartPolicy hypeman's restart_policy: when the status has been unhealthy for after, POST {instance, attempt, reason, last_error} to url; attempts back off from backoff to max_backoff; stable_after of health resets the count; beyond max_attempts restarts stop (blocked_reason max_attempts_exceeded) until the policy or started_at changes
+	RestartPolicy *RestartPolicy `json:"restart_policy,omitempty"`
+	StartedAt     *time.Time     `json:"started_at,omitempty"`
+	State         Lifecycle      `json:"state"`
+	Vsock         *Vsock         `json:"vsock,omitempty"`
 }
 
 // InstanceList defines model for InstanceList.
@@ -488,6 +601,13 @@ type InstanceList struct {
 
 // Lifecycle defines model for Lifecycle.
 type Lifecycle string
+
+// Match defines model for Match.
+type Match struct {
+	// Labels at most 32 pairs; Kubernetes-style keys ([prefix/]name, the name ≤ 63 characters) and values (≤ 63)
+	Labels *map[string]string `json:"labels,omitempty"`
+	To     *[]Status          `json:"to,omitempty"`
+}
 
 // MoveRequest defines model for MoveRequest.
 type MoveRequest struct {
@@ -525,6 +645,38 @@ type NodeList struct {
 	Nodes []Node `json:"nodes"`
 }
 
+// Notifier defines model for Notifier.
+type Notifier struct {
+	// Attempts of the event being delivered
+	Attempts        int        `json:"attempts"`
+	Backlog         int64      `json:"backlog"`
+	Delivered       int64      `json:"delivered"`
+	LastDeliveredAt *time.Time `json:"last_delivered_at,omitempty"`
+	LastError       string     `json:"last_error"`
+	Match           Match      `json:"match"`
+	Name            string     `json:"name"`
+	NextAttemptAt   *time.Time `json:"next_attempt_at,omitempty"`
+
+	// Position the last event delivered or passed over
+	Position  int64  `json:"position"`
+	SecretSet bool   `json:"secret_set"`
+	Url       string `json:"url"`
+}
+
+// NotifierInput defines model for NotifierInput.
+type NotifierInput struct {
+	Match *Match `json:"match,omitempty"`
+
+	// Secret signs each body: X-Vigil-Signature: sha256=<hex of HMAC-SHA256>
+	Secret *string `json:"secret,omitempty"`
+	Url    string  `json:"url"`
+}
+
+// NotifierList defines model for NotifierList.
+type NotifierList struct {
+	Notifiers []Notifier `json:"notifiers"`
+}
+
 // ProbeResponse defines model for ProbeResponse.
 type ProbeResponse struct {
 	HealthStatus HealthStatus `json:"health_status"`
@@ -538,6 +690,38 @@ type Reset struct {
 	OldestSeq    int64   `json:"oldest_seq"`
 	RequestedSeq int64   `json:"requested_seq"`
 }
+
+// RestartPolicy hypeman's restart_policy: when the status has been unhealthy for after, POST {instance, attempt, reason, last_error} to url; attempts back off from backoff to max_backoff; stable_after of health resets the count; beyond max_attempts restarts stop (blocked_reason max_attempts_exceeded) until the policy or started_at changes
+type RestartPolicy struct {
+	// After Example: 0s
+	After *string `json:"after,omitempty"`
+
+	// Backoff Example: 5s
+	Backoff     *string `json:"backoff,omitempty"`
+	MaxAttempts *int    `json:"max_attempts,omitempty"`
+
+	// MaxBackoff Example: 5m
+	MaxBackoff *string              `json:"max_backoff,omitempty"`
+	Policy     *RestartPolicyPolicy `json:"policy,omitempty"`
+
+	// StableAfter Example: 10m
+	StableAfter *string `json:"stable_after,omitempty"`
+	Url         *string `json:"url,omitempty"`
+}
+
+// RestartPolicyPolicy defines model for RestartPolicy.Policy.
+type RestartPolicyPolicy string
+
+// RestartStatus defines model for RestartStatus.
+type RestartStatus struct {
+	Attempts      int                         `json:"attempts"`
+	BlockedReason *RestartStatusBlockedReason `json:"blocked_reason,omitempty"`
+	LastAttemptAt *time.Time                  `json:"last_attempt_at"`
+	NextAttemptAt *time.Time                  `json:"next_attempt_at"`
+}
+
+// RestartStatusBlockedReason defines model for RestartStatus.BlockedReason.
+type RestartStatusBlockedReason string
 
 // Result defines model for Result.
 type Result struct {
@@ -561,6 +745,40 @@ type ResultOutcome string
 // ServiceStatus defines model for ServiceStatus.
 type ServiceStatus struct {
 	Status *string `json:"status,omitempty"`
+}
+
+// Silence defines model for Silence.
+type Silence struct {
+	Comment   *string   `json:"comment,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	Id        string    `json:"id"`
+
+	// Match exactly one of ids, labels, node
+	Match SilenceMatch `json:"match"`
+	Until time.Time    `json:"until"`
+}
+
+// SilenceInput defines model for SilenceInput.
+type SilenceInput struct {
+	Comment *string `json:"comment,omitempty"`
+
+	// Match exactly one of ids, labels, node
+	Match SilenceMatch `json:"match"`
+	Until time.Time    `json:"until"`
+}
+
+// SilenceList defines model for SilenceList.
+type SilenceList struct {
+	Silences []Silence `json:"silences"`
+}
+
+// SilenceMatch exactly one of ids, labels, node
+type SilenceMatch struct {
+	Ids *[]string `json:"ids,omitempty"`
+
+	// Labels at most 32 pairs; Kubernetes-style keys ([prefix/]name, the name ≤ 63 characters) and values (≤ 63)
+	Labels *map[string]string `json:"labels,omitempty"`
+	Node   *string            `json:"node,omitempty"`
 }
 
 // Status defines model for Status.
@@ -661,6 +879,9 @@ type ListInstancesParams struct {
 
 	// Scope fleet: the whole fleet (a node of a fleet only); local, the default: this node
 	Scope *ListInstancesParamsScope `form:"scope,omitempty" json:"scope,omitempty"`
+
+	// Label key=value; several are ANDed
+	Label *[]string `form:"label,omitempty" json:"label,omitempty"`
 }
 
 // ListInstancesParamsScope defines parameters for ListInstances.
@@ -677,6 +898,9 @@ type HeadListInstancesParams struct {
 
 	// Scope fleet: the whole fleet (a node of a fleet only); local, the default: this node
 	Scope *HeadListInstancesParamsScope `form:"scope,omitempty" json:"scope,omitempty"`
+
+	// Label key=value; several are ANDed
+	Label *[]string `form:"label,omitempty" json:"label,omitempty"`
 }
 
 // HeadListInstancesParamsScope defines parameters for HeadListInstances.
@@ -717,6 +941,12 @@ type PutInstanceJSONRequestBody = InstanceInput
 
 // MoveInstanceJSONRequestBody defines body for MoveInstance for application/json ContentType.
 type MoveInstanceJSONRequestBody = MoveRequest
+
+// PutNotifierJSONRequestBody defines body for PutNotifier for application/json ContentType.
+type PutNotifierJSONRequestBody = NotifierInput
+
+// CreateSilenceJSONRequestBody defines body for CreateSilence for application/json ContentType.
+type CreateSilenceJSONRequestBody = SilenceInput
 
 // AsHTTPCheckExpectedStatus0 returns the union data inside the HTTPCheck_ExpectedStatus as a HTTPCheckExpectedStatus0
 func (t HTTPCheck_ExpectedStatus) AsHTTPCheckExpectedStatus0() (HTTPCheckExpectedStatus0, error) {
@@ -896,6 +1126,16 @@ type ClientInterface interface {
 	// Corresponds with HEAD /v1/events (the `HeadEvents` operationId).
 	HeadEvents(ctx context.Context, params *HeadEventsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// ListIncidents The node's open incident, if any, and the most recent closed ones
+	//
+	// Corresponds with GET /v1/incidents (the `ListIncidents` operationId).
+	ListIncidents(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// HeadListIncidents The incidents: the same headers, without a body
+	//
+	// Corresponds with HEAD /v1/incidents (the `HeadListIncidents` operationId).
+	HeadListIncidents(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// ListInstances List instances in id order
 	//
 	// Corresponds with GET /v1/instances (the `ListInstances` operationId).
@@ -999,6 +1239,45 @@ type ClientInterface interface {
 	// Corresponds with HEAD /v1/nodes (the `HeadListNodes` operationId).
 	HeadListNodes(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// ListNotifiers Every notifier
+	//
+	// Corresponds with GET /v1/notifiers (the `ListNotifiers` operationId).
+	ListNotifiers(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// HeadListNotifiers Every notifier: the same headers, without a body
+	//
+	// Corresponds with HEAD /v1/notifiers (the `HeadListNotifiers` operationId).
+	HeadListNotifiers(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeleteNotifier Remove a notifier
+	//
+	// Corresponds with DELETE /v1/notifiers/{name} (the `DeleteNotifier` operationId).
+	DeleteNotifier(ctx context.Context, name string, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetNotifier A notifier and where its delivery stands
+	//
+	// Corresponds with GET /v1/notifiers/{name} (the `GetNotifier` operationId).
+	GetNotifier(ctx context.Context, name string, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// HeadGetNotifier A notifier: the same headers, without a body
+	//
+	// Corresponds with HEAD /v1/notifiers/{name} (the `HeadGetNotifier` operationId).
+	HeadGetNotifier(ctx context.Context, name string, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// PutNotifierWithBody Create or replace a notifier: every matching event of the log, POSTed as a signed CloudEvent, at least once and in order
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with PUT /v1/notifiers/{name} (the `PutNotifier` operationId).
+	PutNotifierWithBody(ctx context.Context, name string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// PutNotifier Create or replace a notifier: every matching event of the log, POSTed as a signed CloudEvent, at least once and in order
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with PUT /v1/notifiers/{name} (the `PutNotifier` operationId).
+	PutNotifier(ctx context.Context, name string, body PutNotifierJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// Openapi This document
 	//
 	// Corresponds with GET /v1/openapi.json (the `Openapi` operationId).
@@ -1008,6 +1287,35 @@ type ClientInterface interface {
 	//
 	// Corresponds with HEAD /v1/openapi.json (the `HeadOpenapi` operationId).
 	HeadOpenapi(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ListSilences The silences that hold now
+	//
+	// Corresponds with GET /v1/silences (the `ListSilences` operationId).
+	ListSilences(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// HeadListSilences The silences: the same headers, without a body
+	//
+	// Corresponds with HEAD /v1/silences (the `HeadListSilences` operationId).
+	HeadListSilences(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CreateSilenceWithBody Hold notifications and restarts of what matches until a time; probing and statuses go on
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/silences (the `CreateSilence` operationId).
+	CreateSilenceWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CreateSilence Hold notifications and restarts of what matches until a time; probing and statuses go on
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/silences (the `CreateSilence` operationId).
+	CreateSilence(ctx context.Context, body CreateSilenceJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeleteSilence End a silence now
+	//
+	// Corresponds with DELETE /v1/silences/{id} (the `DeleteSilence` operationId).
+	DeleteSilence(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// Summary Counts per status
 	//
@@ -1132,6 +1440,36 @@ func (c *RawClient) Events(ctx context.Context, params *EventsParams, reqEditors
 // Corresponds with HEAD /v1/events (the `HeadEvents` operationId).
 func (c *RawClient) HeadEvents(ctx context.Context, params *HeadEventsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewHeadEventsRequest(c.Server, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ListIncidents The node's open incident, if any, and the most recent closed ones
+//
+// Corresponds with GET /v1/incidents (the `ListIncidents` operationId).
+func (c *RawClient) ListIncidents(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewListIncidentsRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// HeadListIncidents The incidents: the same headers, without a body
+//
+// Corresponds with HEAD /v1/incidents (the `HeadListIncidents` operationId).
+func (c *RawClient) HeadListIncidents(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewHeadListIncidentsRequest(c.Server)
 	if err != nil {
 		return nil, err
 	}
@@ -1415,6 +1753,115 @@ func (c *RawClient) HeadListNodes(ctx context.Context, reqEditors ...RequestEdit
 	return c.Client.Do(req)
 }
 
+// ListNotifiers Every notifier
+//
+// Corresponds with GET /v1/notifiers (the `ListNotifiers` operationId).
+func (c *RawClient) ListNotifiers(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewListNotifiersRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// HeadListNotifiers Every notifier: the same headers, without a body
+//
+// Corresponds with HEAD /v1/notifiers (the `HeadListNotifiers` operationId).
+func (c *RawClient) HeadListNotifiers(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewHeadListNotifiersRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeleteNotifier Remove a notifier
+//
+// Corresponds with DELETE /v1/notifiers/{name} (the `DeleteNotifier` operationId).
+func (c *RawClient) DeleteNotifier(ctx context.Context, name string, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeleteNotifierRequest(c.Server, name)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetNotifier A notifier and where its delivery stands
+//
+// Corresponds with GET /v1/notifiers/{name} (the `GetNotifier` operationId).
+func (c *RawClient) GetNotifier(ctx context.Context, name string, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetNotifierRequest(c.Server, name)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// HeadGetNotifier A notifier: the same headers, without a body
+//
+// Corresponds with HEAD /v1/notifiers/{name} (the `HeadGetNotifier` operationId).
+func (c *RawClient) HeadGetNotifier(ctx context.Context, name string, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewHeadGetNotifierRequest(c.Server, name)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// PutNotifierWithBody Create or replace a notifier: every matching event of the log, POSTed as a signed CloudEvent, at least once and in order
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with PUT /v1/notifiers/{name} (the `PutNotifier` operationId).
+func (c *RawClient) PutNotifierWithBody(ctx context.Context, name string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewPutNotifierRequestWithBody(c.Server, name, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// PutNotifier Create or replace a notifier: every matching event of the log, POSTed as a signed CloudEvent, at least once and in order
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with PUT /v1/notifiers/{name} (the `PutNotifier` operationId).
+func (c *RawClient) PutNotifier(ctx context.Context, name string, body PutNotifierJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewPutNotifierRequest(c.Server, name, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // Openapi This document
 //
 // Corresponds with GET /v1/openapi.json (the `Openapi` operationId).
@@ -1435,6 +1882,85 @@ func (c *RawClient) Openapi(ctx context.Context, reqEditors ...RequestEditorFn) 
 // Corresponds with HEAD /v1/openapi.json (the `HeadOpenapi` operationId).
 func (c *RawClient) HeadOpenapi(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewHeadOpenapiRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ListSilences The silences that hold now
+//
+// Corresponds with GET /v1/silences (the `ListSilences` operationId).
+func (c *RawClient) ListSilences(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewListSilencesRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// HeadListSilences The silences: the same headers, without a body
+//
+// Corresponds with HEAD /v1/silences (the `HeadListSilences` operationId).
+func (c *RawClient) HeadListSilences(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewHeadListSilencesRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CreateSilenceWithBody Hold notifications and restarts of what matches until a time; probing and statuses go on
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/silences (the `CreateSilence` operationId).
+func (c *RawClient) CreateSilenceWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreateSilenceRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CreateSilence Hold notifications and restarts of what matches until a time; probing and statuses go on
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/silences (the `CreateSilence` operationId).
+func (c *RawClient) CreateSilence(ctx context.Context, body CreateSilenceJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreateSilenceRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeleteSilence End a silence now
+//
+// Corresponds with DELETE /v1/silences/{id} (the `DeleteSilence` operationId).
+func (c *RawClient) DeleteSilence(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeleteSilenceRequest(c.Server, id)
 	if err != nil {
 		return nil, err
 	}
@@ -1823,6 +2349,60 @@ func NewHeadEventsRequest(server string, params *HeadEventsParams) (*http.Reques
 	return req, nil
 }
 
+// NewListIncidentsRequest constructs an http.Request for the ListIncidents method
+func NewListIncidentsRequest(server string) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/incidents")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewHeadListIncidentsRequest constructs an http.Request for the HeadListIncidents method
+func NewHeadListIncidentsRequest(server string) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/incidents")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodHead, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
 // NewListInstancesRequest constructs an http.Request for the ListInstances method
 func NewListInstancesRequest(server string, params *ListInstancesParams) (*http.Request, error) {
 	var err error
@@ -1890,6 +2470,18 @@ func NewListInstancesRequest(server string, params *ListInstancesParams) (*http.
 		if params.Scope != nil {
 
 			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "scope", *params.Scope, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Label != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "label", *params.Label, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "array", Format: ""}); err != nil {
 				return nil, err
 			} else {
 				for _, qp := range strings.Split(queryFrag, "&") {
@@ -1980,6 +2572,18 @@ func NewHeadListInstancesRequest(server string, params *HeadListInstancesParams)
 		if params.Scope != nil {
 
 			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "scope", *params.Scope, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Label != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "label", *params.Label, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "array", Format: ""}); err != nil {
 				return nil, err
 			} else {
 				for _, qp := range strings.Split(queryFrag, "&") {
@@ -2413,6 +3017,209 @@ func NewHeadListNodesRequest(server string) (*http.Request, error) {
 	return req, nil
 }
 
+// NewListNotifiersRequest constructs an http.Request for the ListNotifiers method
+func NewListNotifiersRequest(server string) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/notifiers")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewHeadListNotifiersRequest constructs an http.Request for the HeadListNotifiers method
+func NewHeadListNotifiersRequest(server string) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/notifiers")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodHead, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewDeleteNotifierRequest constructs an http.Request for the DeleteNotifier method
+func NewDeleteNotifierRequest(server string, name string) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "name", name, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/notifiers/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewGetNotifierRequest constructs an http.Request for the GetNotifier method
+func NewGetNotifierRequest(server string, name string) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "name", name, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/notifiers/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewHeadGetNotifierRequest constructs an http.Request for the HeadGetNotifier method
+func NewHeadGetNotifierRequest(server string, name string) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "name", name, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/notifiers/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodHead, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewPutNotifierRequest calls the generic PutNotifier builder with application/json body
+func NewPutNotifierRequest(server string, name string, body PutNotifierJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewPutNotifierRequestWithBody(server, name, "application/json", bodyReader)
+}
+
+// NewPutNotifierRequestWithBody constructs an http.Request for the PutNotifier method, with any body, and a specified content type
+func NewPutNotifierRequestWithBody(server string, name string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "name", name, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/notifiers/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPut, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
 // NewOpenapiRequest constructs an http.Request for the Openapi method
 func NewOpenapiRequest(server string) (*http.Request, error) {
 	var err error
@@ -2460,6 +3267,134 @@ func NewHeadOpenapiRequest(server string) (*http.Request, error) {
 	}
 
 	req, err := http.NewRequest(http.MethodHead, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewListSilencesRequest constructs an http.Request for the ListSilences method
+func NewListSilencesRequest(server string) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/silences")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewHeadListSilencesRequest constructs an http.Request for the HeadListSilences method
+func NewHeadListSilencesRequest(server string) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/silences")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodHead, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewCreateSilenceRequest calls the generic CreateSilence builder with application/json body
+func NewCreateSilenceRequest(server string, body CreateSilenceJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewCreateSilenceRequestWithBody(server, "application/json", bodyReader)
+}
+
+// NewCreateSilenceRequestWithBody constructs an http.Request for the CreateSilence method, with any body, and a specified content type
+func NewCreateSilenceRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/silences")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewDeleteSilenceRequest constructs an http.Request for the DeleteSilence method
+func NewDeleteSilenceRequest(server string, id string) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/silences/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -2677,6 +3612,20 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with HEAD /v1/events (the `HeadEvents` operationId).
 	HeadEventsWithResponse(ctx context.Context, params *HeadEventsParams, reqEditors ...RequestEditorFn) (*HeadEventsResponse, error)
 
+	// ListIncidentsWithResponse The node's open incident, if any, and the most recent closed ones
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/incidents (the `ListIncidents` operationId).
+	ListIncidentsWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ListIncidentsResponse, error)
+
+	// HeadListIncidentsWithResponse The incidents: the same headers, without a body
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with HEAD /v1/incidents (the `HeadListIncidents` operationId).
+	HeadListIncidentsWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*HeadListIncidentsResponse, error)
+
 	// ListInstancesWithResponse List instances in id order
 	//
 	// Returns a wrapper object for the known response body format(s).
@@ -2800,6 +3749,55 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with HEAD /v1/nodes (the `HeadListNodes` operationId).
 	HeadListNodesWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*HeadListNodesResponse, error)
 
+	// ListNotifiersWithResponse Every notifier
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/notifiers (the `ListNotifiers` operationId).
+	ListNotifiersWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ListNotifiersResponse, error)
+
+	// HeadListNotifiersWithResponse Every notifier: the same headers, without a body
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with HEAD /v1/notifiers (the `HeadListNotifiers` operationId).
+	HeadListNotifiersWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*HeadListNotifiersResponse, error)
+
+	// DeleteNotifierWithResponse Remove a notifier
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with DELETE /v1/notifiers/{name} (the `DeleteNotifier` operationId).
+	DeleteNotifierWithResponse(ctx context.Context, name string, reqEditors ...RequestEditorFn) (*DeleteNotifierResponse, error)
+
+	// GetNotifierWithResponse A notifier and where its delivery stands
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/notifiers/{name} (the `GetNotifier` operationId).
+	GetNotifierWithResponse(ctx context.Context, name string, reqEditors ...RequestEditorFn) (*GetNotifierResponse, error)
+
+	// HeadGetNotifierWithResponse A notifier: the same headers, without a body
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with HEAD /v1/notifiers/{name} (the `HeadGetNotifier` operationId).
+	HeadGetNotifierWithResponse(ctx context.Context, name string, reqEditors ...RequestEditorFn) (*HeadGetNotifierResponse, error)
+
+	// PutNotifierWithBodyWithResponse Create or replace a notifier: every matching event of the log, POSTed as a signed CloudEvent, at least once and in order
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PUT /v1/notifiers/{name} (the `PutNotifier` operationId).
+	PutNotifierWithBodyWithResponse(ctx context.Context, name string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*PutNotifierResponse, error)
+
+	// PutNotifierWithResponse Create or replace a notifier: every matching event of the log, POSTed as a signed CloudEvent, at least once and in order
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PUT /v1/notifiers/{name} (the `PutNotifier` operationId).
+	PutNotifierWithResponse(ctx context.Context, name string, body PutNotifierJSONRequestBody, reqEditors ...RequestEditorFn) (*PutNotifierResponse, error)
+
 	// OpenapiWithResponse This document
 	//
 	// Returns a wrapper object for the known response body format(s).
@@ -2813,6 +3811,41 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with HEAD /v1/openapi.json (the `HeadOpenapi` operationId).
 	HeadOpenapiWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*HeadOpenapiResponse, error)
+
+	// ListSilencesWithResponse The silences that hold now
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/silences (the `ListSilences` operationId).
+	ListSilencesWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ListSilencesResponse, error)
+
+	// HeadListSilencesWithResponse The silences: the same headers, without a body
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with HEAD /v1/silences (the `HeadListSilences` operationId).
+	HeadListSilencesWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*HeadListSilencesResponse, error)
+
+	// CreateSilenceWithBodyWithResponse Hold notifications and restarts of what matches until a time; probing and statuses go on
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/silences (the `CreateSilence` operationId).
+	CreateSilenceWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateSilenceResponse, error)
+
+	// CreateSilenceWithResponse Hold notifications and restarts of what matches until a time; probing and statuses go on
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/silences (the `CreateSilence` operationId).
+	CreateSilenceWithResponse(ctx context.Context, body CreateSilenceJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateSilenceResponse, error)
+
+	// DeleteSilenceWithResponse End a silence now
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with DELETE /v1/silences/{id} (the `DeleteSilence` operationId).
+	DeleteSilenceWithResponse(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*DeleteSilenceResponse, error)
 
 	// SummaryWithResponse Counts per status
 	//
@@ -3172,6 +4205,102 @@ func (r HeadEventsResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r HeadEventsResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type ListIncidentsResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *IncidentList
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ListIncidentsResponse) GetJSON200() *IncidentList {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r ListIncidentsResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r ListIncidentsResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r ListIncidentsResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r ListIncidentsResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ListIncidentsResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ListIncidentsResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ListIncidentsResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type HeadListIncidentsResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+}
+
+// GetBody returns the raw response body bytes
+func (r HeadListIncidentsResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r HeadListIncidentsResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r HeadListIncidentsResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r HeadListIncidentsResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -4047,6 +5176,364 @@ func (r HeadListNodesResponse) ContentType() string {
 	return ""
 }
 
+type ListNotifiersResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *NotifierList
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ListNotifiersResponse) GetJSON200() *NotifierList {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r ListNotifiersResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r ListNotifiersResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r ListNotifiersResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r ListNotifiersResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ListNotifiersResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ListNotifiersResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ListNotifiersResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type HeadListNotifiersResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+}
+
+// GetBody returns the raw response body bytes
+func (r HeadListNotifiersResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r HeadListNotifiersResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r HeadListNotifiersResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r HeadListNotifiersResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DeleteNotifierResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Unavailable
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r DeleteNotifierResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r DeleteNotifierResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r DeleteNotifierResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r DeleteNotifierResponse) GetJSON503() *Unavailable {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r DeleteNotifierResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeleteNotifierResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeleteNotifierResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeleteNotifierResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type GetNotifierResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Notifier
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetNotifierResponse) GetJSON200() *Notifier {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r GetNotifierResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r GetNotifierResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r GetNotifierResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r GetNotifierResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetNotifierResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetNotifierResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetNotifierResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type HeadGetNotifierResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+}
+
+// GetBody returns the raw response body bytes
+func (r HeadGetNotifierResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r HeadGetNotifierResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r HeadGetNotifierResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r HeadGetNotifierResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type PutNotifierResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Notifier
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *Notifier
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON408 the response for an HTTP 408 `application/json` response
+	JSON408 *RequestTimeout
+	// JSON413 the response for an HTTP 413 `application/json` response
+	JSON413 *TooLarge
+	// JSON415 the response for an HTTP 415 `application/json` response
+	JSON415 *UnsupportedMediaType
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Unavailable
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r PutNotifierResponse) GetJSON200() *Notifier {
+	return r.JSON200
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r PutNotifierResponse) GetJSON201() *Notifier {
+	return r.JSON201
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r PutNotifierResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r PutNotifierResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r PutNotifierResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON408 returns the response for an HTTP 408 `application/json` response
+func (r PutNotifierResponse) GetJSON408() *RequestTimeout {
+	return r.JSON408
+}
+
+// GetJSON413 returns the response for an HTTP 413 `application/json` response
+func (r PutNotifierResponse) GetJSON413() *TooLarge {
+	return r.JSON413
+}
+
+// GetJSON415 returns the response for an HTTP 415 `application/json` response
+func (r PutNotifierResponse) GetJSON415() *UnsupportedMediaType {
+	return r.JSON415
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r PutNotifierResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r PutNotifierResponse) GetJSON503() *Unavailable {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r PutNotifierResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r PutNotifierResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r PutNotifierResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r PutNotifierResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 type OpenapiResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -4130,6 +5617,261 @@ func (r HeadOpenapiResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r HeadOpenapiResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type ListSilencesResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *SilenceList
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ListSilencesResponse) GetJSON200() *SilenceList {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r ListSilencesResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r ListSilencesResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r ListSilencesResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r ListSilencesResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ListSilencesResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ListSilencesResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ListSilencesResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type HeadListSilencesResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+}
+
+// GetBody returns the raw response body bytes
+func (r HeadListSilencesResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r HeadListSilencesResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r HeadListSilencesResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r HeadListSilencesResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type CreateSilenceResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *Silence
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON408 the response for an HTTP 408 `application/json` response
+	JSON408 *RequestTimeout
+	// JSON413 the response for an HTTP 413 `application/json` response
+	JSON413 *TooLarge
+	// JSON415 the response for an HTTP 415 `application/json` response
+	JSON415 *UnsupportedMediaType
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Unavailable
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r CreateSilenceResponse) GetJSON201() *Silence {
+	return r.JSON201
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r CreateSilenceResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r CreateSilenceResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r CreateSilenceResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON408 returns the response for an HTTP 408 `application/json` response
+func (r CreateSilenceResponse) GetJSON408() *RequestTimeout {
+	return r.JSON408
+}
+
+// GetJSON413 returns the response for an HTTP 413 `application/json` response
+func (r CreateSilenceResponse) GetJSON413() *TooLarge {
+	return r.JSON413
+}
+
+// GetJSON415 returns the response for an HTTP 415 `application/json` response
+func (r CreateSilenceResponse) GetJSON415() *UnsupportedMediaType {
+	return r.JSON415
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r CreateSilenceResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r CreateSilenceResponse) GetJSON503() *Unavailable {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r CreateSilenceResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r CreateSilenceResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r CreateSilenceResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r CreateSilenceResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DeleteSilenceResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Unavailable
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r DeleteSilenceResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r DeleteSilenceResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r DeleteSilenceResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r DeleteSilenceResponse) GetJSON503() *Unavailable {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r DeleteSilenceResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeleteSilenceResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeleteSilenceResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeleteSilenceResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -4343,6 +6085,32 @@ func (c *ClientWithResponses) HeadEventsWithResponse(ctx context.Context, params
 		return nil, err
 	}
 	return ParseHeadEventsResponse(rsp)
+}
+
+// ListIncidentsWithResponse The node's open incident, if any, and the most recent closed ones
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/incidents (the `ListIncidents` operationId).
+func (c *ClientWithResponses) ListIncidentsWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ListIncidentsResponse, error) {
+	rsp, err := c.ListIncidents(ctx, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseListIncidentsResponse(rsp)
+}
+
+// HeadListIncidentsWithResponse The incidents: the same headers, without a body
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with HEAD /v1/incidents (the `HeadListIncidents` operationId).
+func (c *ClientWithResponses) HeadListIncidentsWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*HeadListIncidentsResponse, error) {
+	rsp, err := c.HeadListIncidents(ctx, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseHeadListIncidentsResponse(rsp)
 }
 
 // ListInstancesWithResponse List instances in id order
@@ -4570,6 +6338,97 @@ func (c *ClientWithResponses) HeadListNodesWithResponse(ctx context.Context, req
 	return ParseHeadListNodesResponse(rsp)
 }
 
+// ListNotifiersWithResponse Every notifier
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/notifiers (the `ListNotifiers` operationId).
+func (c *ClientWithResponses) ListNotifiersWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ListNotifiersResponse, error) {
+	rsp, err := c.ListNotifiers(ctx, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseListNotifiersResponse(rsp)
+}
+
+// HeadListNotifiersWithResponse Every notifier: the same headers, without a body
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with HEAD /v1/notifiers (the `HeadListNotifiers` operationId).
+func (c *ClientWithResponses) HeadListNotifiersWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*HeadListNotifiersResponse, error) {
+	rsp, err := c.HeadListNotifiers(ctx, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseHeadListNotifiersResponse(rsp)
+}
+
+// DeleteNotifierWithResponse Remove a notifier
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with DELETE /v1/notifiers/{name} (the `DeleteNotifier` operationId).
+func (c *ClientWithResponses) DeleteNotifierWithResponse(ctx context.Context, name string, reqEditors ...RequestEditorFn) (*DeleteNotifierResponse, error) {
+	rsp, err := c.DeleteNotifier(ctx, name, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeleteNotifierResponse(rsp)
+}
+
+// GetNotifierWithResponse A notifier and where its delivery stands
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/notifiers/{name} (the `GetNotifier` operationId).
+func (c *ClientWithResponses) GetNotifierWithResponse(ctx context.Context, name string, reqEditors ...RequestEditorFn) (*GetNotifierResponse, error) {
+	rsp, err := c.GetNotifier(ctx, name, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetNotifierResponse(rsp)
+}
+
+// HeadGetNotifierWithResponse A notifier: the same headers, without a body
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with HEAD /v1/notifiers/{name} (the `HeadGetNotifier` operationId).
+func (c *ClientWithResponses) HeadGetNotifierWithResponse(ctx context.Context, name string, reqEditors ...RequestEditorFn) (*HeadGetNotifierResponse, error) {
+	rsp, err := c.HeadGetNotifier(ctx, name, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseHeadGetNotifierResponse(rsp)
+}
+
+// PutNotifierWithBodyWithResponse Create or replace a notifier: every matching event of the log, POSTed as a signed CloudEvent, at least once and in order
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PUT /v1/notifiers/{name} (the `PutNotifier` operationId).
+func (c *ClientWithResponses) PutNotifierWithBodyWithResponse(ctx context.Context, name string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*PutNotifierResponse, error) {
+	rsp, err := c.PutNotifierWithBody(ctx, name, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParsePutNotifierResponse(rsp)
+}
+
+// PutNotifierWithResponse Create or replace a notifier: every matching event of the log, POSTed as a signed CloudEvent, at least once and in order
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PUT /v1/notifiers/{name} (the `PutNotifier` operationId).
+func (c *ClientWithResponses) PutNotifierWithResponse(ctx context.Context, name string, body PutNotifierJSONRequestBody, reqEditors ...RequestEditorFn) (*PutNotifierResponse, error) {
+	rsp, err := c.PutNotifier(ctx, name, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParsePutNotifierResponse(rsp)
+}
+
 // OpenapiWithResponse This document
 //
 // Returns a wrapper object for the known response body format(s).
@@ -4594,6 +6453,71 @@ func (c *ClientWithResponses) HeadOpenapiWithResponse(ctx context.Context, reqEd
 		return nil, err
 	}
 	return ParseHeadOpenapiResponse(rsp)
+}
+
+// ListSilencesWithResponse The silences that hold now
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/silences (the `ListSilences` operationId).
+func (c *ClientWithResponses) ListSilencesWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ListSilencesResponse, error) {
+	rsp, err := c.ListSilences(ctx, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseListSilencesResponse(rsp)
+}
+
+// HeadListSilencesWithResponse The silences: the same headers, without a body
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with HEAD /v1/silences (the `HeadListSilences` operationId).
+func (c *ClientWithResponses) HeadListSilencesWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*HeadListSilencesResponse, error) {
+	rsp, err := c.HeadListSilences(ctx, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseHeadListSilencesResponse(rsp)
+}
+
+// CreateSilenceWithBodyWithResponse Hold notifications and restarts of what matches until a time; probing and statuses go on
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/silences (the `CreateSilence` operationId).
+func (c *ClientWithResponses) CreateSilenceWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateSilenceResponse, error) {
+	rsp, err := c.CreateSilenceWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCreateSilenceResponse(rsp)
+}
+
+// CreateSilenceWithResponse Hold notifications and restarts of what matches until a time; probing and statuses go on
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/silences (the `CreateSilence` operationId).
+func (c *ClientWithResponses) CreateSilenceWithResponse(ctx context.Context, body CreateSilenceJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateSilenceResponse, error) {
+	rsp, err := c.CreateSilence(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCreateSilenceResponse(rsp)
+}
+
+// DeleteSilenceWithResponse End a silence now
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with DELETE /v1/silences/{id} (the `DeleteSilence` operationId).
+func (c *ClientWithResponses) DeleteSilenceWithResponse(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*DeleteSilenceResponse, error) {
+	rsp, err := c.DeleteSilence(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeleteSilenceResponse(rsp)
 }
 
 // SummaryWithResponse Counts per status
@@ -4832,6 +6756,69 @@ func ParseHeadEventsResponse(rsp *http.Response) (*HeadEventsResponse, error) {
 	}
 
 	response := &HeadEventsResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	return response, nil
+}
+
+// ParseListIncidentsResponse parses an HTTP response from a ListIncidentsWithResponse call
+func ParseListIncidentsResponse(rsp *http.Response) (*ListIncidentsResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ListIncidentsResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest IncidentList
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseHeadListIncidentsResponse parses an HTTP response from a HeadListIncidentsWithResponse call
+func ParseHeadListIncidentsResponse(rsp *http.Response) (*HeadListIncidentsResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &HeadListIncidentsResponse{
 		Body:         bodyBytes,
 		HTTPResponse: rsp,
 	}
@@ -5504,6 +7491,271 @@ func ParseHeadListNodesResponse(rsp *http.Response) (*HeadListNodesResponse, err
 	return response, nil
 }
 
+// ParseListNotifiersResponse parses an HTTP response from a ListNotifiersWithResponse call
+func ParseListNotifiersResponse(rsp *http.Response) (*ListNotifiersResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ListNotifiersResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest NotifierList
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseHeadListNotifiersResponse parses an HTTP response from a HeadListNotifiersWithResponse call
+func ParseHeadListNotifiersResponse(rsp *http.Response) (*HeadListNotifiersResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &HeadListNotifiersResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	return response, nil
+}
+
+// ParseDeleteNotifierResponse parses an HTTP response from a DeleteNotifierWithResponse call
+func ParseDeleteNotifierResponse(rsp *http.Response) (*DeleteNotifierResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeleteNotifierResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseGetNotifierResponse parses an HTTP response from a GetNotifierWithResponse call
+func ParseGetNotifierResponse(rsp *http.Response) (*GetNotifierResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetNotifierResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Notifier
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseHeadGetNotifierResponse parses an HTTP response from a HeadGetNotifierWithResponse call
+func ParseHeadGetNotifierResponse(rsp *http.Response) (*HeadGetNotifierResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &HeadGetNotifierResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	return response, nil
+}
+
+// ParsePutNotifierResponse parses an HTTP response from a PutNotifierWithResponse call
+func ParsePutNotifierResponse(rsp *http.Response) (*PutNotifierResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &PutNotifierResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Notifier
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest Notifier
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
+		var dest RequestTimeout
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON408 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
+		var dest TooLarge
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON413 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest UnsupportedMediaType
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON415 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
 // ParseOpenapiResponse parses an HTTP response from a OpenapiWithResponse call
 func ParseOpenapiResponse(rsp *http.Response) (*OpenapiResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -5555,6 +7807,201 @@ func ParseHeadOpenapiResponse(rsp *http.Response) (*HeadOpenapiResponse, error) 
 	response := &HeadOpenapiResponse{
 		Body:         bodyBytes,
 		HTTPResponse: rsp,
+	}
+
+	return response, nil
+}
+
+// ParseListSilencesResponse parses an HTTP response from a ListSilencesWithResponse call
+func ParseListSilencesResponse(rsp *http.Response) (*ListSilencesResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ListSilencesResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest SilenceList
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseHeadListSilencesResponse parses an HTTP response from a HeadListSilencesWithResponse call
+func ParseHeadListSilencesResponse(rsp *http.Response) (*HeadListSilencesResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &HeadListSilencesResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	return response, nil
+}
+
+// ParseCreateSilenceResponse parses an HTTP response from a CreateSilenceWithResponse call
+func ParseCreateSilenceResponse(rsp *http.Response) (*CreateSilenceResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &CreateSilenceResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest Silence
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
+		var dest RequestTimeout
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON408 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
+		var dest TooLarge
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON413 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest UnsupportedMediaType
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON415 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseDeleteSilenceResponse parses an HTTP response from a DeleteSilenceWithResponse call
+func ParseDeleteSilenceResponse(rsp *http.Response) (*DeleteSilenceResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeleteSilenceResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
 	}
 
 	return response, nil

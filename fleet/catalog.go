@@ -18,6 +18,7 @@ type record struct {
 	rev    int64         // etcd revision of the owner key as applied
 	status health.Status // "" until the owner published one
 	since  time.Time
+	labels map[string]string
 }
 
 // item is a record as the catalog keeps it, for a whole fleet's instances
@@ -25,6 +26,7 @@ type record struct {
 // index into the node names.
 type item struct {
 	id     string
+	labels map[string]string // as the owner last published them; shared, never changed
 	rev    int64
 	since  int64  // unix nanoseconds; 0 for none
 	owner  uint16 // index in catalog.names; 0 for none
@@ -98,7 +100,7 @@ func (c *catalog) countLocked(it item, d int) {
 }
 
 func (c *catalog) recordLocked(it item) record {
-	r := record{id: it.id, owner: c.names[it.owner], rev: it.rev}
+	r := record{id: it.id, owner: c.names[it.owner], rev: it.rev, labels: it.labels}
 	if int(it.status) < len(health.Statuses) {
 		r.status = health.Statuses[it.status]
 	}
@@ -151,7 +153,7 @@ func (c *catalog) setOwner(id, owner string, rev int64) bool {
 
 // setStatus records status/<id>; a status of an instance with no owner
 // (its owners key not seen yet) is kept for when it comes.
-func (c *catalog) setStatus(id string, st health.Status, since time.Time) {
+func (c *catalog) setStatus(id string, st health.Status, since time.Time, labels map[string]string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	it, ok := c.byID.Get(item{id: id})
@@ -160,7 +162,7 @@ func (c *catalog) setStatus(id string, st health.Status, since time.Time) {
 	} else {
 		it = item{id: id}
 	}
-	it.status, it.since = uint8(slot(st)), 0
+	it.status, it.since, it.labels = uint8(slot(st)), 0, labels
 	if !since.IsZero() {
 		it.since = since.UnixNano()
 	}
@@ -285,9 +287,9 @@ func (c *catalog) summary() (map[health.Status]int, map[string]map[health.Status
 }
 
 // page returns up to limit records after the id cursor whose shown status
-// is in statuses (all when empty), with their shown status, and whether
-// more follow.
-func (c *catalog) page(statuses []health.Status, after string, limit int) (recs []record, shown []health.Status, more bool) {
+// is in statuses (all when empty) and that have every label of labels,
+// with their shown status, and whether more follow.
+func (c *catalog) page(statuses []health.Status, labels map[string]string, after string, limit int) (recs []record, shown []health.Status, more bool) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	visit := func(it item) bool {
@@ -298,7 +300,7 @@ func (c *catalog) page(statuses []health.Status, after string, limit int) (recs 
 			return true // a status whose owner key is not here yet
 		}
 		st := c.shownLocked(it)
-		if len(statuses) > 0 && !contains(statuses, st) {
+		if len(statuses) > 0 && !contains(statuses, st) || !health.MatchLabels(it.labels, labels) {
 			return true
 		}
 		if len(recs) == limit {

@@ -36,7 +36,7 @@ func TestCatalogCountsAndShowsDownNodesAsUnknown(t *testing.T) {
 		id := []string{"vm-1", "vm-2", "vm-3"}[i]
 		owner := []string{"a", "a", "b"}[i]
 		c.setOwner(id, owner, int64(i+1))
-		c.setStatus(id, st, t0)
+		c.setStatus(id, st, t0, map[string]string{"n": owner})
 	}
 	c.setOwner("vm-4", "b", 9) // registered, no status published yet
 	total, per := c.summary()
@@ -60,13 +60,15 @@ func TestCatalogCountsAndShowsDownNodesAsUnknown(t *testing.T) {
 	assert.Equal(t, 2, per["b"][health.StatusUnknown])
 	assert.Equal(t, 2, c.instances("b"))
 
-	recs, shown, more := c.page([]health.Status{health.StatusUnknown}, "", 10)
+	recs, shown, more := c.page([]health.Status{health.StatusUnknown}, nil, "", 10)
 	assert.False(t, more)
 	require.Len(t, recs, 2)
 	assert.Equal(t, []string{"vm-3", "vm-4"}, []string{recs[0].id, recs[1].id})
 	assert.Equal(t, []health.Status{health.StatusUnknown, health.StatusUnknown}, shown)
 
-	recs, _, more = c.page(nil, "vm-1", 2)
+	recs, _, more = c.page(nil, nil, "vm-1", 2)
+	onA, _, _ := c.page(nil, map[string]string{"n": "a"}, "", 10)
+	assert.Len(t, onA, 2, "by label")
 	assert.True(t, more)
 	assert.Equal(t, []string{"vm-2", "vm-3"}, []string{recs[0].id, recs[1].id})
 	assert.Equal(t, []string{"vm-3", "vm-4"}, c.ownedBy("b"))

@@ -249,12 +249,12 @@ func (n *Node) apply(key string, value []byte, deleted bool, rev int64, now time
 	case strings.HasPrefix(rest, keyStatus):
 		id := strings.TrimPrefix(rest, keyStatus)
 		if deleted {
-			n.cat.setStatus(id, "", time.Time{})
+			n.cat.setStatus(id, "", time.Time{}, nil)
 			return false
 		}
 		var s statusRecord
 		if json.Unmarshal(value, &s) == nil {
-			n.cat.setStatus(id, s.Status, s.Since)
+			n.cat.setStatus(id, s.Status, s.Since, s.Labels)
 		}
 	case strings.HasPrefix(rest, keyMembers):
 		var m member
@@ -275,10 +275,12 @@ func (n *Node) apply(key string, value []byte, deleted bool, rev int64, now time
 	return false
 }
 
-// statusRecord is the value of status/<id>.
+// statusRecord is the value of status/<id>: the last status and the labels
+// the fleet filters pages by.
 type statusRecord struct {
-	Status health.Status `json:"status"`
-	Since  time.Time     `json:"since"`
+	Status health.Status     `json:"status"`
+	Since  time.Time         `json:"since"`
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // Admit is the scheduler's admission at boot (actors.WithAdmit): an
@@ -315,7 +317,7 @@ func (n *Node) Start(ctx context.Context, sched *actors.Scheduler) error {
 	}
 	local := map[string]bool{}
 	for cursor := ""; ; {
-		page, next := sched.List(nil, cursor, 1000)
+		page, next := sched.List(actors.Filter{}, cursor, 1000)
 		for _, in := range page {
 			local[in.ID] = true
 			if !n.bootOwned[in.ID] {

@@ -123,6 +123,11 @@ func (p *publisher) flush() {
 // false when etcd did not answer.
 func (p *publisher) write(id string, s statusRecord) bool {
 	n := p.n
+	if sched := n.sched.Load(); sched != nil {
+		if info, ok := sched.Peek(id); ok {
+			s.Labels = info.Labels
+		}
+	}
 	b, _ := json.Marshal(s)
 	owner := n.key(keyOwners, id)
 	ctx, done := n.op("publish")

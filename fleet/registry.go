@@ -229,13 +229,16 @@ func (n *Node) downInfo(id string) actors.Info {
 }
 
 // List is this node's page of instances.
-func (r *Registry) List(statuses []health.Status, cursor string, limit int) ([]actors.Info, string) {
-	page, next := r.sched().List(statuses, cursor, limit)
+func (r *Registry) List(f actors.Filter, cursor string, limit int) ([]actors.Info, string) {
+	page, next := r.sched().List(f, cursor, limit)
 	for i := range page {
 		page[i].Node = r.n.cfg.Name
 	}
 	return page, next
 }
+
+// Incidents are this node's.
+func (r *Registry) Incidents() []health.Incident { return r.sched().Incidents() }
 
 // Summary counts this node's instances by status.
 func (r *Registry) Summary() map[health.Status]int { return r.sched().Summary() }
@@ -311,9 +314,10 @@ func (r *Registry) FleetSummary(context.Context) (any, error) {
 // FleetList pages the fleet's instances in id order: the catalog chooses
 // the page (with the status each shows), and each owner answers for its
 // own in one request; a node that is down is answered for.
-func (r *Registry) FleetList(ctx context.Context, statuses []health.Status, after string, limit int) ([]actors.Info, string, error) {
+func (r *Registry) FleetList(ctx context.Context, f actors.Filter, after string, limit int) ([]actors.Info, string, error) {
 	n := r.n
-	recs, _, more := n.cat.page(statuses, after, limit)
+	statuses := f.Statuses
+	recs, _, more := n.cat.page(statuses, f.Labels, after, limit)
 	byOwner := map[string][]string{}
 	for _, rec := range recs {
 		byOwner[rec.owner] = append(byOwner[rec.owner], rec.id)
@@ -373,7 +377,7 @@ func (r *Registry) FleetList(ctx context.Context, statuses []health.Status, afte
 				continue // deleted meanwhile
 			}
 		}
-		if len(statuses) > 0 && !contains(statuses, info.Health.Status) {
+		if len(statuses) > 0 && !contains(statuses, info.Health.Status) || !health.MatchLabels(info.Labels, f.Labels) && info.Health.Reason == "" {
 			continue // changed since the catalog saw it
 		}
 		page = append(page, info)

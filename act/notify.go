@@ -1,0 +1,614 @@
+// Package act is what vigil does about health beyond reporting it:
+// notifiers that get every matching event of the durable log as a signed
+// CloudEvent, at least once and in order, however long a receiver is away;
+// restart attempts delivered to the VM manager; and silences, during which
+// notifications and restarts hold. None of it ever slows probing: delivery
+// reads the log after the fact, each notifier on its own goroutine, and a
+// restart attempt is queued by the instance's actor and sent here.
+//
+// Concurrency contract: a Notifiers, a Restarter and a Silences are safe for
+// concurrent use once built; Close stops their goroutines.
+package act
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2/event"
+	"github.com/rs/zerolog"
+
+	"github.com/vigilhq/vigil/actors"
+	"github.com/vigilhq/vigil/health"
+)
+
+// Delivery's bounds.
+const (
+	RetryFirst       = time.Second
+	RetryMax         = 5 * time.Minute
+	AttemptTimeout   = 5 * time.Second
+	cursorEvery      = 200 * time.Millisecond // a delivered position is made durable this often at most
+	readPage         = 256
+	maxNotifiers     = 64
+	maxSecret        = 256
+	SignatureHeader  = "X-Vigil-Signature"
+	EventTypePrefix  = "io.vigil."
+	ContentTypeEvent = "application/cloudevents+json"
+)
+
+// KV is the durable records act keeps (persistence.Store has them).
+type KV interface {
+	PutMeta(ctx context.Context, key string, value []byte) error
+	DeleteMeta(ctx context.Context, key string) error
+	Meta(prefix string, fn func(key string, value []byte) error) error
+}
+
+// Log is the durable event log notifiers read (actors.Scheduler is one).
+type Log interface {
+	Events(after uint64, limit int) ([]actors.Event, uint64, error)
+	LastSeq() uint64
+	Subscribe(buffer int) *actors.Subscription
+}
+
+// Match selects the events a notifier gets: those of instances with every
+// label of Labels, and transitions only to a status of To (all when empty).
+type Match struct {
+	Labels map[string]string `json:"labels,omitempty"`
+	To     []health.Status   `json:"to,omitempty"`
+}
+
+// NotifierSpec is a notifier as a client writes it.
+type NotifierSpec struct {
+	URL    string `json:"url"`
+	Secret string `json:"secret,omitempty"`
+	Match  Match  `json:"match"`
+}
+
+var namePattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+
+// Error is a notifier or silence that cannot be: Field names what.
+type Error struct {
+	Field, Message string
+}
+
+func (e *Error) Error() string { return e.Message }
+
+func invalid(field, format string, args ...any) error {
+	return &Error{Field: field, Message: fmt.Sprintf(format, args...)}
+}
+
+// ErrNotFound is a notifier or silence that does not exist.
+var ErrNotFound = errors.New("act: no such notifier or silence")
+
+// Validate checks a notifier's name and spec; errors name the field.
+func (s *NotifierSpec) Validate(name string) error {
+	if !namePattern.MatchString(name) {
+		return invalid("name", "name must be 1-64 characters of A-Z a-z 0-9 . _ - (got %q)", name)
+	}
+	u, err := url.Parse(s.URL)
+	if s.URL == "" || err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return invalid("url", "url must be an http or https URL that receives the events")
+	}
+	if len(s.Secret) > maxSecret {
+		return invalid("secret", "secret must be at most %d bytes", maxSecret)
+	}
+	if err := health.ValidateLabels(s.Match.Labels); err != nil {
+		var fe *health.FieldError
+		if errors.As(err, &fe) {
+			return invalid("match."+fe.Field, "match.%s", fe.Error())
+		}
+		return err
+	}
+	for i, st := range s.Match.To {
+		if !st.Valid() {
+			return invalid(fmt.Sprintf("match.to[%d]", i), "match.to[%d] must be one of disabled, unknown, starting, healthy, unhealthy (got %q)", i, st)
+		}
+	}
+	return nil
+}
+
+// NotifierView is a notifier as GET shows it: no secret, and where its
+// delivery stands.
+type NotifierView struct {
+	Name            string     `json:"name"`
+	URL             string     `json:"url"`
+	SecretSet       bool       `json:"secret_set"`
+	Match           Match      `json:"match"`
+	Position        uint64     `json:"position"` // the last event delivered (or passed over)
+	Backlog         uint64     `json:"backlog"`  // events after it
+	Delivered       uint64     `json:"delivered"`
+	LastDeliveredAt *time.Time `json:"last_delivered_at"`
+	Attempts        int        `json:"attempts"` // of the event being delivered
+	LastError       string     `json:"last_error"`
+	NextAttemptAt   *time.Time `json:"next_attempt_at"`
+}
+
+// Notifiers delivers the event log to every notifier.
+type Notifiers struct {
+	kv   KV
+	log  Log
+	node string
+	lg   zerolog.Logger
+	http *http.Client
+
+	mu       sync.Mutex
+	byName   map[string]*notifier
+	closed   bool
+	wg       sync.WaitGroup
+	ctx      context.Context
+	cancel   context.CancelFunc
+	newEvent chan struct{} // closed and replaced when an event arrives
+	sub      *actors.Subscription
+}
+
+// notifier is one notifier's delivery: its goroutine owns pos and the
+// fields under mu only others read.
+type notifier struct {
+	name   string
+	spec   NotifierSpec
+	stop   chan struct{}
+	done   chan struct{}
+	mu     sync.Mutex
+	view   NotifierView
+	posted uint64 // position made durable
+}
+
+const (
+	keyNotifier = "notifier/"
+	keyCursor   = "cursor/"
+)
+
+// NewNotifiers loads the stored notifiers and starts delivering. node names
+// the events' source.
+func NewNotifiers(kv KV, log Log, node string, lg zerolog.Logger) (*Notifiers, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	n := &Notifiers{kv: kv, log: log, node: node, lg: lg.With().Str("component", "notify").Logger(),
+		http:   &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
+		byName: map[string]*notifier{}, ctx: ctx, cancel: cancel, newEvent: make(chan struct{})}
+	cursors := map[string]uint64{}
+	err := kv.Meta(keyCursor, func(key string, value []byte) error {
+		seq, err := strconv.ParseUint(string(value), 10, 64)
+		if err == nil {
+			cursors[strings.TrimPrefix(key, keyCursor)] = seq
+		}
+		return nil
+	})
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	var specs []struct {
+		name string
+		spec NotifierSpec
+	}
+	err = kv.Meta(keyNotifier, func(key string, value []byte) error {
+		var s NotifierSpec
+		if err := json.Unmarshal(value, &s); err != nil {
+			n.lg.Error().Err(err).Str("notifier", key).Msg("notifier_record_skipped")
+			return nil
+		}
+		specs = append(specs, struct {
+			name string
+			spec NotifierSpec
+		}{strings.TrimPrefix(key, keyNotifier), s})
+		return nil
+	})
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	n.sub = log.Subscribe(1024)
+	n.wg.Add(1)
+	go n.follow()
+	for _, s := range specs {
+		n.start(s.name, s.spec, cursors[s.name])
+	}
+	return n, nil
+}
+
+// follow wakes the delivery loops when events arrive.
+func (n *Notifiers) follow() {
+	defer n.wg.Done()
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case _, ok := <-n.sub.C:
+			if !ok {
+				if errors.Is(n.sub.Err(), actors.ErrLagged) {
+					n.sub = n.log.Subscribe(1024)
+					continue
+				}
+				return
+			}
+		}
+		n.mu.Lock()
+		close(n.newEvent)
+		n.newEvent = make(chan struct{})
+		n.mu.Unlock()
+	}
+}
+
+func (n *Notifiers) waitEvent() <-chan struct{} {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.newEvent
+}
+
+func (n *Notifiers) start(name string, spec NotifierSpec, pos uint64) {
+	nt := &notifier{name: name, spec: spec, stop: make(chan struct{}), done: make(chan struct{}), posted: pos,
+		view: NotifierView{Name: name, URL: spec.URL, SecretSet: spec.Secret != "", Match: spec.Match, Position: pos}}
+	n.mu.Lock()
+	n.byName[name] = nt
+	n.mu.Unlock()
+	n.wg.Add(1)
+	go n.deliver(nt, pos)
+}
+
+// Put creates or replaces a notifier. A new one starts at the newest event
+// (it gets what happens from now on); a replaced one keeps its position.
+func (n *Notifiers) Put(ctx context.Context, name string, spec NotifierSpec) (NotifierView, bool, error) {
+	if err := spec.Validate(name); err != nil {
+		return NotifierView{}, false, err
+	}
+	n.mu.Lock()
+	old, exists := n.byName[name]
+	count := len(n.byName)
+	n.mu.Unlock()
+	if !exists && count >= maxNotifiers {
+		return NotifierView{}, false, invalid("name", "at most %d notifiers", maxNotifiers)
+	}
+	pos := n.log.LastSeq()
+	if exists {
+		old.mu.Lock()
+		pos = old.view.Position
+		old.mu.Unlock()
+	}
+	b, _ := json.Marshal(spec)
+	if !exists {
+		if err := n.kv.PutMeta(ctx, keyCursor+name, []byte(strconv.FormatUint(pos, 10))); err != nil {
+			return NotifierView{}, false, err
+		}
+	}
+	if err := n.kv.PutMeta(ctx, keyNotifier+name, b); err != nil {
+		return NotifierView{}, false, err
+	}
+	if exists {
+		n.stopOne(old)
+	}
+	n.start(name, spec, pos)
+	v, _ := n.Get(name)
+	return v, !exists, nil
+}
+
+// Delete removes a notifier and its position.
+func (n *Notifiers) Delete(ctx context.Context, name string) error {
+	n.mu.Lock()
+	nt, ok := n.byName[name]
+	delete(n.byName, name)
+	n.mu.Unlock()
+	if !ok {
+		return ErrNotFound
+	}
+	n.stopOne(nt)
+	if err := n.kv.DeleteMeta(ctx, keyNotifier+name); err != nil {
+		return err
+	}
+	return n.kv.DeleteMeta(ctx, keyCursor+name)
+}
+
+func (n *Notifiers) stopOne(nt *notifier) {
+	close(nt.stop)
+	<-nt.done
+}
+
+// Get shows one notifier.
+func (n *Notifiers) Get(name string) (NotifierView, bool) {
+	n.mu.Lock()
+	nt, ok := n.byName[name]
+	n.mu.Unlock()
+	if !ok {
+		return NotifierView{}, false
+	}
+	nt.mu.Lock()
+	v := nt.view
+	nt.mu.Unlock()
+	if last := n.log.LastSeq(); last > v.Position {
+		v.Backlog = last - v.Position
+	}
+	return v, true
+}
+
+// List shows every notifier, by name.
+func (n *Notifiers) List() []NotifierView {
+	n.mu.Lock()
+	names := make([]string, 0, len(n.byName))
+	for name := range n.byName {
+		names = append(names, name)
+	}
+	n.mu.Unlock()
+	sort.Strings(names)
+	out := make([]NotifierView, 0, len(names))
+	for _, name := range names {
+		if v, ok := n.Get(name); ok {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// Close stops delivery and makes every position durable.
+func (n *Notifiers) Close() {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return
+	}
+	n.closed = true
+	all := make([]*notifier, 0, len(n.byName))
+	for _, nt := range n.byName {
+		all = append(all, nt)
+	}
+	n.mu.Unlock()
+	for _, nt := range all {
+		n.stopOne(nt)
+	}
+	n.cancel()
+	n.sub.Close()
+	n.wg.Wait()
+}
+
+// deliver is one notifier's loop: read the log after its position, send
+// each matching event until the receiver takes it (retrying with backoff),
+// move on. The position is made durable after delivery, so a crash repeats
+// an event at most, never loses one.
+func (n *Notifiers) deliver(nt *notifier, pos uint64) {
+	defer n.wg.Done()
+	defer close(nt.done)
+	defer func() { n.savePosition(nt, pos) }()
+	lastSaved := time.Now()
+	for {
+		select {
+		case <-nt.stop:
+			return
+		default:
+		}
+		wait := n.waitEvent()
+		evs, oldest, err := n.log.Events(pos, readPage)
+		if err != nil {
+			n.setError(nt, err)
+			if !n.sleep(nt, time.Second) {
+				return
+			}
+			continue
+		}
+		if oldest > pos+1 {
+			// the log no longer has what comes after pos: one reset event
+			reset := actors.Event{Kind: "reset", Details: map[string]any{"requested_seq": pos, "oldest_seq": oldest}}
+			if !n.send(nt, reset, fmt.Sprintf("%s-reset-%d", n.node, oldest)) {
+				return
+			}
+			pos = oldest - 1
+			n.savePosition(nt, pos)
+			continue
+		}
+		if len(evs) == 0 {
+			n.savePosition(nt, pos)
+			lastSaved = time.Now()
+			select {
+			case <-nt.stop:
+				return
+			case <-wait:
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		for _, ev := range evs {
+			if nt.spec.Match.matches(&ev) && !n.send(nt, ev, fmt.Sprintf("%s-%d", n.node, ev.Seq)) {
+				return
+			}
+			pos = ev.Seq
+			nt.mu.Lock()
+			nt.view.Position = pos
+			nt.mu.Unlock()
+			if time.Since(lastSaved) >= cursorEvery {
+				n.savePosition(nt, pos)
+				lastSaved = time.Now()
+			}
+		}
+	}
+}
+
+// savePosition makes a position durable, when it moved.
+func (n *Notifiers) savePosition(nt *notifier, pos uint64) {
+	nt.mu.Lock()
+	nt.view.Position = pos
+	same := nt.posted == pos
+	nt.mu.Unlock()
+	if same {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := n.kv.PutMeta(ctx, keyCursor+nt.name, []byte(strconv.FormatUint(pos, 10))); err != nil {
+		n.lg.Warn().Err(err).Str("notifier", nt.name).Msg("notifier_position_not_saved")
+		return
+	}
+	nt.mu.Lock()
+	nt.posted = pos
+	nt.mu.Unlock()
+}
+
+func (n *Notifiers) sleep(nt *notifier, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-nt.stop:
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+func (n *Notifiers) setError(nt *notifier, err error) {
+	nt.mu.Lock()
+	nt.view.LastError = health.TruncateUTF8(err.Error(), health.MaxLastError)
+	nt.mu.Unlock()
+}
+
+// send posts one event until the receiver takes it (a 2xx), backing off
+// exponentially with jitter from RetryFirst to RetryMax; it returns false
+// when the notifier stops first.
+func (n *Notifiers) send(nt *notifier, ev actors.Event, id string) bool {
+	body, err := CloudEvent(ev, id, n.node)
+	if err != nil {
+		n.lg.Error().Err(err).Str("notifier", nt.name).Uint64("seq", ev.Seq).Msg("notifier_event_skipped")
+		return true
+	}
+	backoff := RetryFirst
+	for attempt := 1; ; attempt++ {
+		nt.mu.Lock()
+		nt.view.Attempts = attempt
+		nt.mu.Unlock()
+		err := n.post(nt, body)
+		if err == nil {
+			now := time.Now().UTC()
+			nt.mu.Lock()
+			nt.view.Delivered++
+			nt.view.LastDeliveredAt = &now
+			nt.view.Attempts, nt.view.LastError, nt.view.NextAttemptAt = 0, "", nil
+			nt.mu.Unlock()
+			return true
+		}
+		// full jitter over the upper half: retries of many notifiers spread
+		wait := backoff/2 + rand.N(backoff/2+1)
+		next := time.Now().Add(wait).UTC()
+		nt.mu.Lock()
+		nt.view.LastError = health.TruncateUTF8(err.Error(), health.MaxLastError)
+		nt.view.NextAttemptAt = &next
+		nt.mu.Unlock()
+		if attempt == 1 || attempt%10 == 0 {
+			n.lg.Warn().Err(err).Str("notifier", nt.name).Uint64("seq", ev.Seq).Int("attempt", attempt).Msg("notifier_delivery_failed")
+		}
+		if !n.sleep(nt, wait) {
+			return false
+		}
+		backoff = min(backoff*2, RetryMax)
+	}
+}
+
+func (n *Notifiers) post(nt *notifier, body []byte) error {
+	ctx, cancel := context.WithTimeout(n.ctx, AttemptTimeout)
+	defer cancel()
+	go func() {
+		select {
+		case <-nt.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, nt.spec.URL, strings.NewReader(string(body)))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", ContentTypeEvent)
+	req.Header.Set("User-Agent", "vigil-notifier/1")
+	if nt.spec.Secret != "" {
+		req.Header.Set(SignatureHeader, Sign(nt.spec.Secret, body))
+	}
+	resp, err := n.http.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("the receiver answered %s", resp.Status)
+	}
+	return nil
+}
+
+// Sign is the signature of a body: sha256=<hex of HMAC-SHA256(secret, body)>.
+func Sign(secret string, body []byte) string {
+	m := hmac.New(sha256.New, []byte(secret))
+	m.Write(body)
+	return "sha256=" + hex.EncodeToString(m.Sum(nil))
+}
+
+// CloudEvent renders an event of the log as a CloudEvents 1.0 structured
+// JSON event: its type io.vigil.<kind> (transition, flapping, ...), its
+// subject the instance, its data the event as the API shows it.
+func CloudEvent(ev actors.Event, id, node string) ([]byte, error) {
+	ce := cloudevents.New(cloudevents.CloudEventsVersionV1)
+	ce.SetID(id)
+	ce.SetSource("vigil://" + node)
+	kind := ev.Name()
+	ce.SetType(EventTypePrefix + kind)
+	if ev.InstanceID != "" {
+		ce.SetSubject(ev.InstanceID)
+	}
+	at := ev.At
+	if at.IsZero() {
+		at = time.Now()
+	}
+	ce.SetTime(at.UTC())
+	if err := ce.SetData("application/json", ev); err != nil {
+		return nil, err
+	}
+	if err := ce.Validate(); err != nil {
+		return nil, err
+	}
+	return json.Marshal(ce)
+}
+
+// matches reports whether the notifier gets this event: an instance's
+// events need its labels; a transition folded into its flapping, a silence
+// or an incident is not sent (the flapping, flapping_ended, silence_ended
+// and incident events are); an incident's labels are its instances'
+// common labels.
+func (m *Match) matches(ev *actors.Event) bool {
+	labels := ev.Labels
+	if ev.Kind == actors.KindIncidentOpened || ev.Kind == actors.KindIncidentClosed {
+		labels = map[string]string{}
+		if common, ok := ev.Details["common_labels"].(map[string]string); ok {
+			labels = common
+		} else if common, ok := ev.Details["common_labels"].(map[string]any); ok {
+			for k, v := range common {
+				labels[k], _ = v.(string)
+			}
+		}
+	}
+	if !health.MatchLabels(labels, m.Labels) {
+		return false
+	}
+	switch ev.Kind {
+	case "":
+		if ev.Flapping || ev.Silenced || ev.Incident != "" {
+			return false
+		}
+		if len(m.To) == 0 {
+			return true
+		}
+		for _, st := range m.To {
+			if st == ev.To {
+				return true
+			}
+		}
+		return false
+	case actors.KindFlapping, actors.KindFlappingEnded:
+		return !ev.Silenced
+	}
+	return true
+}
