@@ -136,8 +136,19 @@ type NotifierView struct {
 	NextAttemptAt   *time.Time `json:"next_attempt_at"`
 }
 
+// Option tunes Notifiers.
+type Option func(*Notifiers)
+
+// WithRetry sets the first and the longest pause between attempts to
+// deliver one event (default 1 s and 5 min).
+func WithRetry(first, longest time.Duration) Option {
+	return func(n *Notifiers) { n.retryFirst, n.retryMax = first, longest }
+}
+
 // Notifiers delivers the event log to every notifier.
 type Notifiers struct {
+	retryFirst, retryMax time.Duration
+
 	kv   KV
 	log  Log
 	node string
@@ -173,9 +184,9 @@ const (
 
 // NewNotifiers loads the stored notifiers and starts delivering. node names
 // the events' source.
-func NewNotifiers(kv KV, log Log, node string, lg zerolog.Logger) (*Notifiers, error) {
+func NewNotifiers(kv KV, log Log, node string, lg zerolog.Logger, opts ...Option) (*Notifiers, error) {
 	ctx, cancel := context.WithCancel(context.Background())
-	n := &Notifiers{kv: kv, log: log, node: node, lg: lg.With().Str("component", "notify").Logger(),
+	n := &Notifiers{retryFirst: RetryFirst, retryMax: RetryMax, kv: kv, log: log, node: node, lg: lg.With().Str("component", "notify").Logger(),
 		http:   &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
 		byName: map[string]*notifier{}, ctx: ctx, cancel: cancel, newEvent: make(chan struct{})}
 	cursors := map[string]uint64{}
@@ -189,6 +200,9 @@ func NewNotifiers(kv KV, log Log, node string, lg zerolog.Logger) (*Notifiers, e
 	if err != nil {
 		cancel()
 		return nil, err
+	}
+	for _, o := range opts {
+		o(n)
 	}
 	var specs []struct {
 		name string
@@ -478,7 +492,7 @@ func (n *Notifiers) send(nt *notifier, ev actors.Event, id string) bool {
 		n.lg.Error().Err(err).Str("notifier", nt.name).Uint64("seq", ev.Seq).Msg("notifier_event_skipped")
 		return true
 	}
-	backoff := RetryFirst
+	backoff := n.retryFirst
 	for attempt := 1; ; attempt++ {
 		nt.mu.Lock()
 		nt.view.Attempts = attempt
@@ -506,7 +520,7 @@ func (n *Notifiers) send(nt *notifier, ev actors.Event, id string) bool {
 		if !n.sleep(nt, wait) {
 			return false
 		}
-		backoff = min(backoff*2, RetryMax)
+		backoff = min(backoff*2, n.retryMax)
 	}
 }
 

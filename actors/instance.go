@@ -258,9 +258,12 @@ func (a *instanceActor) configure(ctx actor.Context, in *health.Instance) {
 	tr, changed, fresh := a.st.Configure(prev, a.cfg, now)
 	policyChanged := !prev.Policy.Equal(a.cfg.Policy)
 	targetChanged := !prevInst.SameTarget(*in)
-	if policyChanged || !in.StartTime().Equal(prevInst.StartTime()) || !reflect.DeepEqual(in.RestartPolicy, prevInst.RestartPolicy) {
-		// the VM restarted, or what restarts it changed: the attempts
-		// count from nothing
+	newStart := !in.StartTime().Equal(prevInst.StartTime())
+	if policyChanged || !reflect.DeepEqual(in.RestartPolicy, prevInst.RestartPolicy) ||
+		newStart && a.st.Restart.Blocked == health.BlockedMaxAttempts {
+		// what restarts it changed, or the VM was started again after
+		// restarts stopped at their limit: the attempts count from nothing
+		// (a restart vigil asked for changes started_at too, and counts)
 		a.st.Restart.Reset()
 	}
 	if policyChanged || targetChanged {
@@ -338,7 +341,7 @@ func (a *instanceActor) transition(tr health.Transition) {
 	}
 	ev.Silenced = a.s.silenced(a.inst, now)
 	if tr.To == health.StatusUnhealthy || tr.From == health.StatusUnhealthy {
-		ev.Incident = a.s.observeIncident(tr, now)
+		ev.Incident = a.s.observeIncident(a.inst.ID, tr, now)
 	}
 	a.dirty = false
 	a.saved = a.st.Progress(a.cfg.Policy)
@@ -392,7 +395,7 @@ func (a *instanceActor) act(ctx actor.Context, silenceEnded bool) {
 		before := a.st.Restart
 		last, _ := a.st.History.Last()
 		attempt, next := a.st.Restart.Decide(rp, health.RestartInput{Status: a.st.Status, Since: a.st.Since, Now: now,
-			Held: a.held(now), Reason: last.Reason, LastError: a.st.LastError})
+			Held: a.held(now), HoldDown: a.s.opt.holdDown, HeldUntil: a.s.incidentClosedAt(), Reason: last.Reason, LastError: a.st.LastError})
 		if attempt {
 			a.sendRestart()
 		} else if a.st.Restart != before {

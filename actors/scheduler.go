@@ -110,7 +110,17 @@ type options struct {
 	restarter Restarter
 	silencer  Silencer
 	incidents health.IncidentRules
+	holdDown  time.Duration
 }
+
+// DefaultRestartHoldDown is how long an instance is unhealthy, at least,
+// before a restart: time for the node to see whether many instances fail
+// together (an incident, whose restarts hold).
+const DefaultRestartHoldDown = 5 * time.Second
+
+// WithRestartHoldDown sets the least time unhealthy before a restart
+// (default 5 s).
+func WithRestartHoldDown(d time.Duration) Option { return func(o *options) { o.holdDown = d } }
 
 // RestartRequest is one restart attempt for the VM manager: the instance,
 // the attempt's number (the same when an attempt is sent again after a
@@ -220,6 +230,7 @@ type Scheduler struct {
 	incidents health.Incidents
 	pastInc   []health.Incident // the most recent closed ones, newest last
 	incOpen   atomic.Bool
+	incClosed atomic.Int64 // unix ns when the last incident closed
 }
 
 // entry is the registry's record of one instance, shared by the scheduler
@@ -264,7 +275,7 @@ func (p *published) info() Info { return Info{Instance: *p.spec, Health: p.brief
 func New(ctx context.Context, opts ...Option) (*Scheduler, error) {
 	o := options{log: zerolog.Nop(), budget: DefaultProbeBudget,
 		askTimeout: DefaultAskTimeout, factory: probes.New, checkpoint: DefaultCheckpoint, waitFloor: defaultWaitFloor,
-		incidents: health.DefaultIncidentRules}
+		incidents: health.DefaultIncidentRules, holdDown: DefaultRestartHoldDown}
 	for _, f := range opts {
 		f(&o)
 	}
@@ -991,11 +1002,19 @@ func (s *Scheduler) silenced(in *health.Instance, at time.Time) bool {
 
 func (s *Scheduler) incidentOpen() bool { return s.incOpen.Load() }
 
+// incidentClosedAt is when the last incident closed (zero for none).
+func (s *Scheduler) incidentClosedAt() time.Time {
+	if ns := s.incClosed.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
+}
+
 // observeIncident feeds a transition into or out of unhealthy to the
 // node's incident detector; it returns the id of the incident a transition
 // into unhealthy folds into. Opening or closing one is an event of its own;
 // closing one looks again at the restarts it held.
-func (s *Scheduler) observeIncident(tr health.Transition, now time.Time) string {
+func (s *Scheduler) observeIncident(id string, tr health.Transition, now time.Time) string {
 	counts := s.Summary()
 	unhealthy := counts[health.StatusUnhealthy]
 	toUnhealthy := tr.To == health.StatusUnhealthy
@@ -1007,7 +1026,7 @@ func (s *Scheduler) observeIncident(tr health.Transition, now time.Time) string 
 	}
 	active := counts[health.StatusStarting] + counts[health.StatusHealthy] + counts[health.StatusUnhealthy]
 	s.incMu.Lock()
-	inc, opened, closed := s.incidents.Observe(toUnhealthy, active, max(unhealthy, 0), now)
+	inc, opened, closed := s.incidents.Observe(id, toUnhealthy, active, max(unhealthy, 0), now)
 	var copied health.Incident
 	if inc != nil {
 		copied = *inc
@@ -1029,6 +1048,7 @@ func (s *Scheduler) observeIncident(tr health.Transition, now time.Time) string 
 		s.log.Warn().Str("incident", copied.ID).Int("active", copied.Active).Int("unhealthy", copied.Peak).Msg("incident_opened")
 	case closed:
 		s.incOpen.Store(false)
+		s.incClosed.Store(now.UnixNano())
 		s.append(nil, Event{Kind: KindIncidentClosed, Incident: copied.ID,
 			Details:    map[string]any{"instances": copied.Instances, "peak_unhealthy": copied.Peak},
 			Transition: health.Transition{From: health.StatusUnhealthy, To: health.StatusHealthy, At: now}})

@@ -2,6 +2,7 @@ package health
 
 import (
 	"encoding/json"
+	"fmt"
 	"testing"
 	"time"
 
@@ -134,21 +135,21 @@ func TestIncidentRules(t *testing.T) {
 	const active = 300
 	var opened *Incident
 	for i := range 59 {
-		inc, open, _ := d.Observe(true, active, i+1, t0.Add(time.Duration(i)*100*time.Millisecond))
+		inc, open, _ := d.Observe(fmt.Sprint("vm-", i), true, active, i+1, t0.Add(time.Duration(i)*100*time.Millisecond))
 		require.False(t, open, "%d of 300 is below 20 %%", i+1)
 		require.Nil(t, inc)
 	}
-	inc, open, _ := d.Observe(true, active, 60, t0.Add(6*time.Second))
+	inc, open, _ := d.Observe("vm-59", true, active, 60, t0.Add(6*time.Second))
 	require.True(t, open, "60 of 300 within 30 s opens an incident")
 	opened = inc
-	inc, open, _ = d.Observe(true, active, 61, t0.Add(7*time.Second))
+	inc, open, _ = d.Observe("vm-60", true, active, 61, t0.Add(7*time.Second))
 	assert.False(t, open)
 	assert.Same(t, opened, inc, "later failures fold into it")
 	// recovery below half the threshold (10 %) closes it
 	unhealthy := 61
 	for unhealthy >= 31 {
 		unhealthy--
-		inc, _, closed := d.Observe(false, active, unhealthy, t0.Add(time.Minute))
+		inc, _, closed := d.Observe(fmt.Sprint("vm-", unhealthy), false, active, unhealthy, t0.Add(time.Minute))
 		if unhealthy >= 30 {
 			assert.False(t, closed, "%d unhealthy of 300", unhealthy)
 		} else {
@@ -156,7 +157,7 @@ func TestIncidentRules(t *testing.T) {
 			assert.Same(t, opened, inc)
 		}
 	}
-	_, _, closed := d.Observe(false, active, 29, t0.Add(time.Minute))
+	_, _, closed := d.Observe("vm-29", false, active, 29, t0.Add(time.Minute))
 	assert.True(t, closed)
 	assert.NotNil(t, opened.ClosedAt)
 	assert.Nil(t, d.Open())
@@ -164,15 +165,21 @@ func TestIncidentRules(t *testing.T) {
 	// few instances: the floor of 10
 	small := Incidents{Rules: DefaultIncidentRules}
 	for i := range 9 {
-		_, open, _ := small.Observe(true, 20, i+1, t0)
+		_, open, _ := small.Observe(fmt.Sprint("vm-", i), true, 20, i+1, t0)
 		assert.False(t, open)
 	}
-	_, open, _ = small.Observe(true, 20, 10, t0)
+	_, open, _ = small.Observe("vm-9", true, 20, 10, t0)
 	assert.True(t, open)
+	// one instance flapping is one instance, however often
+	flap := Incidents{Rules: DefaultIncidentRules}
+	for i := range 50 {
+		_, open, _ := flap.Observe(fmt.Sprint("vm-", i%3), true, 20, 3, t0.Add(time.Duration(i)*time.Second))
+		assert.False(t, open, "3 instances failing again and again")
+	}
 	// spread out over more than the window: no incident
 	slow := Incidents{Rules: DefaultIncidentRules}
 	for i := range 100 {
-		_, open, _ := slow.Observe(true, 300, i+1, t0.Add(time.Duration(i)*time.Second))
+		_, open, _ := slow.Observe(fmt.Sprint("vm-", i), true, 300, i+1, t0.Add(time.Duration(i)*time.Second))
 		assert.False(t, open, "%d", i)
 	}
 }

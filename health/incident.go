@@ -24,10 +24,18 @@ var DefaultIncidentRules = IncidentRules{Fraction: 0.2, Min: 10, Window: 30 * ti
 // guarded by its owner.
 type Incidents struct {
 	Rules IncidentRules
-	// times of recent transitions to unhealthy, oldest first (unix ns)
-	recent []int64
+	// the instances that turned unhealthy within the window, and when
+	// (unix ns): an instance flapping counts once; queue holds the same
+	// in time order, to forget the oldest without a scan
+	recent map[string]int64
+	queue  []recentFailure
 	open   *Incident
 	seq    int
+}
+
+type recentFailure struct {
+	id string
+	at int64
 }
 
 // Incident is one open or closed incident.
@@ -40,19 +48,27 @@ type Incident struct {
 	Peak      int        `json:"peak_unhealthy"`
 }
 
-// Observe steps the rules at now for a transition (toUnhealthy: into
-// unhealthy; otherwise out of it) with the node's active and unhealthy
-// counts after it. It returns the incident the transition belongs to (nil
-// for none), and whether this transition opened or closed it.
-func (d *Incidents) Observe(toUnhealthy bool, active, unhealthy int, now time.Time) (inc *Incident, opened, closed bool) {
+// Observe steps the rules at now for a transition of instance id
+// (toUnhealthy: into unhealthy; otherwise out of it) with the node's active
+// and unhealthy counts after it. It returns the incident the transition
+// belongs to (nil for none), and whether this transition opened or closed
+// it.
+func (d *Incidents) Observe(id string, toUnhealthy bool, active, unhealthy int, now time.Time) (inc *Incident, opened, closed bool) {
+	if d.recent == nil {
+		d.recent = map[string]int64{}
+	}
 	cut := now.Add(-d.Rules.Window).UnixNano()
 	i := 0
-	for i < len(d.recent) && d.recent[i] < cut {
-		i++
+	for ; i < len(d.queue) && d.queue[i].at < cut; i++ {
+		if f := d.queue[i]; d.recent[f.id] == f.at {
+			delete(d.recent, f.id)
+		}
 	}
-	d.recent = d.recent[i:]
+	d.queue = d.queue[i:]
 	if toUnhealthy {
-		d.recent = append(d.recent, now.UnixNano())
+		at := now.UnixNano()
+		d.recent[id] = at
+		d.queue = append(d.queue, recentFailure{id: id, at: at})
 	}
 	if d.open != nil {
 		d.open.Peak = max(d.open.Peak, unhealthy)

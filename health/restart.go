@@ -79,7 +79,9 @@ func (s RestartPolicySpec) Normalize() (RestartPolicy, error) {
 	}
 	var errs [5]error
 	p.Backoff, errs[0] = parseDuration(prefix+"backoff", s.Backoff, DefaultRestartBackoff)
-	p.MaxBackoff, errs[1] = parseDuration(prefix+"max_backoff", s.MaxBackoff, DefaultRestartMaxBackoff)
+	p.Backoff, _ = parseDuration(prefix+"backoff", s.Backoff, DefaultRestartBackoff)
+	// the default cap follows a backoff set above it
+	p.MaxBackoff, errs[1] = parseDuration(prefix+"max_backoff", s.MaxBackoff, max(DefaultRestartMaxBackoff, p.Backoff))
 	p.StableAfter, errs[2] = parseDuration(prefix+"stable_after", s.StableAfter, DefaultRestartStableAfter)
 	p.After, errs[3] = parseDuration(prefix+"after", s.After, 0)
 	p.MaxAttempts, errs[4] = threshold(prefix+"max_attempts", s.MaxAttempts, DefaultRestartMaxAttempts)
@@ -137,6 +139,13 @@ type RestartInput struct {
 	Since  time.Time // of the status
 	Now    time.Time
 	Held   string // BlockedFlapping, BlockedSilenced, BlockedIncident, or ""
+	// HoldDown is the least time unhealthy before an attempt, whatever the
+	// policy's after: long enough for the node to tell an incident (many
+	// instances failing together) from one sick guest
+	HoldDown time.Duration
+	// HeldUntil is when the last hold ended (an incident closed): an
+	// attempt waits HoldDown after it too, for what recovers by itself
+	HeldUntil time.Time
 	// Reason and LastError of the status, for the attempt
 	Reason    Reason
 	LastError string
@@ -177,7 +186,10 @@ func (r *RestartState) Decide(p *RestartPolicy, in RestartInput) (attempt bool, 
 	if r.Blocked != BlockedMaxAttempts {
 		r.Blocked = ""
 	}
-	due := in.Since.Add(p.After)
+	due := in.Since.Add(max(p.After, in.HoldDown))
+	if after := in.HeldUntil.Add(in.HoldDown); after.After(due) && !in.HeldUntil.IsZero() {
+		due = after
+	}
 	if r.NextAttemptAt.After(due) {
 		due = r.NextAttemptAt
 	}
@@ -195,8 +207,8 @@ func (r *RestartState) Decide(p *RestartPolicy, in RestartInput) (attempt bool, 
 	return true, r.NextAttemptAt
 }
 
-// Reset forgets the attempts: the VM restarted (a new started_at) or the
-// policy changed.
+// Reset forgets the attempts: the policy changed, or the VM was restarted
+// (a new started_at) after restarts had stopped at the attempts limit.
 func (r *RestartState) Reset() { *r = RestartState{} }
 
 // RestartBackoff is the pause after attempt n (1-based): Backoff doubled

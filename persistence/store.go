@@ -328,6 +328,11 @@ func (s *Store) AppendTransition(snap *actors.Snapshot, ev actors.Event, publish
 		snap = nil
 	} else if snap != nil {
 		delete(s.snaps, snap.ID) // this one is newer
+		for i := range s.persists {
+			if p := &s.persists[i]; p.snap != nil && p.snap.ID == snap.ID {
+				p.snap = nil
+			}
+		}
 	}
 	s.transitions = append(s.transitions, transitionOp{snap: snap, ev: ev, publish: publish})
 	s.mu.Unlock()
@@ -343,7 +348,18 @@ func (s *Store) Persist(snap *actors.Snapshot, done func()) {
 		return
 	}
 	if s.known[snap.ID] {
-		delete(s.snaps, snap.ID) // this one is newer
+		// this one is newer than any queued before it: those are not written
+		delete(s.snaps, snap.ID)
+		for i := range s.transitions {
+			if t := &s.transitions[i]; t.snap != nil && t.snap.ID == snap.ID {
+				t.snap = nil
+			}
+		}
+		for i := range s.persists {
+			if p := &s.persists[i]; p.snap != nil && p.snap.ID == snap.ID {
+				p.snap = nil
+			}
+		}
 	} else {
 		snap = nil
 	}
