@@ -116,7 +116,7 @@ type receiver struct {
 	srv    *httptest.Server
 	mu     sync.Mutex
 	got    []received
-	status atomic.Int32 // what it answers
+	status atomic.Int32  // what it answers
 	hang   chan struct{} // when set, it does not answer until closed
 }
 

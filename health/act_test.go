@@ -37,7 +37,7 @@ func TestRestartRules(t *testing.T) {
 		n       int
 	}
 	for i, s := range []step{
-		{at: 0, status: StatusUnhealthy, since: down, wake: 10 * time.Second},          // after 10 s
+		{at: 0, status: StatusUnhealthy, since: down, wake: 10 * time.Second}, // after 10 s
 		{at: 9 * time.Second, status: StatusUnhealthy, since: down, wake: 10 * time.Second},
 		{at: 10 * time.Second, status: StatusUnhealthy, since: down, attempt: true, wake: 15 * time.Second, n: 1},
 		{at: 12 * time.Second, status: StatusUnhealthy, since: down, wake: 15 * time.Second, n: 1}, // inside the backoff
@@ -88,10 +88,10 @@ func TestRestartSurvivesAKillBetweenAttemptAndDelivery(t *testing.T) {
 
 func TestRestartPolicyRejections(t *testing.T) {
 	for js, field := range map[string]string{
-		`{"policy":"always"}`:                                          "restart_policy.policy",
-		`{"policy":"on_unhealthy"}`:                                    "restart_policy.url",
-		`{"policy":"on_unhealthy","url":"ftp://x/y"}`:                  "restart_policy.url",
-		`{"policy":"on_unhealthy","url":"http://x/","backoff":"10ms"}`: "restart_policy.backoff",
+		`{"policy":"always"}`:                                                            "restart_policy.policy",
+		`{"policy":"on_unhealthy"}`:                                                      "restart_policy.url",
+		`{"policy":"on_unhealthy","url":"ftp://x/y"}`:                                    "restart_policy.url",
+		`{"policy":"on_unhealthy","url":"http://x/","backoff":"10ms"}`:                   "restart_policy.backoff",
 		`{"policy":"on_unhealthy","url":"http://x/","backoff":"1m","max_backoff":"30s"}`: "restart_policy.max_backoff",
 		`{"policy":"on_unhealthy","url":"http://x/","max_attempts":0}`:                   "restart_policy.max_attempts",
 		`{"policy":"on_unhealthy","url":"http://x/","after":"-1s"}`:                      "restart_policy.after",
