@@ -21,6 +21,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -229,6 +230,8 @@ type ListOptions struct {
 	Limit  int      // page size (server default 100, at most 1000)
 	Cursor string   // NextCursor of the previous page
 	Fleet  bool     // the whole fleet's instances, not this node's
+	// Labels keeps instances with every one of these labels
+	Labels map[string]string
 }
 
 func (o ListOptions) params() *ListInstancesParams {
@@ -250,6 +253,14 @@ func (o ListOptions) params() *ListInstancesParams {
 	if o.Fleet {
 		fleet := ListInstancesParamsScopeFleet
 		p.Scope = &fleet
+	}
+	if len(o.Labels) > 0 {
+		labels := make([]string, 0, len(o.Labels))
+		for k, v := range o.Labels {
+			labels = append(labels, k+"="+v)
+		}
+		sort.Strings(labels)
+		p.Label = &labels
 	}
 	return p
 }
@@ -517,4 +528,99 @@ func (c *Client) stream(ctx context.Context, o EventsOptions, last *string, yiel
 		}
 	}
 	return nil // the server ended the stream: reconnect
+}
+
+// PutNotifier creates or replaces a notifier; created reports which.
+func (c *Client) PutNotifier(ctx context.Context, name string, in NotifierInput) (n *Notifier, created bool, err error) {
+	r, err := c.raw.PutNotifierWithResponse(ctx, name, in)
+	if err != nil {
+		return nil, false, err
+	}
+	typed := r.JSON200
+	if r.StatusCode() == http.StatusCreated {
+		typed = r.JSON201
+	}
+	n, err = result(r.HTTPResponse, r.Body, nil, typed, http.StatusOK, http.StatusCreated)
+	return n, r.StatusCode() == http.StatusCreated, err
+}
+
+// Notifier shows one notifier and where its delivery stands.
+func (c *Client) Notifier(ctx context.Context, name string) (*Notifier, error) {
+	r, err := c.raw.GetNotifierWithResponse(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	return result(r.HTTPResponse, r.Body, nil, r.JSON200, http.StatusOK)
+}
+
+// Notifiers lists every notifier.
+func (c *Client) Notifiers(ctx context.Context) ([]Notifier, error) {
+	r, err := c.raw.ListNotifiersWithResponse(ctx)
+	if err != nil {
+		return nil, err
+	}
+	list, err := result(r.HTTPResponse, r.Body, nil, r.JSON200, http.StatusOK)
+	if err != nil {
+		return nil, err
+	}
+	return list.Notifiers, nil
+}
+
+// DeleteNotifier removes a notifier.
+func (c *Client) DeleteNotifier(ctx context.Context, name string) error {
+	r, err := c.raw.DeleteNotifierWithResponse(ctx, name)
+	if err != nil {
+		return err
+	}
+	if r.StatusCode() != http.StatusNoContent {
+		return apiError(r.HTTPResponse, r.Body)
+	}
+	return nil
+}
+
+// Silence holds notifications and restarts of what matches until a time.
+func (c *Client) Silence(ctx context.Context, in SilenceInput) (*Silence, error) {
+	r, err := c.raw.CreateSilenceWithResponse(ctx, in)
+	if err != nil {
+		return nil, err
+	}
+	return result(r.HTTPResponse, r.Body, nil, r.JSON201, http.StatusCreated)
+}
+
+// Silences lists the silences that hold now.
+func (c *Client) Silences(ctx context.Context) ([]Silence, error) {
+	r, err := c.raw.ListSilencesWithResponse(ctx)
+	if err != nil {
+		return nil, err
+	}
+	list, err := result(r.HTTPResponse, r.Body, nil, r.JSON200, http.StatusOK)
+	if err != nil {
+		return nil, err
+	}
+	return list.Silences, nil
+}
+
+// Unsilence ends a silence now.
+func (c *Client) Unsilence(ctx context.Context, id string) error {
+	r, err := c.raw.DeleteSilenceWithResponse(ctx, id)
+	if err != nil {
+		return err
+	}
+	if r.StatusCode() != http.StatusNoContent {
+		return apiError(r.HTTPResponse, r.Body)
+	}
+	return nil
+}
+
+// Incidents lists the node's open incident, if any, and recent closed ones.
+func (c *Client) Incidents(ctx context.Context) ([]Incident, error) {
+	r, err := c.raw.ListIncidentsWithResponse(ctx)
+	if err != nil {
+		return nil, err
+	}
+	list, err := result(r.HTTPResponse, r.Body, nil, r.JSON200, http.StatusOK)
+	if err != nil {
+		return nil, err
+	}
+	return list.Incidents, nil
 }
