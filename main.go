@@ -150,6 +150,7 @@ func loadtestCmd(args []string, stdout, stderr io.Writer) int {
 	cpuProfile := cmd.String("cpuprofile", "", "", "FILE", "write a CPU profile of the measurement window to this file")
 	memProfile := cmd.String("memprofile", "", "", "FILE", "write a heap profile at the end of the run to this file (and one at the start of the measurement to FILE.start)")
 	level := cmd.Choice("log-level", "", "warn", "LEVEL", "debug, info, warn or error", logLevels...)
+	notifiers := cmd.Int("notifiers", "", 0, "deliver the event log to this many notifiers: all but one to live receivers in this process (timed), one to a receiver that is down")
 	fleetNodes := cmd.Int("fleet-nodes", "", 0, "run N vigil serve nodes on one etcd (and a standalone one to compare), --instances each, TCP")
 	moves := cmd.Int("moves", "", 100, "with --fleet-nodes: moves to time")
 	kills := cmd.Int("kills", "", 3, "with --fleet-nodes: nodes to kill and restart, timing unknown-everywhere")
@@ -163,6 +164,7 @@ func loadtestCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	cfg.Instances, cfg.Type, cfg.Interval, cfg.Timeout, cfg.StartPeriod = *instances, *typ, *interval, *timeout, *startPeriod
 	cfg.Hung, cfg.Flip, cfg.Duration, cfg.Store, cfg.DataDir, cfg.Budget = *hung, *flip, *duration, *store, *dataDir, *budget
+	cfg.Notifiers = *notifiers
 	log, err := newLogger(*level, "json", stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "vigil loadtest:", err)

@@ -25,6 +25,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/vigilhq/vigil/act"
 	"github.com/vigilhq/vigil/actors"
 	"github.com/vigilhq/vigil/health"
 	"github.com/vigilhq/vigil/persistence"
@@ -44,6 +45,10 @@ type Config struct {
 	Store       string        // memory or badger
 	DataDir     string        // badger directory; a temp dir when empty
 	Budget      int           // probe budget (0: actors.DefaultProbeBudget)
+	// Notifiers, when above 0, delivers the event log to that many
+	// notifiers: all but one to live receivers in this process, which time
+	// each delivery, and one to a receiver that is down
+	Notifiers int
 	Workers     int           // concurrent registrations
 	RawFor      time.Duration // how long the raw probe loop runs (0: a quarter of Duration, ≤ 5 s)
 	AgentBinary string        // the vigil binary whose `agent` command serves exec targets
@@ -122,6 +127,12 @@ type Report struct {
 	// anything but 0 means the targets, not vigil, set the pace
 	RawListenOverflows int64 `json:"raw_listen_overflows"`
 	ListenOverflows    int64 `json:"listen_overflows"`
+	// with --notifiers: deliveries to the live receivers during the window
+	// and their lag from the transition to its arrival
+	NotifierDeliveries uint64  `json:"notifier_deliveries,omitempty"`
+	NotifierLagP50MS   float64 `json:"notifier_lag_p50_ms,omitempty"`
+	NotifierLagP99MS   float64 `json:"notifier_lag_p99_ms,omitempty"`
+	NotifierLagMaxMS   float64 `json:"notifier_lag_max_ms,omitempty"`
 }
 
 // collector is the scheduler's Observer during a run.
@@ -314,6 +325,18 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			_ = s.Close(context.Background())
 		}
 	}()
+	var notified *deliveries
+	if cfg.Notifiers > 0 {
+		var kv act.KV = act.NewMemoryKV()
+		if bs, ok := store.(*persistence.Store); ok {
+			kv = bs
+		}
+		var stop func()
+		if notified, stop, err = startNotifiers(s, kv, cfg); err != nil {
+			return nil, err
+		}
+		defer stop()
+	}
 
 	// register the fleet
 	regBegan := time.Now()
@@ -340,6 +363,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		cfg.AtStart()
 	}
 	col.counting.Store(true)
+	if notified != nil {
+		notified.counting.Store(true)
+	}
 	var msBegan runtime.MemStats
 	runtime.ReadMemStats(&msBegan)
 	began, cpuBegan, overflowsBegan := time.Now(), cpuTime(), listenOverflows()
@@ -384,6 +410,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 	}
 	col.counting.Store(false)
+	if notified != nil {
+		notified.counting.Store(false)
+	}
 	wall, cpu, overflows := time.Since(began), cpuTime()-cpuBegan, overflowsSince(overflowsBegan)
 	var msEnd runtime.MemStats
 	runtime.ReadMemStats(&msEnd)
@@ -426,6 +455,10 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	rep.RawCeilingPerSec, rep.RawCPUPerProbeUS = (rawRate+rawRateAfter)/2, (rawCPU+rawCPUAfter)/2
 	if rep.VigilCPUPerProbeUS > 0 {
 		rep.Efficiency = rep.RawCPUPerProbeUS / rep.VigilCPUPerProbeUS
+	}
+	if notified != nil {
+		rep.NotifierDeliveries = notified.n.Load()
+		rep.NotifierLagP50MS, rep.NotifierLagP99MS, rep.NotifierLagMaxMS = notified.lag.quantile(0.5), notified.lag.quantile(0.99), notified.lag.maxMS()
 	}
 	return rep, nil
 }

@@ -33,6 +33,13 @@ func (r *Report) WriteTable(w io.Writer) error {
 		{"allocated per probe", fmt.Sprintf("%.0f B (%d GC cycles)", r.AllocPerProbe, r.GCCycles)},
 		{"accept-queue overflows raw / vigil", fmt.Sprintf("%d / %d", r.RawListenOverflows, r.ListenOverflows)},
 	}
+	if r.NotifierDeliveries > 0 {
+		rows = append(rows, struct {
+			k string
+			v any
+		}{"notifier deliveries, lag p50 / p99 / max", fmt.Sprintf("%d, %.0f / %.0f / %.0f ms", r.NotifierDeliveries,
+			r.NotifierLagP50MS, r.NotifierLagP99MS, r.NotifierLagMaxMS)})
+	}
 	for _, row := range rows {
 		fmt.Fprintf(tw, "%s\t%v\n", row.k, row.v)
 	}
