@@ -27,6 +27,9 @@ var (
 	ErrUnavailable  = errors.New("actors: instance actor did not answer in time")
 	ErrActorStopped = errors.New("actors: instance actor stopped after repeated failures")
 	ErrLagged       = errors.New("actors: subscriber fell too far behind; re-list and subscribe again")
+	// ErrStorage wraps a change the store could not make durable (a full
+	// disk, a failing write): nothing was changed, and it may be retried.
+	ErrStorage = errors.New("actors: the change could not be made durable")
 )
 
 // Defaults of the options.
@@ -490,7 +493,7 @@ func (s *Scheduler) apply(ctx context.Context, id string, build func(cur *health
 			s.mu.Unlock()
 			in, err := build(nil)
 			if err == nil {
-				err = s.opt.store.PutInstance(ctx, in)
+				err = storageErr(s.opt.store.PutInstance(ctx, in))
 			}
 			if err == nil {
 				e.spec.Store(&in)
@@ -514,7 +517,7 @@ func (s *Scheduler) apply(ctx context.Context, id string, build func(cur *health
 		}
 		in, err := build(e.spec.Load())
 		if err == nil {
-			err = s.opt.store.PutInstance(ctx, in)
+			err = storageErr(s.opt.store.PutInstance(ctx, in))
 		}
 		if err != nil {
 			e.mu.Unlock()
@@ -557,7 +560,7 @@ func (s *Scheduler) Remove(ctx context.Context, id string) error {
 		return ErrNotFound
 	}
 	if err := s.opt.store.DeleteInstance(ctx, id); err != nil {
-		return err
+		return storageErr(err)
 	}
 	e.gone = true
 	if pid := e.pid.Load(); pid != nil {
@@ -1133,6 +1136,24 @@ func (s *Scheduler) Recheck(ids []string, silenceEnded bool) {
 			}
 		}
 	}
+}
+
+// storageErr marks an error of a durable write as ErrStorage (a context
+// that ended is left as it is).
+func storageErr(err error) error {
+	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrStorage, err)
+}
+
+// StoreHealth reports why the store cannot write now, when it knows (nil
+// when it can or cannot tell).
+func (s *Scheduler) StoreHealth() error {
+	if h, ok := s.opt.store.(interface{ Health() error }); ok {
+		return h.Health()
+	}
+	return nil
 }
 
 // Ping checks that the actor system still dispatches: a round trip to the

@@ -298,6 +298,12 @@ type handlers struct {
 }
 
 func (h *handlers) ready(c echo.Context) error {
+	if sh, ok := h.reg.(interface{ StoreHealth() error }); ok {
+		if err := sh.StoreHealth(); err != nil {
+			c.Response().Header().Set("Retry-After", "5")
+			return fail(http.StatusServiceUnavailable, "storage_unavailable", "storage unavailable: "+err.Error(), "")
+		}
+	}
 	if !h.reg.Ready() {
 		return fail(http.StatusServiceUnavailable, "unavailable", "not every stored instance has its actor", "")
 	}
@@ -580,6 +586,9 @@ func errorHandler(log zerolog.Logger) echo.HTTPErrorHandler {
 			return
 		}
 		status, detail := classify(err)
+		if status == http.StatusServiceUnavailable && c.Response().Header().Get("Retry-After") == "" {
+			c.Response().Header().Set("Retry-After", "1") // every 503 says when to come back
+		}
 		if status >= 500 {
 			log.Error().Err(err).Str("path", c.Request().URL.Path).Msg("request_failed")
 		}
@@ -617,6 +626,8 @@ func classify(err error) (int, ErrorDetail) {
 		return http.StatusBadRequest, ErrorDetail{Code: "invalid_request", Message: xe.Message, Field: xe.Field}
 	case errors.Is(err, act.ErrNotFound):
 		return http.StatusNotFound, ErrorDetail{Code: "not_found", Message: "no such notifier or silence"}
+	case errors.Is(err, actors.ErrStorage):
+		return http.StatusServiceUnavailable, ErrorDetail{Code: "storage_unavailable", Message: err.Error()}
 	case errors.Is(err, actors.ErrNotFound):
 		return http.StatusNotFound, ErrorDetail{Code: "not_found", Message: "no such instance"}
 	case errors.Is(err, actors.ErrUnavailable), errors.Is(err, actors.ErrClosed), errors.Is(err, actors.ErrActorStopped),

@@ -28,6 +28,7 @@ const (
 	ErrorDetailCodeNotFound             ErrorDetailCode = "not_found"
 	ErrorDetailCodeNotImplemented       ErrorDetailCode = "not_implemented"
 	ErrorDetailCodeRequestTimeout       ErrorDetailCode = "request_timeout"
+	ErrorDetailCodeStorageUnavailable   ErrorDetailCode = "storage_unavailable"
 	ErrorDetailCodeTooLarge             ErrorDetailCode = "too_large"
 	ErrorDetailCodeUnauthorized         ErrorDetailCode = "unauthorized"
 	ErrorDetailCodeUnavailable          ErrorDetailCode = "unavailable"
@@ -54,6 +55,8 @@ func (e ErrorDetailCode) Valid() bool {
 	case ErrorDetailCodeNotImplemented:
 		return true
 	case ErrorDetailCodeRequestTimeout:
+		return true
+	case ErrorDetailCodeStorageUnavailable:
 		return true
 	case ErrorDetailCodeTooLarge:
 		return true

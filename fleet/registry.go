@@ -237,6 +237,9 @@ func (r *Registry) List(f actors.Filter, cursor string, limit int) ([]actors.Inf
 	return page, next
 }
 
+// StoreHealth is this node's store's.
+func (r *Registry) StoreHealth() error { return r.sched().StoreHealth() }
+
 // Incidents are this node's.
 func (r *Registry) Incidents() []health.Incident { return r.sched().Incidents() }
 

@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -40,6 +41,27 @@ const (
 	GCInterval        = 5 * time.Minute
 )
 
+// Sizes of Badger's files, and the free space they need.
+const (
+	memTableSize     = 8 << 20
+	valueLogFileSize = 32 << 20
+	baseTableSize    = 2 << 20
+	// FreeFloor is the free space the store keeps: what Badger may write
+	// into the sparse files it maps — the memtables' logs (each mapped at
+	// twice the memtable size, three at most), the current value log (up to
+	// its size) and the tables a flush or compaction builds — and a margin.
+	FreeFloor = 3*2*memTableSize + valueLogFileSize + 3*4*baseTableSize + 16<<20
+)
+
+// freeSpace is the space an unprivileged writer may use in dir.
+func freeSpace(dir string) (int64, error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 0, err
+	}
+	return int64(st.Bavail) * st.Bsize, nil
+}
+
 // Key prefixes.
 var (
 	prefixInstance = []byte("i/")
@@ -55,6 +77,12 @@ var ErrNewerSchema = errors.New("persistence: record written by a newer vigil")
 // ErrClosed is returned after Close.
 var ErrClosed = errors.New("persistence: store is closed")
 
+// ErrDiskFull is a commit refused because the data directory's file system
+// has less free space than the store needs to write without faulting:
+// Badger writes its logs through memory maps of sparse files, and a page the
+// file system cannot allocate kills the process instead of failing a write.
+var ErrDiskFull = errors.New("persistence: not enough free space in the data directory")
+
 // Options tune a Store.
 type Options struct {
 	Logger zerolog.Logger
@@ -65,6 +93,12 @@ type Options struct {
 	RetentionAge  time.Duration // events kept at least this long (default 24h)
 	GCInterval    time.Duration // value-log GC and event pruning (default 5m)
 	Now           func() time.Time
+	// MinFree is the free space below which nothing is written (default:
+	// what Badger may write into the holes of its mapped files, FreeFloor).
+	MinFree int64
+	// FreeSpace reports the free bytes of the data directory (default:
+	// statfs); tests replace it.
+	FreeSpace func(dir string) (int64, error)
 }
 
 // instanceRecord is a stored instance: normalized, and as the client wrote
@@ -128,6 +162,7 @@ type Store struct {
 	writing     map[string]*actors.Snapshot // snapshots in the batch being written
 	seq         uint64                      // last assigned sequence number
 	oldest      uint64                      // oldest retained sequence number
+	unhealthy   error                       // the last commit's failure, until one succeeds
 }
 
 var _ actors.Store = (*Store)(nil)
@@ -150,6 +185,12 @@ func Open(dir string, opt Options) (*Store, error) {
 	if opt.Now == nil {
 		opt.Now = time.Now
 	}
+	if opt.MinFree <= 0 {
+		opt.MinFree = FreeFloor
+	}
+	if opt.FreeSpace == nil {
+		opt.FreeSpace = freeSpace
+	}
 	badgerLog := opt.Logger
 	if opt.BadgerLogger != nil {
 		badgerLog = *opt.BadgerLogger
@@ -160,11 +201,12 @@ func Open(dir string, opt Options) (*Store, error) {
 		// small caches: writes are small and batched, reads happen at boot
 		// (one sequential scan) and for event streams; every byte here is Go
 		// heap that also raises the garbage collector's target
-		WithMemTableSize(8 << 20).
+		WithMemTableSize(memTableSize).
 		WithNumMemtables(2).
 		WithBlockCacheSize(8 << 20).
 		WithIndexCacheSize(8 << 20).
-		WithValueLogFileSize(128 << 20).
+		WithValueLogFileSize(valueLogFileSize).
+		WithBaseTableSize(baseTableSize).
 		WithValueThreshold(1 << 10).
 		WithNumCompactors(2).
 		WithMetricsEnabled(false)
@@ -454,11 +496,19 @@ func (s *Store) commit() {
 	s.mu.Unlock()
 
 	began := time.Now()
-	err := s.write(specs, transitions, snaps, seq)
+	err := s.roomToWrite()
+	if err == nil {
+		err = s.write(specs, transitions, snaps, seq)
+	}
+	s.setHealth(err)
 	s.metrics.commitTimes.Observe(time.Since(began).Seconds())
 	if err != nil {
 		s.metrics.failures.Inc()
-		s.log.Error().Err(err).Int("specs", len(specs)).Int("transitions", len(transitions)).Msg("store_commit_failed")
+		ev := s.log.Error()
+		if errors.Is(err, ErrDiskFull) {
+			ev = s.log.Debug() // store_unavailable said so once; this repeats every flush until space returns
+		}
+		ev.Err(err).Int("specs", len(specs)).Int("transitions", len(transitions)).Msg("store_commit_failed")
 		// put the runtime state back so the next commit retries it
 		s.mu.Lock()
 		for id, snap := range snaps {
@@ -739,6 +789,9 @@ func (s *Store) LastSeq() uint64 {
 // prune deletes events that are both older than RetentionAge and beyond the
 // newest Retention events.
 func (s *Store) prune() {
+	if s.roomToWrite() != nil {
+		return
+	}
 	s.mu.Lock()
 	last, oldest := s.seq, s.oldest
 	s.mu.Unlock()
@@ -787,7 +840,45 @@ func (s *Store) prune() {
 	s.log.Info().Int("events", len(doomed)).Uint64("oldest_seq", newOldest).Msg("store_events_pruned")
 }
 
+// roomToWrite refuses a commit that could fill the file system (see
+// ErrDiskFull).
+func (s *Store) roomToWrite() error {
+	free, err := s.opt.FreeSpace(s.dir)
+	if err != nil {
+		return nil // a file system that cannot say: Badger's errors will
+	}
+	if free < s.opt.MinFree {
+		return fmt.Errorf("%w: %d MiB free in %s, the store needs %d MiB", ErrDiskFull, free>>20, s.dir, s.opt.MinFree>>20)
+	}
+	return nil
+}
+
+// setHealth records how the last commit went; Health reports it.
+func (s *Store) setHealth(err error) {
+	s.mu.Lock()
+	was := s.unhealthy
+	s.unhealthy = err
+	s.mu.Unlock()
+	switch {
+	case err != nil && was == nil:
+		s.log.Error().Err(err).Msg("store_unavailable")
+	case err == nil && was != nil:
+		s.log.Info().Msg("store_available")
+	}
+}
+
+// Health reports why the store cannot write now (nil when it can): the
+// last commit's error, until one succeeds.
+func (s *Store) Health() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.unhealthy
+}
+
 func (s *Store) gcValueLog() {
+	if s.roomToWrite() != nil {
+		return // rewriting value logs writes too
+	}
 	for i := 0; i < 16; i++ {
 		if err := s.db.RunValueLogGC(0.5); err != nil {
 			return

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -227,4 +228,60 @@ func TestClosedStoreRefuses(t *testing.T) {
 	require.NoError(t, s.Close())
 	assert.True(t, errors.Is(s.PutInstance(context.Background(), inst(t, "a")), ErrClosed))
 	assert.NoError(t, s.Close())
+}
+
+// TestFullDiskRefusesWritesAndRecovers runs the store with a file system
+// that reports too little free space: spec writes fail (nothing changed),
+// transitions wait in order, and all of it lands once space returns.
+func TestFullDiskRefusesWritesAndRecovers(t *testing.T) {
+	var free atomic.Int64
+	free.Store(1 << 40)
+	dir := t.TempDir()
+	s, err := Open(dir, Options{Logger: zerolog.Nop(), FlushInterval: 10 * time.Millisecond,
+		FreeSpace: func(string) (int64, error) { return free.Load(), nil }})
+	require.NoError(t, err)
+	ctx := context.Background()
+	in := func(id string) health.Instance {
+		i, err := health.InstanceSpec{State: health.Stopped}.Normalize(id)
+		require.NoError(t, err)
+		return i
+	}
+	require.NoError(t, s.PutInstance(ctx, in("a")))
+	free.Store(FreeFloor - 1)
+	wctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	err = s.PutInstance(wctx, in("b"))
+	cancel()
+	require.ErrorIs(t, err, ErrDiskFull, "a spec that cannot be made durable is refused")
+	require.ErrorIs(t, s.Health(), ErrDiskFull)
+	var published []uint64
+	var mu sync.Mutex
+	for range 3 {
+		s.AppendTransition(&actors.Snapshot{ID: "a", Version: 1}, actors.Event{InstanceID: "a",
+			Transition: health.Transition{From: health.StatusHealthy, To: health.StatusUnhealthy}}, func(ev actors.Event) {
+			mu.Lock()
+			published = append(published, ev.Seq)
+			mu.Unlock()
+		})
+	}
+	time.Sleep(100 * time.Millisecond)
+	mu.Lock()
+	assert.Empty(t, published, "nothing is published before it is durable")
+	mu.Unlock()
+
+	free.Store(1 << 40) // space returns
+	require.Eventually(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(published) == 3 }, 5*time.Second, 10*time.Millisecond)
+	assert.Equal(t, []uint64{1, 2, 3}, published, "in order")
+	assert.NoError(t, s.Health())
+	require.NoError(t, s.PutInstance(ctx, in("b")))
+	require.NoError(t, s.Close())
+
+	s, err = Open(dir, Options{Logger: zerolog.Nop()})
+	require.NoError(t, err)
+	defer s.Close()
+	var ids []string
+	require.NoError(t, s.Load(ctx, func(in health.Instance, _ *actors.Snapshot) error { ids = append(ids, in.ID); return nil }))
+	assert.Equal(t, []string{"a", "b"}, ids)
+	evs, _, err := s.Events(0, 10)
+	require.NoError(t, err)
+	assert.Len(t, evs, 3)
 }
