@@ -168,14 +168,21 @@ type Notifiers struct {
 // notifier is one notifier's delivery: its goroutine owns pos and the
 // fields under mu only others read.
 type notifier struct {
-	name   string
-	spec   NotifierSpec
-	stop   chan struct{}
-	done   chan struct{}
+	name string
+	spec NotifierSpec
+	stop chan struct{}
+	done chan struct{}
+	// live events as the log publishes them: a notifier that is caught up
+	// takes the next one from here instead of reading the store; one that
+	// finds a gap (it fell behind, this overflowed) reads the log
+	live   chan actors.Event
 	mu     sync.Mutex
 	view   NotifierView
 	posted uint64 // position made durable
 }
+
+// liveBuffer bounds how far a caught-up notifier's live events may run ahead.
+const liveBuffer = 1024
 
 const (
 	keyNotifier = "notifier/"
@@ -240,7 +247,7 @@ func (n *Notifiers) follow() {
 		select {
 		case <-n.ctx.Done():
 			return
-		case _, ok := <-n.sub.C:
+		case ev, ok := <-n.sub.C:
 			if !ok {
 				if errors.Is(n.sub.Err(), actors.ErrLagged) {
 					n.sub = n.log.Subscribe(1024)
@@ -248,11 +255,17 @@ func (n *Notifiers) follow() {
 				}
 				return
 			}
+			n.mu.Lock()
+			for _, nt := range n.byName {
+				select {
+				case nt.live <- ev:
+				default: // it is behind: it reads the log
+				}
+			}
+			close(n.newEvent)
+			n.newEvent = make(chan struct{})
+			n.mu.Unlock()
 		}
-		n.mu.Lock()
-		close(n.newEvent)
-		n.newEvent = make(chan struct{})
-		n.mu.Unlock()
 	}
 }
 
@@ -264,6 +277,7 @@ func (n *Notifiers) waitEvent() <-chan struct{} {
 
 func (n *Notifiers) start(name string, spec NotifierSpec, pos uint64) {
 	nt := &notifier{name: name, spec: spec, stop: make(chan struct{}), done: make(chan struct{}), posted: pos,
+		live: make(chan actors.Event, liveBuffer),
 		view: NotifierView{Name: name, URL: spec.URL, SecretSet: spec.Secret != "", Match: spec.Match, Position: pos}}
 	n.mu.Lock()
 	n.byName[name] = nt
@@ -401,6 +415,20 @@ func (n *Notifiers) deliver(nt *notifier, pos uint64) {
 		default:
 		}
 		wait := n.waitEvent()
+		if ev, ok := n.nextLive(nt, pos); ok {
+			if nt.spec.Match.matches(&ev) && !n.send(nt, ev, fmt.Sprintf("%s-%d", n.node, ev.Seq)) {
+				return
+			}
+			pos = ev.Seq
+			nt.mu.Lock()
+			nt.view.Position = pos
+			nt.mu.Unlock()
+			if time.Since(lastSaved) >= cursorEvery {
+				n.savePosition(nt, pos)
+				lastSaved = time.Now()
+			}
+			continue
+		}
 		evs, oldest, err := n.log.Events(pos, readPage)
 		if err != nil {
 			n.setError(nt, err)
@@ -442,6 +470,26 @@ func (n *Notifiers) deliver(nt *notifier, pos uint64) {
 				n.savePosition(nt, pos)
 				lastSaved = time.Now()
 			}
+		}
+	}
+}
+
+// nextLive takes the event after pos from the live events, when it is
+// there; events at or before pos (the log gave them already) are passed
+// over, and a later one means a gap the log must fill.
+func (n *Notifiers) nextLive(nt *notifier, pos uint64) (actors.Event, bool) {
+	for {
+		select {
+		case ev := <-nt.live:
+			switch {
+			case ev.Seq <= pos:
+				continue
+			case ev.Seq == pos+1:
+				return ev, true
+			}
+			return actors.Event{}, false // a gap: read the log from pos
+		default:
+			return actors.Event{}, false
 		}
 	}
 }
