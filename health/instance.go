@@ -66,9 +66,31 @@ func truncateForMessage(s string) string {
 	return s
 }
 
-// Network is where http, tcp and grpc probes connect.
+// Network is where http, tcp and grpc probes connect, and the local address
+// they connect from (SourceIP; empty: the host's --probe-source-ip, else the
+// kernel's choice).
 type Network struct {
-	IP string `json:"ip"`
+	IP       string `json:"ip"`
+	SourceIP string `json:"source_ip,omitempty"`
+}
+
+// hostAddr parses the address of one host: IPv4 or IPv6 without a zone, not
+// unspecified, multicast or broadcast; IPv4-mapped IPv6 becomes IPv4.
+func hostAddr(field, s string) (netip.Addr, error) {
+	addr, err := netip.ParseAddr(s)
+	if err != nil || addr.Zone() != "" {
+		return netip.Addr{}, fieldErr(field, "must be an IPv4 or IPv6 address (got %q)", truncateForMessage(s))
+	}
+	addr = addr.Unmap()
+	switch {
+	case addr.IsUnspecified():
+		return netip.Addr{}, fieldErr(field, "must be the address of one host, not the unspecified address %s", addr)
+	case addr.IsMulticast():
+		return netip.Addr{}, fieldErr(field, "must be the address of one host, not the multicast address %s", addr)
+	case addr == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return netip.Addr{}, fieldErr(field, "must be the address of one host, not the broadcast address %s", addr)
+	}
+	return addr, nil
 }
 
 // Vsock is how to reach the guest agent: CID for AF_VSOCK, or Socket for a
@@ -147,20 +169,21 @@ func (s InstanceSpec) Normalize(id string) (Instance, error) {
 		in.StartedAt = &t
 	}
 	if s.Network != nil {
-		addr, err := netip.ParseAddr(s.Network.IP)
-		if err != nil || addr.Zone() != "" {
-			return Instance{}, fieldErr("network.ip", "must be an IPv4 or IPv6 address (got %q)", truncateForMessage(s.Network.IP))
-		}
-		addr = addr.Unmap()
-		switch {
-		case addr.IsUnspecified():
-			return Instance{}, fieldErr("network.ip", "must be the address of one host, not the unspecified address %s", addr)
-		case addr.IsMulticast():
-			return Instance{}, fieldErr("network.ip", "must be the address of one host, not the multicast address %s", addr)
-		case addr == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
-			return Instance{}, fieldErr("network.ip", "must be the address of one host, not the broadcast address %s", addr)
+		addr, err := hostAddr("network.ip", s.Network.IP)
+		if err != nil {
+			return Instance{}, err
 		}
 		in.Network = &Network{IP: addr.String()}
+		if s.Network.SourceIP != "" {
+			src, err := hostAddr("network.source_ip", s.Network.SourceIP)
+			if err != nil {
+				return Instance{}, err
+			}
+			if src.Is4() != addr.Is4() {
+				return Instance{}, fieldErr("network.source_ip", "must be of the same family as network.ip %s (got %s)", addr, src)
+			}
+			in.Network.SourceIP = src.String()
+		}
 	}
 	if s.Vsock != nil {
 		v := Vsock{CID: s.Vsock.CID, Socket: s.Vsock.Socket, Port: DefaultVsockPort}

@@ -2,14 +2,21 @@ package health
 
 import (
 	"bytes"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
+	"errors"
 	"fmt"
 	"math"
+	"mime"
 	"net/http"
+	"net/netip"
 	"reflect"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Type is the kind of probe a policy runs.
@@ -50,6 +57,13 @@ const (
 	MaxEnvEntries    = 128
 	MaxEnvBytes      = 64 << 10
 	MaxWorkingDir    = 4096
+
+	MaxCondition    = 4096     // bytes of an http.condition
+	MaxPattern      = 1024     // bytes of an http.body_regex or tcp.expect
+	MaxRequestBody  = 64 << 10 // bytes of an http.body
+	MaxTCPSend      = 4 << 10  // bytes of tcp.send, once decoded
+	MaxCAPEM        = 64 << 10 // bytes of an http.tls.ca_pem bundle
+	MaxMinDaysValid = 3650
 )
 
 // PolicySpec is a health_check as a client writes it: every field optional,
@@ -69,7 +83,9 @@ type PolicySpec struct {
 }
 
 // HTTPSpec is the http block of a PolicySpec. ExpectedStatus is a number
-// (200) or a string of codes and ranges ("200-299,304").
+// (200) or a string of codes and ranges ("200-299,304"). Condition is a CEL
+// expression over the response (SPEC §4); health checks only its size, and
+// the probes package compiles it (probes.Validate).
 type HTTPSpec struct {
 	Port           int               `json:"port"`
 	Path           string            `json:"path,omitempty"`
@@ -79,11 +95,29 @@ type HTTPSpec struct {
 	Headers        map[string]string `json:"headers,omitempty"`
 	Host           string            `json:"host,omitempty"`
 	TLSSkipVerify  bool              `json:"tls_skip_verify,omitempty"`
+	Body           string            `json:"body,omitempty"`
+	ContentType    string            `json:"content_type,omitempty"`
+	BodyRegex      string            `json:"body_regex,omitempty"`
+	Condition      string            `json:"condition,omitempty"`
+	TLS            *TLSSpec          `json:"tls,omitempty"`
 }
 
-// TCPSpec is the tcp block of a PolicySpec.
+// TLSSpec is the tls block of an https probe: the name the certificate is
+// verified against (and sent as SNI), the roots it is verified against
+// instead of the system's, and how many days it must still be valid.
+type TLSSpec struct {
+	ServerName   string `json:"server_name,omitempty"`
+	CAPEM        string `json:"ca_pem,omitempty"`
+	MinDaysValid int    `json:"min_days_valid,omitempty"`
+}
+
+// TCPSpec is the tcp block of a PolicySpec. Send is written with escapes
+// (\r \n \t \\ \xNN, see DecodeEscapes); Expect is an RE2 expression the
+// first bytes the target sends must match.
 type TCPSpec struct {
-	Port int `json:"port"`
+	Port   int    `json:"port"`
+	Send   string `json:"send,omitempty"`
+	Expect string `json:"expect,omitempty"`
 }
 
 // ExecSpec is the exec block of a PolicySpec.
@@ -116,7 +150,9 @@ type Policy struct {
 	GRPC             *GRPCProbe
 }
 
-// HTTPProbe is a normalized http block.
+// HTTPProbe is a normalized http block. Body, BodyRegex and Condition are
+// as written (the regular expression and the condition are compiled by the
+// prober); TLS is nil when no tls block says anything.
 type HTTPProbe struct {
 	Port           int
 	Path           string
@@ -126,12 +162,24 @@ type HTTPProbe struct {
 	Headers        map[string]string
 	Host           string
 	TLSSkipVerify  bool
+	Body           string
+	ContentType    string
+	BodyRegex      string
+	Condition      string
+	TLS            *TLSSpec
 }
 
-// TCPProbe is a normalized tcp block.
+// TCPProbe is a normalized tcp block. Send is as written (escaped); a probe
+// with neither Send nor Expect only connects.
 type TCPProbe struct {
-	Port int
+	Port   int
+	Send   string
+	Expect string
 }
+
+// Dialogue reports whether the probe talks to its target rather than only
+// connecting.
+func (t *TCPProbe) Dialogue() bool { return t.Send != "" || t.Expect != "" }
 
 // ExecProbe is a normalized exec block.
 type ExecProbe struct {
@@ -184,10 +232,15 @@ func (p *Policy) Spec() PolicySpec {
 	s.FailureThreshold, s.SuccessThreshold = &ft, &st
 	if h := p.HTTP; h != nil {
 		s.HTTP = &HTTPSpec{Port: h.Port, Path: h.Path, Scheme: h.Scheme, ExpectedStatus: h.ExpectedStatus.raw(),
-			Method: h.Method, Headers: h.Headers, Host: h.Host, TLSSkipVerify: h.TLSSkipVerify}
+			Method: h.Method, Headers: h.Headers, Host: h.Host, TLSSkipVerify: h.TLSSkipVerify,
+			Body: h.Body, ContentType: h.ContentType, BodyRegex: h.BodyRegex, Condition: h.Condition}
+		if h.TLS != nil {
+			t := *h.TLS
+			s.HTTP.TLS = &t
+		}
 	}
 	if t := p.TCP; t != nil {
-		s.TCP = &TCPSpec{Port: t.Port}
+		s.TCP = &TCPSpec{Port: t.Port, Send: t.Send, Expect: t.Expect}
 	}
 	if e := p.Exec; e != nil {
 		s.Exec = &ExecSpec{Command: e.Command, WorkingDir: e.WorkingDir, Env: e.Env}
@@ -278,8 +331,7 @@ func (s PolicySpec) normalize(prefix string) (Policy, error) {
 	case TypeHTTP:
 		p.HTTP, err = normalizeHTTP(f("http"), s.HTTP)
 	case TypeTCP:
-		p.TCP = &TCPProbe{Port: s.TCP.Port}
-		err = checkPort(f("tcp.port"), s.TCP.Port)
+		p.TCP, err = normalizeTCP(f("tcp"), s.TCP)
 	case TypeExec:
 		p.Exec, err = normalizeExec(f("exec"), s.Exec)
 	case TypeGRPC:
@@ -393,9 +445,9 @@ func normalizeHTTP(prefix string, s *HTTPSpec) (*HTTPProbe, error) {
 	switch h.Method {
 	case "":
 		h.Method = http.MethodGet
-	case http.MethodGet, http.MethodHead:
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut:
 	default:
-		return nil, fieldErr(f("method"), "must be GET or HEAD (got %q)", s.Method)
+		return nil, fieldErr(f("method"), "must be GET, HEAD, POST or PUT (got %q)", s.Method)
 	}
 	var err error
 	if h.ExpectedStatus, err = parseExpectedStatus(f("expected_status"), s.ExpectedStatus); err != nil {
@@ -419,8 +471,214 @@ func normalizeHTTP(prefix string, s *HTTPSpec) (*HTTPProbe, error) {
 			h.Headers[k] = v
 		}
 	}
+	if err := normalizeRequestBody(f, s, h); err != nil {
+		return nil, err
+	}
+	if s.BodyRegex != "" {
+		if err := checkPattern(f("body_regex"), s.BodyRegex); err != nil {
+			return nil, err
+		}
+		h.BodyRegex = s.BodyRegex
+	}
+	if s.Condition != "" {
+		if len(s.Condition) > MaxCondition {
+			return nil, fieldErr(f("condition"), "must be at most %d bytes", MaxCondition)
+		}
+		if strings.TrimSpace(s.Condition) == "" {
+			return nil, fieldErr(f("condition"), "must be a CEL expression, not only spaces")
+		}
+		h.Condition = s.Condition
+	}
+	if h.TLS, err = normalizeTLS(f, s, h); err != nil {
+		return nil, err
+	}
 	return h, nil
 }
+
+// normalizeRequestBody checks what a POST or PUT sends.
+func normalizeRequestBody(f func(string) string, s *HTTPSpec, h *HTTPProbe) error {
+	sends := h.Method == http.MethodPost || h.Method == http.MethodPut
+	if s.Body != "" {
+		if !sends {
+			return fieldErr(f("body"), "must be left out unless %s is POST or PUT", f("method"))
+		}
+		if len(s.Body) > MaxRequestBody {
+			return fieldErr(f("body"), "must be at most %d bytes", MaxRequestBody)
+		}
+		h.Body = s.Body
+	}
+	if s.ContentType == "" {
+		return nil
+	}
+	if !sends {
+		return fieldErr(f("content_type"), "must be left out unless %s is POST or PUT", f("method"))
+	}
+	if _, _, err := mime.ParseMediaType(s.ContentType); err != nil || len(s.ContentType) > MaxHeaderValue ||
+		strings.ContainsAny(s.ContentType, "\r\n\x00") {
+		return fieldErr(f("content_type"), "must be a media type such as \"application/json\" (got %q)", truncateForMessage(s.ContentType))
+	}
+	for k := range h.Headers {
+		if strings.EqualFold(k, "Content-Type") {
+			return fieldErr(f("content_type"), "conflicts with %s: give the content type once", f("headers."+k))
+		}
+	}
+	h.ContentType = s.ContentType
+	return nil
+}
+
+// normalizeTLS checks the tls block; an empty one is no block.
+func normalizeTLS(f func(string) string, s *HTTPSpec, h *HTTPProbe) (*TLSSpec, error) {
+	if s.TLS == nil || *s.TLS == (TLSSpec{}) {
+		return nil, nil
+	}
+	t := *s.TLS
+	if h.Scheme != "https" {
+		return nil, fieldErr(f("tls"), "must be left out unless %s is https", f("scheme"))
+	}
+	if t.ServerName != "" && !validServerName(t.ServerName) {
+		return nil, fieldErr(f("tls.server_name"), "must be a DNS name or an IP address of at most %d bytes (got %q)",
+			MaxHostLength, truncateForMessage(t.ServerName))
+	}
+	if t.CAPEM != "" {
+		if h.TLSSkipVerify {
+			return nil, fieldErr(f("tls.ca_pem"), "conflicts with %s: a certificate that is not verified needs no roots", f("tls_skip_verify"))
+		}
+		if err := checkCAPEM(f("tls.ca_pem"), t.CAPEM); err != nil {
+			return nil, err
+		}
+	}
+	if t.MinDaysValid < 0 || t.MinDaysValid > MaxMinDaysValid {
+		return nil, fieldErr(f("tls.min_days_valid"), "must be between 1 and %d (got %d)", MaxMinDaysValid, t.MinDaysValid)
+	}
+	return &t, nil
+}
+
+// validServerName accepts a DNS name (letters, digits, hyphens, dots,
+// underscores) or an IP address.
+func validServerName(name string) bool {
+	if _, err := netip.ParseAddr(name); err == nil {
+		return true
+	}
+	if len(name) > MaxHostLength || strings.HasPrefix(name, ".") || strings.Contains(name, "..") {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// checkCAPEM accepts a bundle of one or more PEM certificates and nothing else.
+func checkCAPEM(field, bundle string) error {
+	if len(bundle) > MaxCAPEM {
+		return fieldErr(field, "must be at most %d bytes", MaxCAPEM)
+	}
+	rest, n := []byte(bundle), 0
+	for {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			return fieldErr(field, "must hold only CERTIFICATE blocks (found a %s block)", truncateForMessage(block.Type))
+		}
+		if _, err := x509.ParseCertificate(block.Bytes); err != nil {
+			return fieldErr(field, "has a certificate that does not parse (certificate %d: %v)", n+1, err)
+		}
+		n++
+	}
+	if n == 0 {
+		return fieldErr(field, "must hold at least one PEM certificate (-----BEGIN CERTIFICATE-----)")
+	}
+	if len(bytes.TrimSpace(rest)) > 0 {
+		return fieldErr(field, "has text after its last certificate that is not PEM")
+	}
+	return nil
+}
+
+// checkPattern checks an RE2 regular expression.
+func checkPattern(field, pattern string) error {
+	if len(pattern) > MaxPattern {
+		return fieldErr(field, "must be at most %d bytes", MaxPattern)
+	}
+	if _, err := regexp.Compile(pattern); err != nil {
+		return fieldErr(field, "must be an RE2 regular expression: %s", strings.TrimPrefix(err.Error(), "error parsing regexp: "))
+	}
+	return nil
+}
+
+func normalizeTCP(prefix string, s *TCPSpec) (*TCPProbe, error) {
+	f := func(name string) string { return prefix + "." + name }
+	if err := checkPort(f("port"), s.Port); err != nil {
+		return nil, err
+	}
+	t := &TCPProbe{Port: s.Port, Send: s.Send, Expect: s.Expect}
+	if s.Send != "" {
+		b, err := DecodeEscapes(s.Send)
+		if err != nil {
+			return nil, fieldErr(f("send"), "%v", err)
+		}
+		if len(b) > MaxTCPSend {
+			return nil, fieldErr(f("send"), "must be at most %d bytes once decoded", MaxTCPSend)
+		}
+		if s.Expect == "" {
+			return nil, fieldErr(f("send"), "needs %s: a probe that sends checks the answer", f("expect"))
+		}
+	}
+	if s.Expect != "" {
+		if err := checkPattern(f("expect"), s.Expect); err != nil {
+			return nil, err
+		}
+	}
+	return t, nil
+}
+
+// DecodeEscapes decodes tcp.send: \r, \n, \t, \\ and \xNN (two hex
+// digits, any byte) stand for what they do in Go; any other backslash is an
+// error, and so is a string that is not valid UTF-8.
+func DecodeEscapes(s string) ([]byte, error) {
+	if !utf8.ValidString(s) {
+		return nil, errors.New("must be valid UTF-8 (write other bytes as \\xNN)")
+	}
+	out := make([]byte, 0, len(s))
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c != '\\' {
+			out = append(out, c)
+			continue
+		}
+		if i+1 >= len(s) {
+			return nil, errors.New("ends with a lone backslash (write \\\\ for one)")
+		}
+		i++
+		switch s[i] {
+		case 'r':
+			out = append(out, '\r')
+		case 'n':
+			out = append(out, '\n')
+		case 't':
+			out = append(out, '\t')
+		case '\\':
+			out = append(out, '\\')
+		case 'x':
+			if i+2 >= len(s) || !isHex(s[i+1]) || !isHex(s[i+2]) {
+				return nil, fmt.Errorf("has \\x not followed by two hex digits at byte %d", i-1)
+			}
+			v, _ := strconv.ParseUint(s[i+1:i+3], 16, 8)
+			out = append(out, byte(v))
+			i += 2
+		default:
+			return nil, fmt.Errorf("has an unknown escape \\%c at byte %d (known: \\r \\n \\t \\\\ \\xNN)", s[i], i-1)
+		}
+	}
+	return out, nil
+}
+
+func isHex(c byte) bool { return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F' }
 
 func validHeaderName(k string) bool {
 	if k == "" || len(k) > 256 {

@@ -99,7 +99,7 @@ func TestPolicyRejections(t *testing.T) {
 		{`{"http":{"port":80,"path":"healthz"}}`, "health_check.http.path", "must start with /"},
 		{`{"http":{"port":80,"path":"/a b"}}`, "health_check.http.path", "spaces"},
 		{`{"http":{"port":80,"scheme":"ftp"}}`, "health_check.http.scheme", "http or https"},
-		{`{"http":{"port":80,"method":"POST"}}`, "health_check.http.method", "GET or HEAD"},
+		{`{"http":{"port":80,"method":"PATCH"}}`, "health_check.http.method", "GET, HEAD, POST or PUT"},
 		{`{"http":{"port":80,"expected_status":99}}`, "health_check.http.expected_status", "between 100 and 599"},
 		{`{"http":{"port":80,"expected_status":200.5}}`, "health_check.http.expected_status", "status code"},
 		{`{"http":{"port":80,"expected_status":"200-"}}`, "health_check.http.expected_status", "bad part"},

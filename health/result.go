@@ -40,6 +40,11 @@ const (
 	ReasonInactive          Reason = "inactive"
 	ReasonDisabled          Reason = "disabled"
 	ReasonCanceled          Reason = "canceled"
+	ReasonBodyMismatch      Reason = "body_mismatch"    // http.body_regex did not match
+	ReasonConditionFailed   Reason = "condition_failed" // http.condition was false
+	ReasonConditionError    Reason = "condition_error"  // http.condition could not be evaluated
+	ReasonCertExpiring      Reason = "cert_expiring"    // the chain expires within http.tls.min_days_valid
+	ReasonExpectMismatch    Reason = "expect_mismatch"  // tcp.expect did not match the answer
 
 	// Reasons of transitions that no probe caused.
 	ReasonLifecycle     Reason = "lifecycle"
@@ -76,17 +81,61 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// Result is what one probe observed.
+// Result is what one probe observed. CertNotAfter (https) is when the
+// first certificate of the target's chain expires; Phases (http) is how
+// long each part of the exchange took.
 type Result struct {
-	Outcome    Outcome   `json:"outcome"`
-	Reason     Reason    `json:"reason,omitempty"`
-	Message    string    `json:"message,omitempty"`
-	Start      time.Time `json:"start"`
-	Duration   Duration  `json:"duration"`
-	HTTPStatus int       `json:"http_status,omitempty"`
-	ExitCode   *int      `json:"exit_code,omitempty"`
-	Output     string    `json:"output,omitempty"`
-	Truncated  bool      `json:"output_truncated,omitempty"`
+	Outcome      Outcome   `json:"outcome"`
+	Reason       Reason    `json:"reason,omitempty"`
+	Message      string    `json:"message,omitempty"`
+	Start        time.Time `json:"start"`
+	Duration     Duration  `json:"duration"`
+	HTTPStatus   int       `json:"http_status,omitempty"`
+	ExitCode     *int      `json:"exit_code,omitempty"`
+	Output       string    `json:"output,omitempty"`
+	Truncated    bool      `json:"output_truncated,omitempty"`
+	CertNotAfter time.Time `json:"cert_not_after,omitzero"`
+	Phases       Phases    `json:"phases,omitzero"`
+}
+
+// Phases are the parts of an HTTP probe: the TCP handshake, the TLS
+// handshake (https) and the wait from the request written to the first byte
+// of the response. Written in JSON as milliseconds ({"connect_ms": 0.21,
+// "tls_ms": 1.4, "first_byte_ms": 0.35}), each left out when zero.
+type Phases struct {
+	Connect   time.Duration
+	TLS       time.Duration
+	FirstByte time.Duration
+}
+
+// IsZero reports whether no phase was measured.
+func (p Phases) IsZero() bool { return p == Phases{} }
+
+type phasesJSON struct {
+	Connect   float64 `json:"connect_ms,omitempty"`
+	TLS       float64 `json:"tls_ms,omitempty"`
+	FirstByte float64 `json:"first_byte_ms,omitempty"`
+}
+
+func toMS(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+func fromMS(ms float64) time.Duration {
+	return time.Duration(math.Round(ms * float64(time.Millisecond)))
+}
+
+// MarshalJSON writes the phases in milliseconds.
+func (p Phases) MarshalJSON() ([]byte, error) {
+	return json.Marshal(phasesJSON{Connect: toMS(p.Connect), TLS: toMS(p.TLS), FirstByte: toMS(p.FirstByte)})
+}
+
+// UnmarshalJSON reads phases in milliseconds.
+func (p *Phases) UnmarshalJSON(b []byte) error {
+	var j phasesJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		return err
+	}
+	*p = Phases{Connect: fromMS(j.Connect), TLS: fromMS(j.TLS), FirstByte: fromMS(j.FirstByte)}
+	return nil
 }
 
 // TruncateUTF8 returns at most the first n bytes of s, cut on a rune boundary.
@@ -117,7 +166,8 @@ func TailUTF8(s string, n int) string {
 // compactly — times as integers, outcome and reason as codes, without
 // pointers — because every instance holds one and the garbage collector
 // scans them all. The texts of results that carry any (a message, output, a
-// reason outside the known codes) live in one array beside the ring,
+// reason outside the known codes; an HTTP probe's phases and certificate
+// expiry with them) live in one array beside the ring,
 // allocated only when needed and never changed once shared: a History
 // copied into a snapshot keeps the texts it had. Adding a plain result to a
 // history without texts allocates nothing.
@@ -139,19 +189,23 @@ type entry struct {
 
 const hasExit = 0x80
 
-// entryText is the rarely present part of a result.
+// entryText is the rarely present part of a result: its texts, and what
+// only HTTP probes measure.
 type entryText struct {
-	reason    Reason
-	message   string
-	output    string
-	truncated bool
+	reason       Reason
+	message      string
+	output       string
+	truncated    bool
+	certNotAfter int64 // unix seconds (a certificate's times are in seconds, up to the year 9999); 0: none
+	phases       Phases
 }
 
 var outcomeCodes = [...]Outcome{"", Success, Failure, Skipped}
 
 var reasonCodes = [...]Reason{"", ReasonTimeout, ReasonConnectionRefused, ReasonUnreachable, ReasonStatusMismatch,
 	ReasonTLS, ReasonExitNonzero, ReasonExecError, ReasonAgentUnreachable, ReasonNotServing, ReasonIOError,
-	ReasonPanic, ReasonUnsupported, ReasonBudgetFull, ReasonInactive, ReasonDisabled, ReasonCanceled}
+	ReasonPanic, ReasonUnsupported, ReasonBudgetFull, ReasonInactive, ReasonDisabled, ReasonCanceled,
+	ReasonBodyMismatch, ReasonConditionFailed, ReasonConditionError, ReasonCertExpiring, ReasonExpectMismatch}
 
 const otherReason = 255
 
@@ -179,10 +233,13 @@ func pack(r *Result) (entry, *entryText) {
 	if !known {
 		e.reason = otherReason
 	}
-	if known && r.Message == "" && r.Output == "" && !r.Truncated {
+	if known && r.Message == "" && r.Output == "" && !r.Truncated && r.CertNotAfter.IsZero() && r.Phases.IsZero() {
 		return e, nil
 	}
-	x := &entryText{message: r.Message, output: r.Output, truncated: r.Truncated}
+	x := &entryText{message: r.Message, output: r.Output, truncated: r.Truncated, phases: r.Phases}
+	if !r.CertNotAfter.IsZero() {
+		x.certNotAfter = r.CertNotAfter.Unix()
+	}
 	if !known {
 		x.reason = r.Reason
 	}
@@ -205,7 +262,10 @@ func (e *entry) unpack(x *entryText) Result {
 		if e.reason == otherReason {
 			r.Reason = x.reason
 		}
-		r.Message, r.Output, r.Truncated = x.message, x.output, x.truncated
+		r.Message, r.Output, r.Truncated, r.Phases = x.message, x.output, x.truncated, x.phases
+		if x.certNotAfter != 0 {
+			r.CertNotAfter = time.Unix(x.certNotAfter, 0).UTC()
+		}
 	}
 	return r
 }
