@@ -104,6 +104,7 @@ type options struct {
 	budget     int
 	askTimeout time.Duration
 	factory    ProberFactory
+	validate   func(health.Instance) error
 	observer   Observer
 	checkpoint time.Duration
 	// waitFloor is how long a probe may wait for a worker or a budget slot
@@ -184,6 +185,12 @@ func WithAskTimeout(d time.Duration) Option { return func(o *options) { o.askTim
 
 // WithProberFactory replaces how probers are built (default probes.New).
 func WithProberFactory(f ProberFactory) Option { return func(o *options) { o.factory = f } }
+
+// WithValidator replaces the check of what health's rules cannot decide
+// (default probes.Validate: an http condition must compile). Put and every
+// change run it on the normalized instance before anything is stored; its
+// error is the caller's (a *health.FieldError names the field).
+func WithValidator(v func(health.Instance) error) Option { return func(o *options) { o.validate = v } }
 
 // WithObserver registers an Observer of probe starts and ends.
 func WithObserver(ob Observer) Option { return func(o *options) { o.observer = ob } }
@@ -277,7 +284,7 @@ func (p *published) info() Info { return Info{Instance: *p.spec, Health: p.brief
 // New builds a scheduler, loads every stored instance and spawns its actor.
 func New(ctx context.Context, opts ...Option) (*Scheduler, error) {
 	o := options{log: zerolog.Nop(), budget: DefaultProbeBudget,
-		askTimeout: DefaultAskTimeout, factory: probes.New, checkpoint: DefaultCheckpoint, waitFloor: defaultWaitFloor,
+		askTimeout: DefaultAskTimeout, factory: probes.New, validate: probes.Validate, checkpoint: DefaultCheckpoint, waitFloor: defaultWaitFloor,
 		incidents: health.DefaultIncidentRules, holdDown: DefaultRestartHoldDown}
 	for _, f := range opts {
 		f(&o)
@@ -426,7 +433,7 @@ func (s *Scheduler) entryOf(pid *actor.PID) *entry {
 // Put creates or replaces an instance. It returns once the spec is durable
 // and the actor has applied it. created reports whether the id was new.
 func (s *Scheduler) Put(ctx context.Context, id string, spec health.InstanceSpec) (Info, bool, error) {
-	in, err := spec.Normalize(id)
+	in, err := s.normalize(id, spec, nil)
 	if err != nil {
 		return Info{}, false, err
 	}
@@ -441,9 +448,20 @@ func (s *Scheduler) Update(ctx context.Context, id string, change func(cur healt
 		if err != nil {
 			return health.Instance{}, err
 		}
-		return next.Normalize(id)
+		return s.normalize(id, next, cur.HealthCheck)
 	}, false)
 	return info, err
+}
+
+// normalize validates and normalizes a spec by health's rules and, when
+// its policy is new (not prev), the validator's: a lifecycle change is
+// never refused for a policy that was accepted before.
+func (s *Scheduler) normalize(id string, spec health.InstanceSpec, prev *health.Policy) (health.Instance, error) {
+	in, err := spec.Normalize(id)
+	if err == nil && s.opt.validate != nil && (prev == nil || !prev.Equal(in.HealthCheck)) {
+		err = s.opt.validate(in)
+	}
+	return in, err
 }
 
 // Patch applies a JSON merge patch (RFC 7396) to the instance's spec as it

@@ -2,6 +2,8 @@ package probes
 
 import (
 	"context"
+	"net"
+	"net/netip"
 	"strings"
 
 	"google.golang.org/grpc"
@@ -21,16 +23,24 @@ const MaxGRPCMessage = 64 << 10
 type GRPC struct {
 	Addr    string
 	Service string
+	src     netip.Addr // the local address to connect from, if any
 }
 
 // Probe dials, checks and closes.
 func (g *GRPC) Probe(ctx context.Context) health.Result {
-	conn, err := grpc.NewClient("passthrough:///"+g.Addr,
+	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxGRPCMessage)),
-		grpc.WithMaxHeaderListSize(16<<10),
+		grpc.WithMaxHeaderListSize(16 << 10),
 		grpc.WithUserAgent("vigil-probe/1"),
-	)
+	}
+	if g.src.IsValid() {
+		d := dialer(g.src)
+		opts = append(opts, grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			return d.DialContext(ctx, "tcp", addr)
+		}))
+	}
+	conn, err := grpc.NewClient("passthrough:///"+g.Addr, opts...)
 	if err != nil {
 		return health.Result{Outcome: health.Failure, Reason: health.ReasonIOError, Message: err.Error()}
 	}

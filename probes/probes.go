@@ -18,6 +18,7 @@ import (
 	"syscall"
 
 	"github.com/vigilhq/vigil/health"
+	"github.com/vigilhq/vigil/probes/condition"
 )
 
 // Prober runs one probe. The caller bounds it with a context deadline and
@@ -45,10 +46,22 @@ type Func func(ctx context.Context) health.Result
 // Probe calls f.
 func (f Func) Probe(ctx context.Context) health.Result { return f(ctx) }
 
+// New builds the prober for an instance's policy with the default Options.
+func New(in health.Instance) (Prober, error) { return Options{}.New(in) }
+
+// Options are the host's settings for the probers it builds.
+type Options struct {
+	// Source is the local address network probes connect from when the
+	// instance names none (network.source_ip) and it is of the target's
+	// family; the zero Addr lets the kernel choose.
+	Source netip.Addr
+}
+
 // New builds the prober for an instance's policy. It returns an error for a
-// policy it cannot run (disabled, or exec without a guest transport); a
-// validated instance never yields one for http, tcp or grpc.
-func New(in health.Instance) (Prober, error) {
+// policy it cannot run (disabled, exec without a guest transport, an http
+// condition that does not compile); a validated instance (Validate) never
+// yields one for http, tcp or grpc.
+func (o Options) New(in health.Instance) (Prober, error) {
 	p := in.HealthCheck
 	if !p.Enabled() {
 		return nil, errors.New("probes: health checking is disabled")
@@ -66,16 +79,62 @@ func New(in health.Instance) (Prober, error) {
 	if err != nil {
 		return nil, fmt.Errorf("probes: network.ip: %w", err)
 	}
+	src, err := o.source(in.Network, ip)
+	if err != nil {
+		return nil, err
+	}
 	addr := func() string { return net.JoinHostPort(ip.String(), strconv.Itoa(p.Port())) }
 	switch p.Type {
 	case health.TypeHTTP:
-		return newHTTP(addr(), p.HTTP), nil
+		return newHTTP(addr(), src, p.HTTP)
 	case health.TypeTCP:
-		return &TCP{ap: netip.AddrPortFrom(ip, uint16(p.Port()))}, nil
+		ap := netip.AddrPortFrom(ip, uint16(p.Port()))
+		if p.TCP.Dialogue() {
+			return newDialogue(ap, src, p.TCP)
+		}
+		return &TCP{ap: ap, src: src}, nil
 	case health.TypeGRPC:
-		return &GRPC{Addr: addr(), Service: p.GRPC.Service}, nil
+		return &GRPC{Addr: addr(), Service: p.GRPC.Service, src: src}, nil
 	}
 	return nil, fmt.Errorf("probes: unknown probe type %q", p.Type)
+}
+
+// source is the address to connect to ip from: the instance's, else the
+// host's when it is of ip's family, else none.
+func (o Options) source(n *health.Network, ip netip.Addr) (netip.Addr, error) {
+	if n.SourceIP != "" {
+		src, err := netip.ParseAddr(n.SourceIP)
+		if err != nil {
+			return netip.Addr{}, fmt.Errorf("probes: network.source_ip: %w", err)
+		}
+		return src.Unmap(), nil
+	}
+	if src := o.Source.Unmap(); src.IsValid() && src.Is4() == ip.Unmap().Is4() {
+		return src, nil
+	}
+	return netip.Addr{}, nil
+}
+
+// Validate checks what health's rules cannot, for the scheduler to refuse
+// at registration: an http condition must compile and type-check as CEL.
+// Its error is a *health.FieldError naming the field, with CEL's message.
+func Validate(in health.Instance) error {
+	p := in.HealthCheck
+	if p == nil || p.HTTP == nil || p.HTTP.Condition == "" {
+		return nil
+	}
+	if _, err := condition.Compile(p.HTTP.Condition); err != nil {
+		return &health.FieldError{Field: "health_check.http.condition", Message: "is not a valid CEL condition: " + err.Error()}
+	}
+	return nil
+}
+
+// dialer is a probe's dialer from src (none when src is the zero Addr).
+func dialer(src netip.Addr) *net.Dialer {
+	if !src.IsValid() {
+		return probeDialer
+	}
+	return &net.Dialer{KeepAlive: -1, LocalAddr: &net.TCPAddr{IP: src.AsSlice()}}
 }
 
 // probeDialer opens probe connections without TCP keep-alive: a probe's
@@ -87,6 +146,7 @@ var probeDialer = &net.Dialer{KeepAlive: -1}
 type TCP struct {
 	Addr string         // "ip:port" (an address, not a name), when ap is not set
 	ap   netip.AddrPort // set by New, which leaves Addr empty
+	src  netip.Addr     // the local address to connect from, if any
 }
 
 // Probe connects and closes with a reset (linger 0), as the kubelet does:
@@ -110,7 +170,7 @@ func (t *TCP) Start() (health.Result, Rest) {
 			return health.Result{Outcome: health.Failure, Reason: health.ReasonIOError, Message: err.Error()}, nil
 		}
 	}
-	c, err := beginConnect(ap)
+	c, err := beginConnect(ap, t.src)
 	switch {
 	case c != nil:
 		return health.Result{}, func(ctx context.Context) health.Result {
@@ -126,8 +186,8 @@ func (t *TCP) Start() (health.Result, Rest) {
 }
 
 // dialAndReset is the portable connect-and-reset, through the net package.
-func dialAndReset(ctx context.Context, ap netip.AddrPort) error {
-	c, err := probeDialer.DialContext(ctx, "tcp", ap.String())
+func dialAndReset(ctx context.Context, ap netip.AddrPort, src netip.Addr) error {
+	c, err := dialer(src).DialContext(ctx, "tcp", ap.String())
 	if err != nil {
 		return err
 	}

@@ -42,16 +42,27 @@ func BenchmarkTCPConnect(b *testing.B) {
 			_ = unix.Close(nfd)
 		}
 	}
+	lean := func(src netip.Addr) func(context.Context, netip.AddrPort) error {
+		return func(ctx context.Context, ap netip.AddrPort) error {
+			c, err := beginConnect(ap, src)
+			if c != nil {
+				return c.finish(ctx)
+			}
+			return err
+		}
+	}
+	// bound: from a source address (network.source_ip), on a fresh socket
+	// bound before the connect instead of a pooled one
+	bound := netip.MustParseAddr("127.0.0.2")
 	for _, bc := range []struct {
 		name string
 		dial func(context.Context, netip.AddrPort) error
-	}{{"net", dialAndReset}, {"lean", func(ctx context.Context, ap netip.AddrPort) error {
-		c, err := beginConnect(ap)
-		if c != nil {
-			return c.finish(ctx)
-		}
-		return err
-	}}} {
+	}{
+		{"net", func(ctx context.Context, ap netip.AddrPort) error { return dialAndReset(ctx, ap, netip.Addr{}) }},
+		{"lean", lean(netip.Addr{})},
+		{"lean-bound", lean(bound)},
+		{"net-bound", func(ctx context.Context, ap netip.AddrPort) error { return dialAndReset(ctx, ap, bound) }},
+	} {
 		b.Run(bc.name, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {

@@ -22,8 +22,10 @@ import (
 // idleSockets) — three system calls and no allocation. It returns a nil
 // connecting when the connection is settled (err says how); otherwise the
 // connection is under way and connecting.finish must be called. Errors read
-// like the net package's.
-func beginConnect(ap netip.AddrPort) (*connecting, error) {
+// like the net package's. With a source address (src valid) the socket is a
+// new one bound to it before the connect, closed once the probe is settled:
+// a pooled socket would keep its source.
+func beginConnect(ap netip.AddrPort, src netip.Addr) (*connecting, error) {
 	var (
 		family = unix.AF_INET
 		sa4    unix.RawSockaddrInet4
@@ -38,18 +40,29 @@ func beginConnect(ap netip.AddrPort) (*connecting, error) {
 		sa, salen = unsafe.Pointer(&sa4), unsafe.Sizeof(sa4)
 	} else {
 		if a.Zone() != "" {
-			return &connecting{ap: ap, fd: -1}, nil // zone names need the net package's lookup
+			return &connecting{ap: ap, src: src, fd: -1}, nil // zone names need the net package's lookup
 		}
 		family = unix.AF_INET6
 		sa6 = unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: a.As16()}
 		putPort(&sa6.Port, ap.Port())
 		sa, salen = unsafe.Pointer(&sa6), unsafe.Sizeof(sa6)
 	}
-	pool := &idleSockets[0]
-	if family == unix.AF_INET6 {
+	var (
+		pool *socketPool // nil: a bound socket, closed when settled
+		fd   int
+		err  error
+	)
+	switch {
+	case src.IsValid():
+		fd, err = boundSocket(family, src)
+	case family == unix.AF_INET6:
 		pool = &idleSockets[1]
+	default:
+		pool = &idleSockets[0]
 	}
-	fd, err := pool.get(family)
+	if pool != nil {
+		fd, err = pool.get(family)
+	}
 	if err != nil {
 		return nil, dialErr(ap, err)
 	}
@@ -74,7 +87,7 @@ func beginConnect(ap netip.AddrPort) (*connecting, error) {
 		}
 		return nil, nil
 	}
-	return &connecting{ap: ap, fd: fd}, nil
+	return &connecting{ap: ap, src: src, fd: fd}, nil
 }
 
 // idleSockets keeps, per family (IPv4, IPv6), sockets whose connection was
@@ -119,7 +132,12 @@ func (p *socketPool) get(family int) (int, error) {
 
 // put dissolves fd's settled connection (a reset if it was established)
 // and keeps the socket, or closes it when that fails or the pool is full.
+// A nil pool closes it (a reset, by its linger).
 func (p *socketPool) put(fd int) {
+	if p == nil {
+		_ = unix.Close(fd)
+		return
+	}
 	unspec := unix.RawSockaddr{Family: unix.AF_UNSPEC}
 	_, _, errno := unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&unspec)), unsafe.Sizeof(unspec))
 	if errno == 0 {
@@ -135,6 +153,42 @@ func (p *socketPool) put(fd int) {
 	}
 }
 
+// boundSocket is a new socket with linger 0 bound to src, its port left to
+// the connect (IP_BIND_ADDRESS_NO_PORT: a bind alone would reserve a port
+// for every destination, and a busy prober would run out of them).
+func boundSocket(family int, src netip.Addr) (int, error) {
+	if src.Is4() != (family == unix.AF_INET) {
+		return -1, fmt.Errorf("source address %s is not of the target's family", src)
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, os.NewSyscallError("socket", err)
+	}
+	if err := unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &lingerReset); err != nil {
+		_ = unix.Close(fd)
+		return -1, os.NewSyscallError("setsockopt", err)
+	}
+	_ = unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1) // an optimization only
+	var (
+		sa4   unix.RawSockaddrInet4
+		sa6   unix.RawSockaddrInet6
+		sa    unsafe.Pointer
+		salen uintptr
+	)
+	if family == unix.AF_INET {
+		sa4 = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: src.As4()}
+		sa, salen = unsafe.Pointer(&sa4), unsafe.Sizeof(sa4)
+	} else {
+		sa6 = unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: src.As16()}
+		sa, salen = unsafe.Pointer(&sa6), unsafe.Sizeof(sa6)
+	}
+	if _, _, errno := unix.RawSyscall(unix.SYS_BIND, uintptr(fd), uintptr(sa), salen); errno != 0 {
+		_ = unix.Close(fd)
+		return -1, os.NewSyscallError("bind "+src.String(), errno)
+	}
+	return fd, nil
+}
+
 // lingerReset is linger on, for 0 seconds: close sends a reset. Read only.
 var lingerReset = unix.Linger{Onoff: 1}
 
@@ -146,15 +200,16 @@ func putPort(p *uint16, port uint16) {
 
 // connecting is a connection whose handshake is under way.
 type connecting struct {
-	ap netip.AddrPort
-	fd int // -1: not begun; finish dials through the net package
+	ap  netip.AddrPort
+	src netip.Addr
+	fd  int // -1: not begun; finish dials through the net package
 }
 
 // finish waits for the handshake on the runtime's poller until ctx ends,
 // and closes the connection.
 func (c *connecting) finish(ctx context.Context) error {
 	if c.fd < 0 {
-		return dialAndReset(ctx, c.ap)
+		return dialAndReset(ctx, c.ap, c.src)
 	}
 	ap := c.ap
 	// the file owns fd from here and registers it with the poller

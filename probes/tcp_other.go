@@ -8,8 +8,13 @@ import (
 )
 
 // beginConnect leaves the whole dial to finish, through the net package.
-func beginConnect(ap netip.AddrPort) (*connecting, error) { return &connecting{ap: ap}, nil }
+func beginConnect(ap netip.AddrPort, src netip.Addr) (*connecting, error) {
+	return &connecting{ap: ap, src: src}, nil
+}
 
-type connecting struct{ ap netip.AddrPort }
+type connecting struct {
+	ap  netip.AddrPort
+	src netip.Addr
+}
 
-func (c *connecting) finish(ctx context.Context) error { return dialAndReset(ctx, c.ap) }
+func (c *connecting) finish(ctx context.Context) error { return dialAndReset(ctx, c.ap, c.src) }
