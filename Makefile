@@ -8,7 +8,7 @@ PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 OAPI_CODEGEN       := github.com/oapi-codegen/oapi-codegen/v2/cmd/oapi-codegen@v2.8.2
 TOOLS              := $(CURDIR)/bin/tools
 
-.PHONY: run build test check bench bench-persistence bench-scale bench-api bench-exec bench-smoke bench-fleet bench-fleet-nodes fmt vet tidy-check clean generate generate-client generate-proto generate-check tools
+.PHONY: screenshots run build test check bench bench-persistence bench-scale bench-api bench-exec bench-smoke bench-fleet bench-fleet-nodes fmt vet tidy-check clean generate generate-client generate-proto generate-check tools
 
 ## run: build and start `vigil serve` on 127.0.0.1:8484 with its data in ./vigil-data
 run: build
@@ -22,6 +22,11 @@ test:
 	$(GO) vet $(PKGS)
 	$(GO) test -race -shuffle=on -count=1 $(PKGS)
 	$(GO) test -count=1 -run 'TestHungTargetsDoNotStarveHealthyOnes' -v ./actors
+
+## screenshots: the dashboard's browser tests (they need Debian's chromium), writing the
+## screenshots README shows into docs/screenshots
+screenshots:
+	$(GO) test -count=1 -run 'TestDashboard' ./ui/ -screenshots
 
 ## check: formatting, module tidiness, generated code, then the tests
 check: tidy-check fmt-check generate-check test

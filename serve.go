@@ -22,6 +22,7 @@ import (
 	"github.com/vigilhq/vigil/fleet"
 	"github.com/vigilhq/vigil/health"
 	"github.com/vigilhq/vigil/persistence"
+	"github.com/vigilhq/vigil/ui"
 )
 
 type serveConfig struct {
@@ -234,7 +235,7 @@ func serveUntilSignal(log zerolog.Logger, c serveConfig) error {
 	}
 	stopping := make(chan struct{})
 	handler := api.New(reg, api.Options{Log: log.With().Str("component", "api").Logger(), Token: c.token,
-		Metrics: metrics, Shutdown: stopping, Notifiers: notifiers, Silences: silences})
+		Metrics: metrics, Shutdown: stopping, Notifiers: notifiers, Silences: silences, UI: ui.Handler()})
 	srv := api.NewServer(handler)
 	srv.RegisterOnShutdown(func() { close(stopping) })
 	l, err := api.Listen(c.listen)

@@ -653,11 +653,14 @@ func (s *Scheduler) Peek(id string) (Info, bool) {
 	return Info{}, false
 }
 
-// Filter selects instances: any of Statuses (all when empty), and every
-// label of Labels.
+// Filter selects instances: any of Statuses (all when empty), every label
+// of Labels, and ids that start with Prefix (all when empty).
 type Filter struct {
 	Statuses []health.Status
 	Labels   map[string]string
+	// Prefix is found by binary search in the sorted ids: a list with a
+	// prefix reads only the ids that have it.
+	Prefix string
 }
 
 // List returns up to limit published Infos in id order, starting after the
@@ -669,8 +672,7 @@ func (s *Scheduler) List(f Filter, cursor string, limit int) (page []Info, next 
 	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	i := sort.Search(len(s.ids), func(i int) bool { return s.ids[i] > cursor })
-	for ; i < len(s.ids); i++ {
+	for i := s.firstLocked(f.Prefix, cursor); i < len(s.ids) && strings.HasPrefix(s.ids[i], f.Prefix); i++ {
 		p, ok := s.entries[s.ids[i]].published()
 		if !ok || !statusIn(p.brief.Status, f.Statuses) || !health.MatchLabels(p.spec.Labels, f.Labels) {
 			continue
@@ -681,6 +683,33 @@ func (s *Scheduler) List(f Filter, cursor string, limit int) (page []Info, next 
 		page = append(page, p.info())
 	}
 	return page, ""
+}
+
+// Briefs calls fn with the id and published brief of every instance the
+// filter selects, in id order, until fn returns false. It copies nothing
+// but the brief, so a caller can order or count all instances cheaply;
+// fn runs under the registry's read lock and must not call the Scheduler.
+func (s *Scheduler) Briefs(f Filter, fn func(id string, b *health.Brief) bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for i := s.firstLocked(f.Prefix, ""); i < len(s.ids) && strings.HasPrefix(s.ids[i], f.Prefix); i++ {
+		p, ok := s.entries[s.ids[i]].published()
+		if !ok || !statusIn(p.brief.Status, f.Statuses) || !health.MatchLabels(p.spec.Labels, f.Labels) {
+			continue
+		}
+		if !fn(s.ids[i], &p.brief) {
+			return
+		}
+	}
+}
+
+// firstLocked is the index of the first id after cursor that is not below
+// prefix.
+func (s *Scheduler) firstLocked(prefix, cursor string) int {
+	if prefix > cursor {
+		return sort.SearchStrings(s.ids, prefix)
+	}
+	return sort.Search(len(s.ids), func(i int) bool { return s.ids[i] > cursor })
 }
 
 func statusIn(st health.Status, set []health.Status) bool {

@@ -12,6 +12,7 @@
 package api
 
 import (
+	"cmp"
 	"context"
 	"crypto/subtle"
 	_ "embed"
@@ -22,6 +23,7 @@ import (
 	"mime"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -116,6 +118,10 @@ type Options struct {
 	// Shutdown, when closed, ends every event stream (http.Server.Shutdown
 	// waits for open requests, and a stream never ends on its own).
 	Shutdown <-chan struct{}
+	// UI, when set, serves the dashboard's static files under /ui/ (the
+	// ui package), without the token: the page asks for it and sends it on
+	// every API call.
+	UI http.Handler
 }
 
 // ErrorBody is the JSON shape of every error.
@@ -216,6 +222,10 @@ func New(reg Registry, opt Options) *echo.Echo {
 		opt.Metrics.Register(newRegistryCollector(reg))
 		get("/metrics", echo.WrapHandler(opt.Metrics.Handler()))
 	}
+	if opt.UI != nil {
+		get("/ui", func(c echo.Context) error { return c.Redirect(http.StatusMovedPermanently, "/ui/") })
+		get("/ui/*", echo.WrapHandler(opt.UI))
+	}
 	return e
 }
 
@@ -248,13 +258,14 @@ func validID(next echo.HandlerFunc) echo.HandlerFunc {
 	}
 }
 
-// bearer requires the token on every route but the probes of the process.
+// bearer requires the token on every route but the probes of the process
+// and the dashboard's static files (which hold no data).
 func bearer(token string) echo.MiddlewareFunc {
 	want := []byte(token)
 	return middleware.KeyAuthWithConfig(middleware.KeyAuthConfig{
 		Skipper: func(c echo.Context) bool {
 			p := c.Request().URL.Path
-			return p == "/healthz" || p == "/readyz"
+			return p == "/healthz" || p == "/readyz" || p == "/ui" || strings.HasPrefix(p, "/ui/")
 		},
 		Validator: func(got string, _ echo.Context) (bool, error) {
 			return subtle.ConstantTimeCompare([]byte(got), want) == 1, nil
@@ -432,7 +443,15 @@ func (h *handlers) list(c echo.Context) error {
 			statuses = append(statuses, st)
 		}
 	}
-	after, err := decodeCursor(c.QueryParam("cursor"))
+	order := cmp.Or(c.QueryParam("sort"), sortID)
+	if !slices.Contains([]string{sortID, sortStatus, sortSince, sortNewest}, order) {
+		return invalid("sort", "sort must be one of id, status, since, -since (got %q)", order)
+	}
+	prefix := c.QueryParam("prefix")
+	if !prefixPattern.MatchString(prefix) {
+		return invalid("prefix", "prefix must be at most 128 characters of A-Z a-z 0-9 . _ -")
+	}
+	from, err := readCursor(order, c.QueryParam("cursor"))
 	if err != nil {
 		return err
 	}
@@ -440,24 +459,43 @@ func (h *handlers) list(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	var page []actors.Info
-	var next string
 	labels, err := labelFilter(c.QueryParams()["label"])
 	if err != nil {
 		return err
 	}
-	f := actors.Filter{Statuses: statuses, Labels: labels}
+	f := actors.Filter{Statuses: statuses, Labels: labels, Prefix: prefix}
+	list := func(f actors.Filter, after string, limit int) ([]actors.Info, string, error) {
+		page, next := h.reg.List(f, after, limit)
+		return page, next, nil
+	}
+	var counts map[health.Status]int // lets sort=status skip statuses nobody has
 	if fleet {
-		if page, next, err = h.fleet.FleetList(c.Request().Context(), f, after, limit); err != nil {
-			return err
-		}
+		list = h.fleetPager(c.Request().Context())
 	} else {
-		page, next = h.reg.List(f, after, limit)
+		counts = h.reg.Summary()
+	}
+	var page []actors.Info
+	var next string
+	switch order {
+	case sortID:
+		page, next, err = list(f, from.id, limit)
+		next = encodeCursor(next)
+	case sortStatus:
+		page, next, err = statusFirst(list, f, from, limit, counts)
+	default:
+		b, ok := h.reg.(briefer)
+		if fleet || !ok {
+			return invalid("sort", "sort=%s orders one vigil's own instances: in a fleet, instances list by id or status", order)
+		}
+		page, next = bySince(b, f, from, limit, order == sortNewest)
+	}
+	if err != nil {
+		return err
 	}
 	if page == nil {
 		page = []actors.Info{}
 	}
-	return c.JSON(http.StatusOK, map[string]any{"instances": page, "next_cursor": encodeCursor(next)})
+	return c.JSON(http.StatusOK, map[string]any{"instances": page, "next_cursor": next})
 }
 
 // labelFilter reads ?label=key=value (several are ANDed).

@@ -323,6 +323,30 @@ func (e HeadEventsParamsScope) Valid() bool {
 	}
 }
 
+// Defines values for ListInstancesParamsSort.
+const (
+	SortByID     ListInstancesParamsSort = "id"
+	SortByNewest ListInstancesParamsSort = "-since"
+	SortBySince  ListInstancesParamsSort = "since"
+	SortByStatus ListInstancesParamsSort = "status"
+)
+
+// Valid indicates whether the value is a known member of the ListInstancesParamsSort enum.
+func (e ListInstancesParamsSort) Valid() bool {
+	switch e {
+	case SortByID:
+		return true
+	case SortByNewest:
+		return true
+	case SortBySince:
+		return true
+	case SortByStatus:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for ListInstancesParamsScope.
 const (
 	ListInstancesParamsScopeFleet ListInstancesParamsScope = "fleet"
@@ -335,6 +359,30 @@ func (e ListInstancesParamsScope) Valid() bool {
 	case ListInstancesParamsScopeFleet:
 		return true
 	case ListInstancesParamsScopeLocal:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for HeadListInstancesParamsSort.
+const (
+	HeadSortByID     HeadListInstancesParamsSort = "id"
+	HeadSortByNewest HeadListInstancesParamsSort = "-since"
+	HeadSortBySince  HeadListInstancesParamsSort = "since"
+	HeadSortByStatus HeadListInstancesParamsSort = "status"
+)
+
+// Valid indicates whether the value is a known member of the HeadListInstancesParamsSort enum.
+func (e HeadListInstancesParamsSort) Valid() bool {
+	switch e {
+	case HeadSortByID:
+		return true
+	case HeadSortByNewest:
+		return true
+	case HeadSortBySince:
+		return true
+	case HeadSortByStatus:
 		return true
 	default:
 		return false
@@ -875,7 +923,13 @@ type HeadEventsParamsScope string
 type ListInstancesParams struct {
 	// Status comma-separated statuses
 	Status *string `form:"status,omitempty" json:"status,omitempty"`
-	Limit  *int    `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Prefix only ids that start with it
+	Prefix *string `form:"prefix,omitempty" json:"prefix,omitempty"`
+
+	// Sort id: id order; status: unhealthy, starting, unknown, healthy, disabled, each in id order; since: longest in its current status first; -since: newest change of status first (since and -since: one vigil's own instances, not scope=fleet). A cursor belongs to its sort.
+	Sort  *ListInstancesParamsSort `form:"sort,omitempty" json:"sort,omitempty"`
+	Limit *int                     `form:"limit,omitempty" json:"limit,omitempty"`
 
 	// Cursor next_cursor of the previous page, as it was given (opaque)
 	Cursor *string `form:"cursor,omitempty" json:"cursor,omitempty"`
@@ -887,6 +941,9 @@ type ListInstancesParams struct {
 	Label *[]string `form:"label,omitempty" json:"label,omitempty"`
 }
 
+// ListInstancesParamsSort defines parameters for ListInstances.
+type ListInstancesParamsSort string
+
 // ListInstancesParamsScope defines parameters for ListInstances.
 type ListInstancesParamsScope string
 
@@ -894,7 +951,13 @@ type ListInstancesParamsScope string
 type HeadListInstancesParams struct {
 	// Status comma-separated statuses
 	Status *string `form:"status,omitempty" json:"status,omitempty"`
-	Limit  *int    `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Prefix only ids that start with it
+	Prefix *string `form:"prefix,omitempty" json:"prefix,omitempty"`
+
+	// Sort id: id order; status: unhealthy, starting, unknown, healthy, disabled, each in id order; since: longest in its current status first; -since: newest change of status first (since and -since: one vigil's own instances, not scope=fleet). A cursor belongs to its sort.
+	Sort  *HeadListInstancesParamsSort `form:"sort,omitempty" json:"sort,omitempty"`
+	Limit *int                         `form:"limit,omitempty" json:"limit,omitempty"`
 
 	// Cursor next_cursor of the previous page, as it was given (opaque)
 	Cursor *string `form:"cursor,omitempty" json:"cursor,omitempty"`
@@ -905,6 +968,9 @@ type HeadListInstancesParams struct {
 	// Label key=value; several are ANDed
 	Label *[]string `form:"label,omitempty" json:"label,omitempty"`
 }
+
+// HeadListInstancesParamsSort defines parameters for HeadListInstances.
+type HeadListInstancesParamsSort string
 
 // HeadListInstancesParamsScope defines parameters for HeadListInstances.
 type HeadListInstancesParamsScope string
@@ -1139,12 +1205,12 @@ type ClientInterface interface {
 	// Corresponds with HEAD /v1/incidents (the `HeadListIncidents` operationId).
 	HeadListIncidents(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// ListInstances List instances in id order
+	// ListInstances List instances in id order, unhealthy first, or by time in status
 	//
 	// Corresponds with GET /v1/instances (the `ListInstances` operationId).
 	ListInstances(ctx context.Context, params *ListInstancesParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// HeadListInstances List instances in id order: the same headers, without a body
+	// HeadListInstances List instances: the same headers, without a body
 	//
 	// Corresponds with HEAD /v1/instances (the `HeadListInstances` operationId).
 	HeadListInstances(ctx context.Context, params *HeadListInstancesParams, reqEditors ...RequestEditorFn) (*http.Response, error)
@@ -1483,7 +1549,7 @@ func (c *RawClient) HeadListIncidents(ctx context.Context, reqEditors ...Request
 	return c.Client.Do(req)
 }
 
-// ListInstances List instances in id order
+// ListInstances List instances in id order, unhealthy first, or by time in status
 //
 // Corresponds with GET /v1/instances (the `ListInstances` operationId).
 func (c *RawClient) ListInstances(ctx context.Context, params *ListInstancesParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -1498,7 +1564,7 @@ func (c *RawClient) ListInstances(ctx context.Context, params *ListInstancesPara
 	return c.Client.Do(req)
 }
 
-// HeadListInstances List instances in id order: the same headers, without a body
+// HeadListInstances List instances: the same headers, without a body
 //
 // Corresponds with HEAD /v1/instances (the `HeadListInstances` operationId).
 func (c *RawClient) HeadListInstances(ctx context.Context, params *HeadListInstancesParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -2446,6 +2512,30 @@ func NewListInstancesRequest(server string, params *ListInstancesParams) (*http.
 
 		}
 
+		if params.Prefix != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "prefix", *params.Prefix, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Sort != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "sort", *params.Sort, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
 		if params.Limit != nil {
 
 			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
@@ -2539,6 +2629,30 @@ func NewHeadListInstancesRequest(server string, params *HeadListInstancesParams)
 		if params.Status != nil {
 
 			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "status", *params.Status, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Prefix != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "prefix", *params.Prefix, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Sort != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "sort", *params.Sort, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
 				return nil, err
 			} else {
 				for _, qp := range strings.Split(queryFrag, "&") {
@@ -3629,14 +3743,14 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with HEAD /v1/incidents (the `HeadListIncidents` operationId).
 	HeadListIncidentsWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*HeadListIncidentsResponse, error)
 
-	// ListInstancesWithResponse List instances in id order
+	// ListInstancesWithResponse List instances in id order, unhealthy first, or by time in status
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /v1/instances (the `ListInstances` operationId).
 	ListInstancesWithResponse(ctx context.Context, params *ListInstancesParams, reqEditors ...RequestEditorFn) (*ListInstancesResponse, error)
 
-	// HeadListInstancesWithResponse List instances in id order: the same headers, without a body
+	// HeadListInstancesWithResponse List instances: the same headers, without a body
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -6116,7 +6230,7 @@ func (c *ClientWithResponses) HeadListIncidentsWithResponse(ctx context.Context,
 	return ParseHeadListIncidentsResponse(rsp)
 }
 
-// ListInstancesWithResponse List instances in id order
+// ListInstancesWithResponse List instances in id order, unhealthy first, or by time in status
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -6129,7 +6243,7 @@ func (c *ClientWithResponses) ListInstancesWithResponse(ctx context.Context, par
 	return ParseListInstancesResponse(rsp)
 }
 
-// HeadListInstancesWithResponse List instances in id order: the same headers, without a body
+// HeadListInstancesWithResponse List instances: the same headers, without a body
 //
 // Returns a wrapper object for the known response body format(s).
 //
