@@ -347,6 +347,15 @@ func TestTCPDialogues(t *testing.T) {
 	r, _ := probe(t, instance(t, banner, `{"tcp":{"port":PORT,"expect":"^220 "}}`), time.Second)
 	assert.Equal(t, "220 mail.example ESMTP ready\r\n", r.Output)
 
+	// answers before reading, then closes: what was sent unread makes the
+	// close a reset, and the answer is still the answer
+	rude, _ := dialogueServer(t, "127.0.0.1:0", func(c net.Conn) { _, _ = io.WriteString(c, "-ERR not ready\r\n") })
+	for range 5 {
+		r, _ := probe(t, instance(t, rude, tcp(`PING\r\n`, `^\+PONG`)), time.Second)
+		assert.Equal(t, health.ReasonExpectMismatch, r.Reason, r.Message)
+		assert.Equal(t, "-ERR not ready\r\n", r.Output)
+	}
+
 	invalid, _ := dialogueServer(t, "127.0.0.1:0", func(c net.Conn) { _, _ = c.Write([]byte{0xff, 0xfe, 'o', 'k', '\n'}) })
 	r, _ = probe(t, instance(t, invalid, `{"tcp":{"port":PORT,"expect":"^ok"}}`), time.Second)
 	assert.Equal(t, health.ReasonExpectMismatch, r.Reason)

@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/vigilhq/vigil/health"
@@ -84,7 +85,9 @@ func (d *Dialogue) Probe(ctx context.Context) health.Result {
 			continue
 		case errors.Is(err, io.EOF) && len(buf) == 0:
 			return mismatch(buf, "the target closed the connection without answering")
-		case errors.Is(err, io.EOF):
+		case errors.Is(err, io.EOF), errors.Is(err, syscall.ECONNRESET) && len(buf) > 0:
+			// a target that answers and closes without reading what was
+			// sent resets the connection: the answer is still the answer
 			return mismatch(buf, "the answer (the target then closed the connection)")
 		}
 		r := Fail(ctx, err)
