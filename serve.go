@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
@@ -22,6 +23,7 @@ import (
 	"github.com/vigilhq/vigil/fleet"
 	"github.com/vigilhq/vigil/health"
 	"github.com/vigilhq/vigil/persistence"
+	"github.com/vigilhq/vigil/probes"
 	"github.com/vigilhq/vigil/ui"
 )
 
@@ -36,6 +38,8 @@ type serveConfig struct {
 	peerListen string
 	peerToken  string
 	incidents  health.IncidentRules
+	// probeSource is --probe-source-ip, checked by check
+	probeSource string
 }
 
 func serve(args []string, stdout, stderr io.Writer) int {
@@ -43,6 +47,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	listen := cmd.String("listen", "VIGIL_LISTEN", "127.0.0.1:8484", "ADDR", "address to serve the API on: host:port, or unix:///path for a Unix socket")
 	dataDir := cmd.String("data-dir", "VIGIL_DATA_DIR", "vigil-data", "DIR", "Badger data directory")
 	budget := cmd.Int("probe-budget", "VIGIL_PROBE_BUDGET", actors.DefaultProbeBudget, "host-wide cap on probes in flight")
+	probeSource := cmd.String("probe-source-ip", "VIGIL_PROBE_SOURCE_IP", "", "IP", "local address http, tcp and grpc probes connect from, for targets of its family (an instance's network.source_ip wins)")
 	level := cmd.Choice("log-level", "VIGIL_LOG_LEVEL", "info", "LEVEL", "debug, info, warn or error", logLevels...)
 	format := cmd.Choice("log-format", "VIGIL_LOG_FORMAT", "json", "FORMAT", "json or console", "json", "console")
 	token := cmd.String("token", "VIGIL_TOKEN", "", "TOKEN", "require Authorization: Bearer <token> on the API (not on /healthz, /readyz)")
@@ -61,6 +66,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	cfg := serveConfig{listen: *listen, dataDir: *dataDir, budget: *budget, token: *token, insecure: *insecure,
 		node: *node, peerListen: *peerListen, peerToken: *peerToken,
 		incidents: health.IncidentRules{Fraction: *incFraction, Min: *incMin, Window: *incWindow}}
+	cfg.probeSource = *probeSource
 	for _, u := range strings.Split(*etcd, ",") {
 		if u = strings.TrimSpace(u); u != "" {
 			cfg.etcd = append(cfg.etcd, u)
@@ -90,6 +96,9 @@ func (c serveConfig) check() error {
 	if err := checkListen(c); err != nil {
 		return err
 	}
+	if c.probeSource != "" && !localAddr(c.probeSource) {
+		return fmt.Errorf("--probe-source-ip must be an IPv4 or IPv6 address of this host (got %q)", c.probeSource)
+	}
 	switch r := c.incidents; {
 	case r.Fraction <= 0 || r.Fraction > 1:
 		return fmt.Errorf("--incident-fraction must be above 0 and at most 1 (got %g)", r.Fraction)
@@ -115,6 +124,20 @@ func (c serveConfig) check() error {
 		return fmt.Errorf("--peer-listen %s is not a loopback address: set --peer-token (VIGIL_PEER_TOKEN), the fleet's shared secret", c.peerListen)
 	}
 	return nil
+}
+
+// localAddr reports whether s is one host address this host can bind.
+func localAddr(s string) bool {
+	a, err := netip.ParseAddr(s)
+	if err != nil || a.Zone() != "" || a.IsUnspecified() || a.IsMulticast() {
+		return false
+	}
+	l, err := net.Listen("tcp", netip.AddrPortFrom(a, 0).String())
+	if err != nil {
+		return false
+	}
+	_ = l.Close()
+	return true
 }
 
 // defaultNodeName is the host name, as a node name.
@@ -191,6 +214,9 @@ func serveUntilSignal(log zerolog.Logger, c serveConfig) error {
 	defer restarter.Close()
 	opts := []actors.Option{actors.WithLogger(log), actors.WithStore(store), actors.WithProbeBudget(c.budget),
 		actors.WithRestarter(restarter), actors.WithSilencer(silences), actors.WithIncidentRules(c.incidents)}
+	if src, err := netip.ParseAddr(c.probeSource); err == nil {
+		opts = append(opts, actors.WithProberFactory(probes.Options{Source: src}.New))
+	}
 	var node *fleet.Node
 	if len(c.etcd) > 0 {
 		// a signal while etcd is awaited ends the wait
