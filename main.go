@@ -142,6 +142,7 @@ func loadtestCmd(args []string, stdout, stderr io.Writer) int {
 	startPeriod := cmd.Duration("start-period", "", -1, "start period (default: the policy default)")
 	hung := cmd.Float("hung", "", 0, "fraction of targets that accept and never answer")
 	flip := cmd.Float("flip", "", 0, "fraction of targets that turn unhealthy a third of the way in, and back at two thirds")
+	cond := cmd.String("condition", "", "", "CEL", "with --type http or mixed: the HTTP instances' http.condition, a CEL expression over the response")
 	duration := cmd.Duration("duration", "", 30*time.Second, "how long to drive the fleet after registering it")
 	store := cmd.String("store", "", "badger", "STORE", "memory or badger (in a temp dir unless --data-dir)")
 	dataDir := cmd.String("data-dir", "", "", "DIR", "Badger directory (default: a temp dir, removed after)")
@@ -165,6 +166,7 @@ func loadtestCmd(args []string, stdout, stderr io.Writer) int {
 	cfg.Instances, cfg.Type, cfg.Interval, cfg.Timeout, cfg.StartPeriod = *instances, *typ, *interval, *timeout, *startPeriod
 	cfg.Hung, cfg.Flip, cfg.Duration, cfg.Store, cfg.DataDir, cfg.Budget = *hung, *flip, *duration, *store, *dataDir, *budget
 	cfg.Notifiers = *notifiers
+	cfg.Condition = *cond
 	log, err := newLogger(*level, "json", stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "vigil loadtest:", err)

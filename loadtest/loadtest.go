@@ -30,6 +30,7 @@ import (
 	"github.com/vigilhq/vigil/health"
 	"github.com/vigilhq/vigil/persistence"
 	"github.com/vigilhq/vigil/probes"
+	"github.com/vigilhq/vigil/probes/condition"
 )
 
 // Config is one scenario.
@@ -41,6 +42,7 @@ type Config struct {
 	StartPeriod time.Duration // < 0: the policy default
 	Hung        float64       // fraction of targets that accept and never answer
 	Flip        float64       // fraction that turn unhealthy a third of the way in, and back at two thirds
+	Condition   string        // http.condition of the HTTP instances (a CEL expression; empty: none)
 	Duration    time.Duration // after registration
 	Store       string        // memory or badger
 	DataDir     string        // badger directory; a temp dir when empty
@@ -48,7 +50,7 @@ type Config struct {
 	// Notifiers, when above 0, delivers the event log to that many
 	// notifiers: all but one to live receivers in this process, which time
 	// each delivery, and one to a receiver that is down
-	Notifiers int
+	Notifiers   int
 	Workers     int           // concurrent registrations
 	RawFor      time.Duration // how long the raw probe loop runs (0: a quarter of Duration, ≤ 5 s)
 	AgentBinary string        // the vigil binary whose `agent` command serves exec targets
@@ -85,6 +87,13 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("--store must be memory or badger (got %q)", c.Store)
 	case c.Budget < 0:
 		return fmt.Errorf("--probe-budget must not be negative (got %d)", c.Budget)
+	case c.Condition != "" && c.Type != "http" && c.Type != "mixed":
+		return errors.New("--condition applies to HTTP instances: use --type http or mixed")
+	}
+	if c.Condition != "" {
+		if _, err := condition.Compile(c.Condition); err != nil {
+			return fmt.Errorf("--condition is not a valid CEL condition: %w", err)
+		}
 	}
 	return nil
 }

@@ -455,7 +455,7 @@ func (f *fleet) spec(i int, cfg Config) health.InstanceSpec {
 		}
 		p.TCP = &health.TCPSpec{Port: port}
 	case health.TypeHTTP:
-		p.HTTP = &health.HTTPSpec{Port: f.httpPort, Path: "/healthz"}
+		p.HTTP = &health.HTTPSpec{Port: f.httpPort, Path: "/healthz", Condition: cfg.Condition}
 	case health.TypeGRPC:
 		p.GRPC = &health.GRPCSpec{Port: f.grpcPort}
 	case health.TypeExec:
