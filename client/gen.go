@@ -102,6 +102,8 @@ func (e EventKind) Valid() bool {
 const (
 	GET  HTTPCheckMethod = "GET"
 	HEAD HTTPCheckMethod = "HEAD"
+	POST HTTPCheckMethod = "POST"
+	PUT  HTTPCheckMethod = "PUT"
 )
 
 // Valid indicates whether the value is a known member of the HTTPCheckMethod enum.
@@ -110,6 +112,10 @@ func (e HTTPCheckMethod) Valid() bool {
 	case GET:
 		return true
 	case HEAD:
+		return true
+	case POST:
+		return true
+	case PUT:
 		return true
 	default:
 		return false
@@ -505,6 +511,21 @@ type GRPCCheck struct {
 
 // HTTPCheck defines model for HTTPCheck.
 type HTTPCheck struct {
+	// Body request body, sent with POST and PUT only
+	Body *string `json:"body,omitempty"`
+
+	// BodyRegex RE2 expression the body read (at most 64 KiB) must match; else the probe fails with body_mismatch
+	BodyRegex *string `json:"body_regex,omitempty"`
+
+	// Condition CEL expression over status (int), headers (map of lower-case names to string), body (string), json (the body parsed, null when it is not JSON), duration_ms (double) and tls (map: days_left over https, empty over http); checked at registration; false fails with condition_failed, an evaluation error with condition_error
+	//
+	// Example: status == 200 && json.status == "ok" && duration_ms < 250
+	Condition *string `json:"condition,omitempty"`
+
+	// ContentType Content-Type of the body, POST and PUT only
+	//
+	// Example: application/json
+	ContentType    *string                   `json:"content_type,omitempty"`
 	ExpectedStatus *HTTPCheck_ExpectedStatus `json:"expected_status,omitempty"`
 	Headers        *map[string]string        `json:"headers,omitempty"`
 	Host           *string                   `json:"host,omitempty"`
@@ -512,7 +533,10 @@ type HTTPCheck struct {
 	Path           *string                   `json:"path,omitempty"`
 	Port           int                       `json:"port"`
 	Scheme         *HTTPCheckScheme          `json:"scheme,omitempty"`
-	TlsSkipVerify  *bool                     `json:"tls_skip_verify,omitempty"`
+
+	// Tls how an https probe checks the certificate
+	Tls           *HTTPTLS `json:"tls,omitempty"`
+	TlsSkipVerify *bool    `json:"tls_skip_verify,omitempty"`
 }
 
 // HTTPCheckExpectedStatus0 defines model for HTTPCheck.ExpectedStatus.0.
@@ -531,6 +555,18 @@ type HTTPCheckMethod string
 
 // HTTPCheckScheme defines model for HTTPCheck.Scheme.
 type HTTPCheckScheme string
+
+// HTTPTLS how an https probe checks the certificate
+type HTTPTLS struct {
+	// CaPem PEM certificates to verify against instead of the system roots
+	CaPem *string `json:"ca_pem,omitempty"`
+
+	// MinDaysValid fail with cert_expiring when the chain expires within this many days
+	MinDaysValid *int `json:"min_days_valid,omitempty"`
+
+	// ServerName name the certificate is verified against and sent as SNI (default: the host override, else the address)
+	ServerName *string `json:"server_name,omitempty"`
+}
 
 // HealthCheck The health policy; returned normalized with defaults filled in.
 type HealthCheck struct {
@@ -670,6 +706,9 @@ type MoveRequest struct {
 type Network struct {
 	// Ip IPv4 or IPv6 address
 	Ip string `json:"ip"`
+
+	// SourceIp local address the http, tcp and grpc probes connect from: one host's IPv4 or IPv6 address, of the family of ip (default: vigil serve --probe-source-ip when it is of that family, else the kernel's choice)
+	SourceIp *string `json:"source_ip,omitempty"`
 }
 
 // Node defines model for Node.
@@ -728,6 +767,18 @@ type NotifierList struct {
 	Notifiers []Notifier `json:"notifiers"`
 }
 
+// Phases an HTTP probe's phases, in milliseconds; each left out when not reached
+type Phases struct {
+	// ConnectMs the TCP handshake
+	ConnectMs *float64 `json:"connect_ms,omitempty"`
+
+	// FirstByteMs from the request written to the first byte of the response
+	FirstByteMs *float64 `json:"first_byte_ms,omitempty"`
+
+	// TlsMs the TLS handshake (https)
+	TlsMs *float64 `json:"tls_ms,omitempty"`
+}
+
 // ProbeResponse defines model for ProbeResponse.
 type ProbeResponse struct {
 	HealthStatus HealthStatus `json:"health_status"`
@@ -776,6 +827,9 @@ type RestartStatusBlockedReason string
 
 // Result defines model for Result.
 type Result struct {
+	// CertNotAfter https: when the first certificate of the target's chain expires
+	CertNotAfter *time.Time `json:"cert_not_after,omitempty"`
+
 	// Duration Go duration, such as "10s"
 	//
 	// Example: 10s
@@ -786,8 +840,11 @@ type Result struct {
 	Outcome         ResultOutcome `json:"outcome"`
 	Output          *string       `json:"output,omitempty"`
 	OutputTruncated *bool         `json:"output_truncated,omitempty"`
-	Reason          *string       `json:"reason,omitempty"`
-	Start           time.Time     `json:"start"`
+
+	// Phases an HTTP probe's phases, in milliseconds; each left out when not reached
+	Phases *Phases   `json:"phases,omitempty"`
+	Reason *string   `json:"reason,omitempty"`
+	Start  time.Time `json:"start"`
 }
 
 // ResultOutcome defines model for Result.Outcome.
@@ -850,7 +907,16 @@ type Summary struct {
 
 // TCPCheck defines model for TCPCheck.
 type TCPCheck struct {
-	Port int `json:"port"`
+	// Expect RE2 expression the first bytes the target sends (at most 4 KiB, before the timeout) must match; else expect_mismatch, or timeout when no answer or half a line came
+	//
+	// Example: ^\+PONG
+	Expect *string `json:"expect,omitempty"`
+	Port   int     `json:"port"`
+
+	// Send bytes sent once connected (at most 4096 once decoded), with the escapes \r \n \t \\ and \xNN; needs expect
+	//
+	// Example: PING\r\n
+	Send *string `json:"send,omitempty"`
 }
 
 // Vsock defines model for Vsock.
