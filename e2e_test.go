@@ -34,6 +34,22 @@ type proc struct {
 	url  string
 	c    *client.Client
 	done chan error
+
+	mu   sync.Mutex
+	logs []map[string]any // every JSON line it logged, in order
+}
+
+// logged returns the lines it logged with this message.
+func (p *proc) logged(msg string) []map[string]any {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []map[string]any
+	for _, l := range p.logs {
+		if l["message"] == msg {
+			out = append(out, l)
+		}
+	}
+	return out
 }
 
 func startVigil(t *testing.T, dataDir string) *proc {
@@ -57,9 +73,16 @@ func startVigilWith(t *testing.T, dataDir string, flags ...string) *proc {
 		sc := bufio.NewScanner(stderr)
 		sc.Buffer(make([]byte, 1<<20), 1<<20)
 		for sc.Scan() {
-			var line struct{ Message, Listen string }
-			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Message == "serving" {
-				listening <- line.Listen
+			var line map[string]any
+			if json.Unmarshal(sc.Bytes(), &line) != nil {
+				continue
+			}
+			p.mu.Lock()
+			p.logs = append(p.logs, line)
+			p.mu.Unlock()
+			if line["message"] == "serving" {
+				listen, _ := line["listen"].(string)
+				listening <- listen
 			}
 		}
 		p.done <- cmd.Wait()

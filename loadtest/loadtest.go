@@ -334,18 +334,6 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			_ = s.Close(context.Background())
 		}
 	}()
-	var notified *deliveries
-	if cfg.Notifiers > 0 {
-		var kv act.KV = act.NewMemoryKV()
-		if bs, ok := store.(*persistence.Store); ok {
-			kv = bs
-		}
-		var stop func()
-		if notified, stop, err = startNotifiers(s, kv, cfg); err != nil {
-			return nil, err
-		}
-		defer stop()
-	}
 
 	// register the fleet
 	regBegan := time.Now()
@@ -365,6 +353,21 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			return nil, ctx.Err()
 		case <-time.After(50 * time.Millisecond):
 		}
+	}
+
+	// notifiers, after the registration burst: a new notifier starts at the
+	// newest event, so what they deliver is the steady state's
+	var notified *deliveries
+	if cfg.Notifiers > 0 {
+		var kv act.KV = act.NewMemoryKV()
+		if bs, ok := store.(*persistence.Store); ok {
+			kv = bs
+		}
+		var stop func()
+		if notified, stop, err = startNotifiers(s, kv, cfg); err != nil {
+			return nil, err
+		}
+		defer stop()
 	}
 
 	// drive it

@@ -45,30 +45,30 @@ type NodesConfig struct {
 
 // NodesReport is what the fleet-of-nodes benchmark measured; times in ms.
 type NodesReport struct {
-	Nodes              int     `json:"nodes"`
-	PerNode            int     `json:"instances_per_node"`
-	IntervalMS         float64 `json:"interval_ms"`
-	RegistrationS      float64 `json:"registration_s"`
-	SummaryP50MS       float64 `json:"fleet_summary_p50_ms"`
-	SummaryP99MS       float64 `json:"fleet_summary_p99_ms"`
-	PageP50MS          float64 `json:"fleet_unhealthy_page_p50_ms"`
-	PageP99MS          float64 `json:"fleet_unhealthy_page_p99_ms"`
-	PageItems          int     `json:"fleet_unhealthy_page_items"`
-	MoveP50MS          float64 `json:"move_p50_ms"`
-	MoveP99MS          float64 `json:"move_p99_ms"`
+	Nodes         int     `json:"nodes"`
+	PerNode       int     `json:"instances_per_node"`
+	IntervalMS    float64 `json:"interval_ms"`
+	RegistrationS float64 `json:"registration_s"`
+	SummaryP50MS  float64 `json:"fleet_summary_p50_ms"`
+	SummaryP99MS  float64 `json:"fleet_summary_p99_ms"`
+	PageP50MS     float64 `json:"fleet_unhealthy_page_p50_ms"`
+	PageP99MS     float64 `json:"fleet_unhealthy_page_p99_ms"`
+	PageItems     int     `json:"fleet_unhealthy_page_items"`
+	MoveP50MS     float64 `json:"move_p50_ms"`
+	MoveP99MS     float64 `json:"move_p99_ms"`
 	// from the kill -9 until every other node counts the node's instances
 	// unknown: the lease (3 s, renewed every second) expiring, then the
 	// watch
-	NodeDownP50MS float64 `json:"node_down_unknown_everywhere_p50_ms"`
-	NodeDownP99MS float64 `json:"node_down_unknown_everywhere_p99_ms"`
-	NodeCPUPercent     float64 `json:"node_cpu_percent_median"` // of one core, over the window
-	NodeCPUMaxPercent  float64 `json:"node_cpu_percent_max"`
-	AloneCPUPercent    float64 `json:"standalone_cpu_percent"`
-	CPURatio           float64 `json:"node_cpu_ratio"` // median node / standalone
-	NodeRSSBytes       int64   `json:"node_rss_bytes_median"`
-	AloneRSSBytes      int64   `json:"standalone_rss_bytes"`
-	RSSRatio           float64 `json:"node_rss_ratio"`
-	EtcdCPUPercent     float64 `json:"etcd_cpu_percent"`
+	NodeDownP50MS     float64 `json:"node_down_unknown_everywhere_p50_ms"`
+	NodeDownP99MS     float64 `json:"node_down_unknown_everywhere_p99_ms"`
+	NodeCPUPercent    float64 `json:"node_cpu_percent_median"` // of one core, over the window
+	NodeCPUMaxPercent float64 `json:"node_cpu_percent_max"`
+	AloneCPUPercent   float64 `json:"standalone_cpu_percent"`
+	CPURatio          float64 `json:"node_cpu_ratio"` // median node / standalone
+	NodeRSSBytes      int64   `json:"node_rss_bytes_median"`
+	AloneRSSBytes     int64   `json:"standalone_rss_bytes"`
+	RSSRatio          float64 `json:"node_rss_ratio"`
+	EtcdCPUPercent    float64 `json:"etcd_cpu_percent"`
 }
 
 // benchProc is one process of the benchmark.

@@ -37,5 +37,15 @@ func newStoreMetrics() *storeMetrics {
 // register.
 func (s *Store) Collectors() []prometheus.Collector {
 	m := s.metrics
-	return []prometheus.Collector{m.commits, m.failures, m.snapshots, m.events, m.specs, m.commitTimes}
+	notLoaded := func(reason string, n *int) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "vigil_store_records_not_loaded",
+			Help:        "Instance records on disk that the start did not load: unreadable (a damaged table) or skipped (undecodable or invalid).",
+			ConstLabels: prometheus.Labels{"reason": reason}}, func() float64 {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			return float64(*n)
+		})
+	}
+	return []prometheus.Collector{m.commits, m.failures, m.snapshots, m.events, m.specs, m.commitTimes,
+		notLoaded("unreadable", &s.missing), notLoaded("skipped", &s.skipped)}
 }

@@ -18,6 +18,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -46,6 +50,7 @@ const (
 	memTableSize     = 8 << 20
 	valueLogFileSize = 32 << 20
 	baseTableSize    = 2 << 20
+	valueThreshold   = 1 << 20 // Badger's largest
 	// FreeFloor is the free space the store keeps: what Badger may write
 	// into the sparse files it maps — the memtables' logs (each mapped at
 	// twice the memtable size, three at most), the current value log (up to
@@ -69,6 +74,9 @@ var (
 	prefixEvent    = []byte("e/")
 	prefixMeta     = []byte("x/")
 	keySeq         = []byte("m/seq")
+	// keySpecs counts the instance records, written with every change of
+	// them: a load that finds fewer knows that some could not be read
+	keySpecs = []byte("m/specs")
 )
 
 // ErrNewerSchema is returned when a record was written by a newer vigil.
@@ -163,6 +171,34 @@ type Store struct {
 	seq         uint64                      // last assigned sequence number
 	oldest      uint64                      // oldest retained sequence number
 	unhealthy   error                       // the last commit's failure, until one succeeds
+	missing     int                         // instance records the last load could not read
+	skipped     int                         // instance records the last load read but refused
+}
+
+// Unreadable is how many instance records the load found counted but could
+// not read (a damaged table); they are reported at start.
+func (s *Store) Unreadable() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.missing
+}
+
+// tableRef is how Badger's errors name a table: by its number.
+var tableRef = regexp.MustCompile(`\btable (\d+)\b`)
+
+// damagedDir explains a data directory Badger cannot open at all, naming
+// the file when Badger's error names one only by its number.
+func damagedDir(dir string, err error) error {
+	file := ""
+	if m := tableRef.FindStringSubmatch(err.Error()); m != nil {
+		if n, perr := strconv.ParseUint(m[1], 10, 64); perr == nil {
+			file = fmt.Sprintf(" (the table %s)", filepath.Join(dir, fmt.Sprintf("%06d.sst", n)))
+		}
+	} else if strings.Contains(strings.ToLower(err.Error()), "manifest") {
+		file = fmt.Sprintf(" (the file %s)", filepath.Join(dir, "MANIFEST"))
+	}
+	return fmt.Errorf("persistence: the data directory %s cannot be opened: %w%s. Its files (MANIFEST, *.sst, *.vlog, *.mem) are damaged: "+
+		"move the directory aside and start vigil with an empty one (the VM manager registers its instances again), or restore it from a backup", dir, err, file)
 }
 
 var _ actors.Store = (*Store)(nil)
@@ -207,7 +243,10 @@ func Open(dir string, opt Options) (*Store, error) {
 		WithIndexCacheSize(8 << 20).
 		WithValueLogFileSize(valueLogFileSize).
 		WithBaseTableSize(baseTableSize).
-		WithValueThreshold(1 << 10).
+		// every record of up to 1 MiB (a spec's body is at most that) in
+		// the tree, none in the value log: a spec never depends on the
+		// value log, which a power loss may leave torn
+		WithValueThreshold(valueThreshold).
 		WithNumCompactors(2).
 		WithMetricsEnabled(false)
 	db, err := badger.Open(bo)
@@ -215,7 +254,10 @@ func Open(dir string, opt Options) (*Store, error) {
 		if strings.Contains(err.Error(), "Cannot acquire directory lock") {
 			return nil, fmt.Errorf("persistence: data directory %s is in use by another process: %w", dir, err)
 		}
-		return nil, fmt.Errorf("persistence: open data directory %s: %w", dir, err)
+		if _, statErr := os.Stat(dir); statErr != nil {
+			return nil, fmt.Errorf("persistence: open data directory %s: %w", dir, err)
+		}
+		return nil, damagedDir(dir, err)
 	}
 	s := &Store{db: db, dir: dir, opt: opt, log: opt.Logger, wake: make(chan struct{}, 1), stop: make(chan struct{}),
 		done: make(chan struct{}), metrics: newStoreMetrics(), known: map[string]bool{}, snaps: map[string]*actors.Snapshot{}}
@@ -493,12 +535,21 @@ func (s *Store) commit() {
 		}
 	}
 	s.writing = writing
+	// the count of instance records once this batch lands: known changes
+	// when a spec is queued, and every queued spec is in this batch
+	specCount := -1 // unchanged
+	for _, op := range specs {
+		if op.meta == nil {
+			specCount = len(s.known)
+			break
+		}
+	}
 	s.mu.Unlock()
 
 	began := time.Now()
 	err := s.roomToWrite()
 	if err == nil {
-		err = s.write(specs, transitions, snaps, seq)
+		err = s.write(specs, transitions, snaps, seq, specCount)
 	}
 	s.setHealth(err)
 	s.metrics.commitTimes.Observe(time.Since(began).Seconds())
@@ -522,6 +573,7 @@ func (s *Store) commit() {
 		s.transitions = append(transitions, s.transitions...)
 		s.persists = append(persists, s.persists...)
 		s.writing = nil
+		s.unqueueSpecsLocked(specs)
 		s.mu.Unlock()
 	} else {
 		s.metrics.commits.Inc()
@@ -551,7 +603,38 @@ func (s *Store) commit() {
 	}
 }
 
-func (s *Store) write(specs []specOp, transitions []transitionOp, snaps map[string]*actors.Snapshot, seq uint64) error {
+// unqueueSpecsLocked sets known back to what is on disk for the ids of
+// specs that failed to land (their callers get the error), unless a spec
+// queued since changed them again.
+func (s *Store) unqueueSpecsLocked(failed []specOp) {
+	since := map[string]bool{}
+	for _, op := range s.specs {
+		if op.put != nil {
+			since[op.put.ID] = true
+		} else if op.meta == nil {
+			since[op.del] = true
+		}
+	}
+	_ = s.db.View(func(txn *badger.Txn) error {
+		for _, op := range failed {
+			id := op.del
+			if op.put != nil {
+				id = op.put.ID
+			}
+			if op.meta != nil || since[id] {
+				continue
+			}
+			if _, err := txn.Get(key(prefixInstance, id)); err == nil {
+				s.known[id] = true
+			} else {
+				delete(s.known, id)
+			}
+		}
+		return nil
+	})
+}
+
+func (s *Store) write(specs []specOp, transitions []transitionOp, snaps map[string]*actors.Snapshot, seq uint64, specCount int) error {
 	wb := s.db.NewWriteBatch()
 	defer wb.Cancel()
 	for _, op := range specs {
@@ -616,6 +699,13 @@ func (s *Store) write(specs []specOp, transitions []transitionOp, snaps map[stri
 		var v [8]byte
 		binary.BigEndian.PutUint64(v[:], seq)
 		if err := wb.Set(keySeq, v[:]); err != nil {
+			return err
+		}
+	}
+	if specCount >= 0 {
+		var v [8]byte
+		binary.BigEndian.PutUint64(v[:], uint64(specCount))
+		if err := wb.Set(keySpecs, v[:]); err != nil {
 			return err
 		}
 	}
@@ -689,7 +779,7 @@ func (s *Store) Load(ctx context.Context, fn func(health.Instance, *actors.Snaps
 		sit := txn.NewIterator(badger.IteratorOptions{Prefix: prefixSnapshot, PrefetchValues: true, PrefetchSize: 256})
 		defer sit.Close()
 		sit.Rewind()
-		skipped := 0
+		skipped, loaded := 0, 0
 		for it.Rewind(); it.Valid(); it.Next() {
 			if err := ctx.Err(); err != nil {
 				return err
@@ -742,12 +832,31 @@ func (s *Store) Load(ctx context.Context, fn func(health.Instance, *actors.Snaps
 			s.mu.Lock()
 			s.known[id] = true
 			s.mu.Unlock()
+			loaded++
 			if err := fn(rec.Instance, snap); err != nil {
 				return err
 			}
 		}
 		if skipped > 0 {
 			s.log.Warn().Int("skipped", skipped).Msg("store_load_skipped_records")
+		}
+		s.mu.Lock()
+		s.skipped = skipped
+		s.mu.Unlock()
+		if item, err := txn.Get(keySpecs); err == nil {
+			_ = item.Value(func(v []byte) error {
+				if len(v) == 8 {
+					if want := int(binary.BigEndian.Uint64(v)); want > loaded+skipped {
+						s.mu.Lock()
+						s.missing = want - loaded - skipped
+						s.mu.Unlock()
+						s.log.Error().Int("expected", want).Int("loaded", loaded).Int("skipped", skipped).
+							Int("unreadable", want-loaded-skipped).Str("data_dir", s.dir).
+							Msg("store_records_unreadable")
+					}
+				}
+				return nil
+			})
 		}
 		return nil
 	})

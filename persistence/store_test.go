@@ -285,3 +285,40 @@ func TestFullDiskRefusesWritesAndRecovers(t *testing.T) {
 	require.NoError(t, err)
 	assert.Len(t, evs, 3)
 }
+
+// TestRecordCountSurvivesRefusedChanges checks the count of instance records
+// a load compares with: changes refused for want of space do not count, so a
+// later start reports nothing unreadable that is not.
+func TestRecordCountSurvivesRefusedChanges(t *testing.T) {
+	var free atomic.Int64
+	free.Store(1 << 40)
+	dir := t.TempDir()
+	s, err := Open(dir, Options{Logger: zerolog.Nop(), FlushInterval: 10 * time.Millisecond,
+		FreeSpace: func(string) (int64, error) { return free.Load(), nil }})
+	require.NoError(t, err)
+	ctx := context.Background()
+	in := func(id string) health.Instance {
+		i, err := health.InstanceSpec{State: health.Stopped}.Normalize(id)
+		require.NoError(t, err)
+		return i
+	}
+	for _, id := range []string{"a", "b", "c"} {
+		require.NoError(t, s.PutInstance(ctx, in(id)))
+	}
+	free.Store(FreeFloor - 1)
+	require.ErrorIs(t, s.PutInstance(ctx, in("d")), ErrDiskFull)
+	require.ErrorIs(t, s.PutInstance(ctx, in("f")), ErrDiskFull)
+	require.ErrorIs(t, s.DeleteInstance(ctx, "a"), ErrDiskFull)
+	free.Store(1 << 40)
+	require.NoError(t, s.PutInstance(ctx, in("e")))
+	require.NoError(t, s.DeleteInstance(ctx, "b"))
+	require.NoError(t, s.Close())
+
+	s, err = Open(dir, Options{Logger: zerolog.Nop()})
+	require.NoError(t, err)
+	defer s.Close()
+	var ids []string
+	require.NoError(t, s.Load(ctx, func(in health.Instance, _ *actors.Snapshot) error { ids = append(ids, in.ID); return nil }))
+	assert.Equal(t, []string{"a", "c", "e"}, ids)
+	assert.Zero(t, s.Unreadable())
+}
