@@ -138,7 +138,6 @@ type metaOp struct {
 }
 
 type transitionOp struct {
-	snap    *actors.Snapshot
 	ev      actors.Event
 	publish func(actors.Event)
 }
@@ -401,24 +400,25 @@ func (s *Store) SaveSnapshot(snap *actors.Snapshot) {
 }
 
 // AppendTransition queues snap and the event; the writer makes both durable,
-// assigns the sequence number and then calls publish.
+// in one batch, assigns the sequence number and then calls publish. The
+// snapshot joins the others queued, the newest per instance: however long
+// the writes fail, what waits is every transition and one snapshot per
+// instance.
 func (s *Store) AppendTransition(snap *actors.Snapshot, ev actors.Event, publish func(actors.Event)) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		return
 	}
-	if snap != nil && !s.known[snap.ID] {
-		snap = nil
-	} else if snap != nil {
-		delete(s.snaps, snap.ID) // this one is newer
+	if snap != nil && s.known[snap.ID] {
+		s.snaps[snap.ID] = snap // newer than any queued
 		for i := range s.persists {
 			if p := &s.persists[i]; p.snap != nil && p.snap.ID == snap.ID {
 				p.snap = nil
 			}
 		}
 	}
-	s.transitions = append(s.transitions, transitionOp{snap: snap, ev: ev, publish: publish})
+	s.transitions = append(s.transitions, transitionOp{ev: ev, publish: publish})
 	s.mu.Unlock()
 	s.signal()
 }
@@ -434,11 +434,6 @@ func (s *Store) Persist(snap *actors.Snapshot, done func()) {
 	if s.known[snap.ID] {
 		// this one is newer than any queued before it: those are not written
 		delete(s.snaps, snap.ID)
-		for i := range s.transitions {
-			if t := &s.transitions[i]; t.snap != nil && t.snap.ID == snap.ID {
-				t.snap = nil
-			}
-		}
 		for i := range s.persists {
 			if p := &s.persists[i]; p.snap != nil && p.snap.ID == snap.ID {
 				p.snap = nil
@@ -523,16 +518,13 @@ func (s *Store) commit() {
 	}
 	s.snaps = map[string]*actors.Snapshot{}
 	seq := s.seq
-	writing := make(map[string]*actors.Snapshot, len(snaps)+len(transitions))
-	for id, snap := range snaps {
-		writing[id] = snap
-	}
 	for i := range transitions {
 		seq++
 		transitions[i].ev.Seq = seq
-		if snap := transitions[i].snap; snap != nil {
-			writing[snap.ID] = snap
-		}
+	}
+	writing := make(map[string]*actors.Snapshot, len(snaps))
+	for id, snap := range snaps {
+		writing[id] = snap
 	}
 	s.writing = writing
 	// the count of instance records once this batch lands: known changes
@@ -682,11 +674,6 @@ func (s *Store) write(specs []specOp, transitions []transitionOp, snaps map[stri
 		}
 	}
 	for _, t := range transitions {
-		if t.snap != nil {
-			if err := putSnap(t.snap); err != nil {
-				return err
-			}
-		}
 		b, err := json.Marshal(eventRecord{V: SchemaVersion, Event: t.ev})
 		if err != nil {
 			return fmt.Errorf("encode event %d: %w", t.ev.Seq, err)
@@ -721,12 +708,6 @@ func (s *Store) Snapshot(id string) (*actors.Snapshot, error) {
 	if snap, ok := s.snaps[id]; ok {
 		s.mu.Unlock()
 		return snap, nil
-	}
-	for i := len(s.transitions) - 1; i >= 0; i-- {
-		if t := s.transitions[i]; t.snap != nil && t.snap.ID == id {
-			s.mu.Unlock()
-			return t.snap, nil
-		}
 	}
 	if snap, ok := s.writing[id]; ok {
 		s.mu.Unlock()

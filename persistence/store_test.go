@@ -322,3 +322,64 @@ func TestRecordCountSurvivesRefusedChanges(t *testing.T) {
 	assert.Equal(t, []string{"a", "c", "e"}, ids)
 	assert.Zero(t, s.Unreadable())
 }
+
+// TestOutageBacklogKeepsEveryTransitionAndOneSnapshot checks what waits
+// while writes fail: every transition, in order, and only the newest
+// snapshot of each instance.
+func TestOutageBacklogKeepsEveryTransitionAndOneSnapshot(t *testing.T) {
+	var free atomic.Int64
+	free.Store(1 << 40)
+	dir := t.TempDir()
+	s, err := Open(dir, Options{Logger: zerolog.Nop(), FlushInterval: 5 * time.Millisecond,
+		FreeSpace: func(string) (int64, error) { return free.Load(), nil }})
+	require.NoError(t, err)
+	ctx := context.Background()
+	for _, id := range []string{"a", "b"} {
+		in, err := health.InstanceSpec{State: health.Stopped}.Normalize(id)
+		require.NoError(t, err)
+		require.NoError(t, s.PutInstance(ctx, in))
+	}
+	free.Store(FreeFloor - 1)
+	var mu sync.Mutex
+	var published []uint64
+	const n = 2000
+	at := func(i int) time.Time { return time.Date(2026, 1, 1, 0, 0, i, 0, time.UTC) }
+	for i := range n {
+		id := []string{"a", "b"}[i%2]
+		s.AppendTransition(&actors.Snapshot{ID: id, NextCheckAt: at(i)}, actors.Event{InstanceID: id,
+			Transition: health.Transition{From: health.StatusHealthy, To: health.StatusUnhealthy}}, func(ev actors.Event) {
+			mu.Lock()
+			published = append(published, ev.Seq)
+			mu.Unlock()
+		})
+	}
+	time.Sleep(50 * time.Millisecond) // commits fail meanwhile
+	s.mu.Lock()
+	queuedSnaps, queuedEvents := len(s.snaps), len(s.transitions)
+	s.mu.Unlock()
+	assert.Equal(t, 2, queuedSnaps, "one snapshot per instance waits")
+	assert.Equal(t, n, queuedEvents, "every transition waits")
+	snap, err := s.Snapshot("a")
+	require.NoError(t, err)
+	assert.Equal(t, at(n-2), snap.NextCheckAt, "the newest")
+
+	free.Store(1 << 40)
+	require.Eventually(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(published) == n }, 5*time.Second, 10*time.Millisecond)
+	for i, seq := range published {
+		require.EqualValues(t, i+1, seq, "published in order once durable")
+	}
+	require.NoError(t, s.Close())
+	s, err = Open(dir, Options{Logger: zerolog.Nop()})
+	require.NoError(t, err)
+	defer s.Close()
+	snaps := map[string]time.Time{}
+	require.NoError(t, s.Load(ctx, func(in health.Instance, snap *actors.Snapshot) error {
+		require.NotNil(t, snap)
+		snaps[in.ID] = snap.NextCheckAt.UTC()
+		return nil
+	}))
+	assert.Equal(t, map[string]time.Time{"a": at(n - 2), "b": at(n - 1)}, snaps)
+	evs, _, err := s.Events(0, n+10)
+	require.NoError(t, err)
+	assert.Len(t, evs, n)
+}
