@@ -8,7 +8,7 @@ PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 OAPI_CODEGEN       := github.com/oapi-codegen/oapi-codegen/v2/cmd/oapi-codegen@v2.8.2
 TOOLS              := $(CURDIR)/bin/tools
 
-.PHONY: screenshots run build test check bench bench-persistence bench-scale bench-api bench-exec bench-smoke bench-fleet bench-fleet-nodes fmt vet tidy-check clean generate generate-client generate-proto generate-check tools
+.PHONY: screenshots run build test check bench bench-persistence bench-scale bench-api bench-exec bench-smoke bench-fleet bench-fleet-nodes bench-notifiers fmt vet tidy-check clean generate generate-client generate-proto generate-check tools
 
 ## run: build and start `vigil serve` on 127.0.0.1:8484 with its data in ./vigil-data
 run: build
@@ -89,6 +89,13 @@ bench-smoke: build
 ## standalone node with the same load (≈ 6 minutes; needs etcd)
 bench-fleet-nodes: build
 	./bin/vigil loadtest --fleet-nodes 10 --instances 10000 --interval 10s --flip 0.01 --duration 60s --moves 100 --kills 3 --queries 200
+
+## bench-notifiers: 100 000 TCP instances, 5 % flipping, with 3 notifiers (one down) and without,
+## in turn, twice (≈ 12 minutes)
+bench-notifiers: build
+	for run in 1 2; do for n in 3 0; do \
+		./bin/vigil loadtest --instances 100000 --type tcp --interval 10s --flip 0.05 --duration 120s --store badger --notifiers $$n --json; \
+	done; done
 
 ## bench-fleet: the issue-6 scenarios, as recorded in BENCHMARKS.md (≈ 5 minutes each run)
 bench-fleet: build
