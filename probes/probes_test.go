@@ -149,7 +149,7 @@ func TestHTTPProbe(t *testing.T) {
 			assert.Equal(t, tc.reason, r.Reason, r.Message)
 			assert.Equal(t, tc.code, r.HTTPStatus)
 			assert.LessOrEqual(t, len(r.Output), health.MaxOutput)
-			assert.Less(t, took, 350*time.Millisecond)
+			assert.Less(t, took, 1300*time.Millisecond, "the timeout ends it")
 		})
 	}
 	r, _ := probe(t, instance(t, addr, `{"http":{"port":PORT,"path":"/redirect"}}`), time.Second)
@@ -223,7 +223,7 @@ func TestGRPCProbe(t *testing.T) {
 	hung := hungListener(t, "tcp", "127.0.0.1:0")
 	r, took := probe(t, instance(t, hung, `{"grpc":{"port":PORT}}`), 200*time.Millisecond)
 	assert.Equal(t, health.ReasonTimeout, r.Reason, r.Message)
-	assert.Less(t, took, 300*time.Millisecond)
+	assert.Less(t, took, 2*time.Second, "the timeout ends it, not the target (a loaded machine may be slow to wake)")
 }
 
 func TestNewRejectsWhatItCannotRun(t *testing.T) {
