@@ -7,12 +7,14 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"mime"
 	"net/http"
 	"net/netip"
 	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -461,7 +463,8 @@ func normalizeHTTP(prefix string, s *HTTPSpec) (*HTTPProbe, error) {
 	}
 	if len(s.Headers) > 0 {
 		h.Headers = make(map[string]string, len(s.Headers))
-		for k, v := range s.Headers {
+		for _, k := range slices.Sorted(maps.Keys(s.Headers)) { // the same input, the same error
+			v := s.Headers[k]
 			if !validHeaderName(k) {
 				return nil, fieldErr(f("headers"), "has an invalid header name %q", k)
 			}
@@ -722,7 +725,8 @@ func normalizeExec(prefix string, s *ExecSpec) (*ExecProbe, error) {
 	if len(s.Env) > 0 {
 		e.Env = make(map[string]string, len(s.Env))
 		size := 0
-		for k, v := range s.Env {
+		for _, k := range slices.Sorted(maps.Keys(s.Env)) { // the same input, the same error
+			v := s.Env[k]
 			if k == "" || strings.ContainsAny(k, "=\x00") {
 				return nil, fieldErr(f("env"), "has an invalid variable name %q", k)
 			}

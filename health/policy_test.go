@@ -189,3 +189,35 @@ func TestDefaultTimeoutFitsTheInterval(t *testing.T) {
 	require.ErrorAs(t, err, &fe, "an explicit timeout above the interval is still an error")
 	assert.Equal(t, "health_check.timeout", fe.Field)
 }
+
+// Found by FuzzDecodeSpec: with two bad keys in a map, the error named
+// whichever the map's iteration met first, so one input got different
+// errors. It names the first bad key in byte order.
+func TestMapErrorsNameTheFirstKey(t *testing.T) {
+	for range 20 {
+		err := ValidateLabels(map[string]string{"zz$": "1", "(1B": "2", "ok": "3", "X8$": "4"})
+		var fe *FieldError
+		require.True(t, errors.As(err, &fe), "%v", err)
+		assert.Equal(t, "labels.(1B", fe.Field)
+
+		_, err = decodePolicy(t, `{"http":{"port":80,"headers":{"z":"a\nb","b":"c\rd","a":"ok"}}}`)
+		require.True(t, errors.As(err, &fe), "%v", err)
+		assert.Equal(t, "health_check.http.headers.b", fe.Field)
+
+		_, err = decodePolicy(t, `{"exec":{"command":["true"],"env":{"Z":"\u0000","B":"\u0000","A":"ok"}}}`)
+		require.True(t, errors.As(err, &fe), "%v", err)
+		assert.Equal(t, "health_check.exec.env.B", fe.Field)
+	}
+}
+
+// A restart backoff over a day is refused naming backoff; it was refused
+// naming max_backoff, whose default follows the backoff.
+func TestRestartBackoffOverADayNamesBackoff(t *testing.T) {
+	for backoff, want := range map[string]string{"1000h": "restart_policy.backoff", "500ms": "restart_policy.backoff"} {
+		_, err := RestartPolicySpec{Policy: RestartOnUnhealthy, URL: "http://127.0.0.1/r", Backoff: backoff}.Normalize()
+		var fe *FieldError
+		require.True(t, errors.As(err, &fe), "%v", err)
+		assert.Equal(t, want, fe.Field, backoff)
+		assert.Contains(t, fe.Message, "1s", backoff)
+	}
+}

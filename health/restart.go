@@ -3,7 +3,9 @@ package health
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 )
@@ -79,7 +81,6 @@ func (s RestartPolicySpec) Normalize() (RestartPolicy, error) {
 	}
 	var errs [5]error
 	p.Backoff, errs[0] = parseDuration(prefix+"backoff", s.Backoff, DefaultRestartBackoff)
-	p.Backoff, _ = parseDuration(prefix+"backoff", s.Backoff, DefaultRestartBackoff)
 	// the default cap follows a backoff set above it
 	p.MaxBackoff, errs[1] = parseDuration(prefix+"max_backoff", s.MaxBackoff, max(DefaultRestartMaxBackoff, p.Backoff))
 	p.StableAfter, errs[2] = parseDuration(prefix+"stable_after", s.StableAfter, DefaultRestartStableAfter)
@@ -99,9 +100,10 @@ func (s RestartPolicySpec) Normalize() (RestartPolicy, error) {
 	for _, d := range []struct {
 		field string
 		v     time.Duration
-	}{{"max_backoff", p.MaxBackoff}, {"stable_after", p.StableAfter}, {"after", p.After}} {
-		if d.v < 0 || d.v > 24*time.Hour {
-			return RestartPolicy{}, fieldErr(prefix+d.field, "must be between 0s and 24h (got %s)", d.v)
+		least time.Duration
+	}{{"backoff", p.Backoff, time.Second}, {"max_backoff", p.MaxBackoff, 0}, {"stable_after", p.StableAfter, 0}, {"after", p.After, 0}} {
+		if d.v < d.least || d.v > 24*time.Hour {
+			return RestartPolicy{}, fieldErr(prefix+d.field, "must be between %s and 24h (got %s)", d.least, d.v)
 		}
 	}
 	return p, nil
@@ -253,12 +255,14 @@ const (
 
 // ValidateLabels checks labels: at most 32 pairs, keys an optional DNS
 // subdomain prefix and a name of at most 63 characters, values at most 63.
-// Errors name labels.<key>.
+// Errors name labels.<key>, the first bad key in byte order, so that one
+// input always gets the same error.
 func ValidateLabels(labels map[string]string) error {
 	if len(labels) > MaxLabels {
 		return fieldErr("labels", "must have at most %d entries (got %d)", MaxLabels, len(labels))
 	}
-	for k, v := range labels {
+	for _, k := range slices.Sorted(maps.Keys(labels)) {
+		v := labels[k]
 		field := "labels." + truncateForMessage(k)
 		if msg := labelKeyProblem(k); msg != "" {
 			return fieldErr(field, "is not a valid label key: %s", msg)

@@ -1,6 +1,7 @@
 package health
 
 import (
+	"encoding/json"
 	"math"
 	"time"
 )
@@ -86,6 +87,49 @@ type State struct {
 	// acting on health: the restart bookkeeping and the flapping detector
 	Restart RestartState `json:"restart"`
 	Flap    Flap         `json:"flap"`
+}
+
+// UnmarshalJSON reads a stored state (a snapshot read back after a restart,
+// or one handed over by another node) and refuses one the state machine
+// cannot drive: a status that is none of the statuses, a counter out of
+// range, the flapping ring's position outside the ring.
+func (s *State) UnmarshalJSON(b []byte) error {
+	type plain State
+	var v plain
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	if err := (*State)(&v).check(); err != nil {
+		return err
+	}
+	*s = State(v)
+	return nil
+}
+
+// check names the first field of a decoded state out of its range.
+func (s *State) check() error {
+	counter := func(field string, n int) error {
+		if n < 0 || n > math.MaxInt32 {
+			return fieldErr(field, "must be between 0 and %d (got %d)", math.MaxInt32, n)
+		}
+		return nil
+	}
+	switch {
+	case s.Status != "" && !s.Status.Valid():
+		return fieldErr("state.status", "must be one of disabled, unknown, starting, healthy, unhealthy (got %q)",
+			truncateForMessage(string(s.Status)))
+	case s.Eval != "" && s.Eval != StatusStarting && s.Eval != StatusHealthy && s.Eval != StatusUnhealthy:
+		return fieldErr("state.eval", "must be starting, healthy or unhealthy (got %q)", truncateForMessage(string(s.Eval)))
+	case s.Flap.Next < 0 || s.Flap.Next >= FlapChanges:
+		return fieldErr("state.flap.next", "must be between 0 and %d (got %d)", FlapChanges-1, s.Flap.Next)
+	}
+	if err := counter("state.consecutive_successes", s.ConsecutiveSuccesses); err != nil {
+		return err
+	}
+	if err := counter("state.consecutive_failures", s.ConsecutiveFailures); err != nil {
+		return err
+	}
+	return counter("state.restart.attempts", s.Restart.Attempts)
 }
 
 // Progress is the part of a State whose loss in a crash would change what

@@ -74,7 +74,10 @@ func Decode(b []byte, v any) error {
 			return invalid("", "body must be valid UTF-8")
 		}
 		msg := strings.TrimPrefix(sy.Err.Error(), "jsontext: ")
-		return invalid(field, "malformed JSON at byte %d: %s", sy.ByteOffset, msg)
+		if field != "" {
+			return invalid(field, "malformed JSON in %s at byte %d: %s", field, sy.ByteOffset, msg)
+		}
+		return invalid("", "malformed JSON at byte %d: %s", sy.ByteOffset, msg)
 	}
 	return invalid("", "malformed JSON: %s", strings.TrimPrefix(err.Error(), "json: "))
 }
