@@ -8,7 +8,7 @@ PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 OAPI_CODEGEN       := github.com/oapi-codegen/oapi-codegen/v2/cmd/oapi-codegen@v2.8.2
 TOOLS              := $(CURDIR)/bin/tools
 
-.PHONY: screenshots run build test check bench bench-persistence bench-scale bench-api bench-exec bench-smoke bench-fleet bench-fleet-nodes bench-notifiers fmt vet tidy-check clean generate generate-client generate-proto generate-check tools
+.PHONY: screenshots run build test check bench bench-persistence bench-scale bench-api bench-exec bench-smoke bench-fleet bench-fleet-nodes bench-notifiers soak fmt vet tidy-check clean generate generate-client generate-proto generate-check tools
 
 ## run: build and start `vigil serve` on 127.0.0.1:8484 with its data in ./vigil-data
 run: build
@@ -96,6 +96,11 @@ bench-notifiers: build
 	for run in 1 2; do for n in 3 0; do \
 		./bin/vigil loadtest --instances 100000 --type tcp --interval 10s --flip 0.05 --duration 120s --store badger --notifiers $$n --json; \
 	done; done
+
+## soak: 60 minutes of vigil serve at 100 000 TCP instances, 5 % flipping, a SIGKILL and restart
+## every 5 minutes, a SIGTERM at the end (VIGIL_SOAK, VIGIL_SOAK_INSTANCES, VIGIL_SOAK_EVERY change it)
+soak:
+	VIGIL_SOAK=$${VIGIL_SOAK:-60m} $(GO) test -count=1 -timeout 0 -run '^TestSoak$$' -v .
 
 ## bench-fleet: the issue-6 scenarios, as recorded in BENCHMARKS.md (≈ 5 minutes each run)
 bench-fleet: build

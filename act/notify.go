@@ -408,6 +408,21 @@ func (n *Notifiers) deliver(nt *notifier, pos uint64) {
 	defer close(nt.done)
 	defer func() { n.savePosition(nt, pos) }()
 	lastSaved := time.Now()
+	// one, the next: false when the notifier stops
+	one := func(ev actors.Event) bool {
+		if nt.spec.Match.matches(&ev) && !n.send(nt, ev, fmt.Sprintf("%s-%d", n.node, ev.Seq)) {
+			return false
+		}
+		pos = ev.Seq
+		nt.mu.Lock()
+		nt.view.Position = pos
+		nt.mu.Unlock()
+		if time.Since(lastSaved) >= cursorEvery {
+			n.savePosition(nt, pos)
+			lastSaved = time.Now()
+		}
+		return true
+	}
 	for {
 		select {
 		case <-nt.stop:
@@ -416,16 +431,8 @@ func (n *Notifiers) deliver(nt *notifier, pos uint64) {
 		}
 		wait := n.waitEvent()
 		if ev, ok := n.nextLive(nt, pos); ok {
-			if nt.spec.Match.matches(&ev) && !n.send(nt, ev, fmt.Sprintf("%s-%d", n.node, ev.Seq)) {
+			if !one(ev) {
 				return
-			}
-			pos = ev.Seq
-			nt.mu.Lock()
-			nt.view.Position = pos
-			nt.mu.Unlock()
-			if time.Since(lastSaved) >= cursorEvery {
-				n.savePosition(nt, pos)
-				lastSaved = time.Now()
 			}
 			continue
 		}
@@ -459,16 +466,8 @@ func (n *Notifiers) deliver(nt *notifier, pos uint64) {
 			continue
 		}
 		for _, ev := range evs {
-			if nt.spec.Match.matches(&ev) && !n.send(nt, ev, fmt.Sprintf("%s-%d", n.node, ev.Seq)) {
+			if !one(ev) {
 				return
-			}
-			pos = ev.Seq
-			nt.mu.Lock()
-			nt.view.Position = pos
-			nt.mu.Unlock()
-			if time.Since(lastSaved) >= cursorEvery {
-				n.savePosition(nt, pos)
-				lastSaved = time.Now()
 			}
 		}
 	}
