@@ -275,6 +275,16 @@ func eventKey(seq uint64) []byte {
 	return k
 }
 
+// eventSeq is the sequence number in an event's key; ok is false for a key
+// under the events' prefix that is not one the store writes (a damaged
+// record), which is left alone.
+func eventSeq(k []byte) (seq uint64, ok bool) {
+	if len(k) != len(prefixEvent)+8 {
+		return 0, false
+	}
+	return binary.BigEndian.Uint64(k[len(prefixEvent):]), true
+}
+
 func key(prefix []byte, id string) []byte { return append(append([]byte(nil), prefix...), id...) }
 
 // loadSeq recovers the sequence counter: the larger of the stored counter and
@@ -295,15 +305,19 @@ func (s *Store) loadSeq() error {
 		}
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefixEvent})
 		defer it.Close()
-		it.Rewind()
-		if it.Valid() {
-			s.oldest = binary.BigEndian.Uint64(it.Item().Key()[len(prefixEvent):])
+		for it.Rewind(); it.Valid(); it.Next() {
+			if seq, ok := eventSeq(it.Item().Key()); ok {
+				s.oldest = seq
+				break
+			}
 		}
 		rit := txn.NewIterator(badger.IteratorOptions{Prefix: prefixEvent, Reverse: true})
 		defer rit.Close()
-		rit.Seek(eventKey(^uint64(0)))
-		if rit.Valid() {
-			s.seq = max(s.seq, binary.BigEndian.Uint64(rit.Item().Key()[len(prefixEvent):]))
+		for rit.Seek(eventKey(^uint64(0))); rit.Valid(); rit.Next() {
+			if seq, ok := eventSeq(rit.Item().Key()); ok {
+				s.seq = max(s.seq, seq)
+				break
+			}
 		}
 		if s.oldest == 0 {
 			s.oldest = s.seq + 1
@@ -854,6 +868,9 @@ func (s *Store) Events(after uint64, limit int) ([]actors.Event, uint64, error) 
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefixEvent, PrefetchValues: true, PrefetchSize: min(limit, 256)})
 		defer it.Close()
 		for it.Seek(eventKey(after + 1)); it.Valid() && len(out) < limit; it.Next() {
+			if _, ok := eventSeq(it.Item().Key()); !ok {
+				continue
+			}
 			var rec eventRecord
 			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &rec) }); err != nil {
 				s.log.Error().Err(err).Bytes("key", it.Item().Key()).Msg("store_event_skipped")
@@ -896,7 +913,10 @@ func (s *Store) prune() {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefixEvent, PrefetchValues: true})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
-			seq := binary.BigEndian.Uint64(it.Item().Key()[len(prefixEvent):])
+			seq, ok := eventSeq(it.Item().Key())
+			if !ok {
+				continue
+			}
 			if seq > limit {
 				break
 			}

@@ -383,3 +383,35 @@ func TestOutageBacklogKeepsEveryTransitionAndOneSnapshot(t *testing.T) {
 	require.NoError(t, err)
 	assert.Len(t, evs, n)
 }
+
+// Found by FuzzLoadDamagedRecords: a key under the events' prefix that is not
+// 8 bytes of sequence number (a damaged record) made Open panic reading the
+// oldest and newest sequence numbers. Such a key is left alone.
+func TestAStrayKeyAmongTheEventsDoesNotStopOpen(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir)
+	in := inst(t, "vm-1")
+	require.NoError(t, s.PutInstance(context.Background(), in))
+	s.AppendTransition(snapOf(in, health.StatusHealthy, 1), actors.Event{InstanceID: "vm-1",
+		Transition: health.Transition{From: health.StatusStarting, To: health.StatusHealthy, At: t0}}, nil)
+	require.NoError(t, s.Flush(context.Background()))
+	require.NoError(t, s.db.Update(func(txn *badger.Txn) error {
+		for _, k := range []string{"e/", "e/\x01", "e/\xff\xff\xff\xff\xff\xff\xff\xff\xff"} {
+			if err := txn.Set([]byte(k), []byte("{}")); err != nil {
+				return err
+			}
+		}
+		return nil
+	}))
+	require.NoError(t, s.Close())
+
+	s = open(t, dir)
+	defer s.Close()
+	assert.Equal(t, uint64(1), s.LastSeq())
+	evs, oldest, err := s.Events(0, 10)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(1), oldest)
+	require.Len(t, evs, 1, "the stray records are not events")
+	assert.Equal(t, uint64(1), evs[0].Seq)
+	assert.Len(t, loadAll(t, s), 1)
+}
