@@ -84,7 +84,7 @@ func TestSoak(t *testing.T) {
 	dir := t.TempDir()
 	listen := "127.0.0.1:" + strconv.Itoa(freePort(t))
 	started := time.Now()
-	p := startVigilWith(t, dir, "--token", e2eToken, "--listen", listen, "--log-level", "warn")
+	p := startVigilWith(t, dir, "--token", e2eToken, "--listen", listen)
 	spec := func(i int) client.InstanceInput {
 		port := steady.Addr().(*net.TCPAddr).Port
 		if i%20 == 0 {
@@ -195,7 +195,7 @@ func TestSoak(t *testing.T) {
 		require.NoError(t, p.cmd.Process.Signal(syscall.SIGKILL))
 		<-p.done
 		began := time.Now()
-		p = startVigilWith(t, dir, "--token", e2eToken, "--listen", listen, "--log-level", "warn")
+		p = startVigilWith(t, dir, "--token", e2eToken, "--listen", listen)
 		ready := time.Since(began)
 		checkSpecs()
 		sample(restart, ready)
@@ -204,7 +204,7 @@ func TestSoak(t *testing.T) {
 	<-writerDone
 	require.NoError(t, p.cmd.Process.Signal(syscall.SIGTERM))
 	require.NoError(t, <-p.done, "a clean stop")
-	p = startVigilWith(t, dir, "--token", e2eToken, "--listen", listen, "--log-level", "warn")
+	p = startVigilWith(t, dir, "--token", e2eToken, "--listen", listen)
 	checkSpecs()
 	time.Sleep(2 * time.Second) // the stream catches up
 	stopStream()
