@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -229,7 +228,10 @@ type Scheduler struct {
 
 	mu      sync.RWMutex
 	entries map[string]*entry
-	ids     []string // sorted ids of entries
+	ids     idIndex // the entries in id order
+	// batchMu is held by a PutMany while it takes its entries' locks, so
+	// that two batches never wait on each other's (batch.go)
+	batchMu sync.Mutex
 
 	counts [5]atomic.Int64 // by status, indexed like health.Statuses
 
@@ -301,7 +303,7 @@ func New(ctx context.Context, opts ...Option) (*Scheduler, error) {
 		shared = clock.NewShared()
 		o.clock = shared
 	}
-	s := &Scheduler{opt: o, log: o.log, budget: newBudget(o.budget), entries: map[string]*entry{},
+	s := &Scheduler{opt: o, log: o.log, budget: newBudget(o.budget), entries: map[string]*entry{}, ids: newIDIndex(),
 		subs: map[*Subscription]struct{}{}, shared: shared, incidents: health.Incidents{Rules: o.incidents}}
 	s.workers = newWorkers(workerIdle, s.runJob)
 	// Instance actors run on the goroutine that sends to them (the timer,
@@ -348,9 +350,8 @@ func New(ctx context.Context, opts ...Option) (*Scheduler, error) {
 	s.mu.Lock()
 	for _, e := range loaded {
 		s.entries[e.id] = e
-		s.ids = append(s.ids, e.id)
+		s.ids.insert(e)
 	}
-	sort.Strings(s.ids)
 	s.mu.Unlock()
 	if err := s.spawnAll(loaded); err != nil {
 		s.shutdownSystem()
@@ -504,10 +505,7 @@ func (s *Scheduler) apply(ctx context.Context, id string, build func(cur *health
 			e = &entry{id: id}
 			e.mu.Lock()
 			s.entries[id] = e
-			i := sort.SearchStrings(s.ids, id)
-			s.ids = append(s.ids, "")
-			copy(s.ids[i+1:], s.ids[i:])
-			s.ids[i] = id
+			s.ids.insert(e)
 			s.mu.Unlock()
 			in, err := build(nil)
 			if err == nil {
@@ -555,9 +553,7 @@ func (s *Scheduler) unregister(id string, e *entry) {
 		return
 	}
 	delete(s.entries, id)
-	if i := sort.SearchStrings(s.ids, id); i < len(s.ids) && s.ids[i] == id {
-		s.ids = append(s.ids[:i], s.ids[i+1:]...)
-	}
+	s.ids.remove(e)
 	if p, ok := e.published(); ok {
 		s.count(p.brief.Status, -1)
 	}
@@ -672,17 +668,19 @@ func (s *Scheduler) List(f Filter, cursor string, limit int) (page []Info, next 
 	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	for i := s.firstLocked(f.Prefix, cursor); i < len(s.ids) && strings.HasPrefix(s.ids[i], f.Prefix); i++ {
-		p, ok := s.entries[s.ids[i]].published()
+	s.ids.ascend(f.Prefix, cursor, func(e *entry) bool {
+		p, ok := e.published()
 		if !ok || !statusIn(p.brief.Status, f.Statuses) || !health.MatchLabels(p.spec.Labels, f.Labels) {
-			continue
+			return true
 		}
 		if len(page) == limit {
-			return page, page[len(page)-1].ID
+			next = page[len(page)-1].ID
+			return false
 		}
 		page = append(page, p.info())
-	}
-	return page, ""
+		return true
+	})
+	return page, next
 }
 
 // Briefs calls fn with the id and published brief of every instance the
@@ -692,24 +690,13 @@ func (s *Scheduler) List(f Filter, cursor string, limit int) (page []Info, next 
 func (s *Scheduler) Briefs(f Filter, fn func(id string, b *health.Brief) bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	for i := s.firstLocked(f.Prefix, ""); i < len(s.ids) && strings.HasPrefix(s.ids[i], f.Prefix); i++ {
-		p, ok := s.entries[s.ids[i]].published()
+	s.ids.ascend(f.Prefix, "", func(e *entry) bool {
+		p, ok := e.published()
 		if !ok || !statusIn(p.brief.Status, f.Statuses) || !health.MatchLabels(p.spec.Labels, f.Labels) {
-			continue
+			return true
 		}
-		if !fn(s.ids[i], &p.brief) {
-			return
-		}
-	}
-}
-
-// firstLocked is the index of the first id after cursor that is not below
-// prefix.
-func (s *Scheduler) firstLocked(prefix, cursor string) int {
-	if prefix > cursor {
-		return sort.SearchStrings(s.ids, prefix)
-	}
-	return sort.Search(len(s.ids), func(i int) bool { return s.ids[i] > cursor })
+		return fn(e.id, &p.brief)
+	})
 }
 
 func statusIn(st health.Status, set []health.Status) bool {
@@ -998,10 +985,7 @@ func (s *Scheduler) AttachStaged(ctx context.Context, h Handoff) (Info, error) {
 	e.spec.Store(&in)
 	e.mu.Lock()
 	s.entries[id] = e
-	i := sort.SearchStrings(s.ids, id)
-	s.ids = append(s.ids, "")
-	copy(s.ids[i+1:], s.ids[i:])
-	s.ids[i] = id
+	s.ids.insert(e)
 	s.mu.Unlock()
 	err := s.spawnAll([]*entry{e})
 	if err != nil {
@@ -1133,27 +1117,25 @@ func (s *Scheduler) commonLabels(st health.Status) map[string]string {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	var common map[string]string
-	for _, id := range s.ids {
-		p, ok := s.entries[id].published()
+	s.ids.ascend("", "", func(e *entry) bool {
+		p, ok := e.published()
 		if !ok || p.brief.Status != st {
-			continue
+			return true
 		}
 		if common == nil {
 			common = make(map[string]string, len(p.spec.Labels))
 			for k, v := range p.spec.Labels {
 				common[k] = v
 			}
-			continue
+			return true
 		}
 		for k, v := range common {
 			if p.spec.Labels[k] != v {
 				delete(common, k)
 			}
 		}
-		if len(common) == 0 {
-			break
-		}
-	}
+		return len(common) > 0
+	})
 	if common == nil {
 		common = map[string]string{}
 	}
@@ -1164,11 +1146,12 @@ func (s *Scheduler) idsWithStatus(st health.Status) []string {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	var ids []string
-	for _, id := range s.ids {
-		if p, ok := s.entries[id].published(); ok && p.brief.Status == st {
-			ids = append(ids, id)
+	s.ids.ascend("", "", func(e *entry) bool {
+		if p, ok := e.published(); ok && p.brief.Status == st {
+			ids = append(ids, e.id)
 		}
-	}
+		return true
+	})
 	return ids
 }
 

@@ -107,6 +107,9 @@ type Options struct {
 	EventBuffer int
 	// MaxStreams caps open event streams (default 256); more get a 503.
 	MaxStreams int
+	// MaxBatches caps batch registrations in progress at once (default
+	// 4); one waits QueueWait for its turn, then gets a 503.
+	MaxBatches int
 	// BodyReadTimeout bounds reading a request body (default 30s) and
 	// WriteTimeout writing a response (default 30s; not the event stream's).
 	BodyReadTimeout time.Duration
@@ -167,6 +170,9 @@ func New(reg Registry, opt Options) *echo.Echo {
 	if opt.MaxStreams <= 0 {
 		opt.MaxStreams = DefaultMaxStreams
 	}
+	if opt.MaxBatches <= 0 {
+		opt.MaxBatches = DefaultMaxBatches
+	}
 	if opt.EventBuffer <= 0 {
 		opt.EventBuffer = DefaultEventBuffer
 	}
@@ -188,7 +194,7 @@ func New(reg Registry, opt Options) *echo.Echo {
 		e.Use(bearer(opt.Token))
 	}
 	h := &handlers{reg: reg, opt: opt, slots: make(chan struct{}, opt.MaxActorQueries),
-		streams: make(chan struct{}, opt.MaxStreams)}
+		streams: make(chan struct{}, opt.MaxStreams), batches: make(chan struct{}, opt.MaxBatches)}
 	h.fleet, _ = reg.(Fleet)
 	// every GET route answers HEAD too: the same headers, no body
 	get := func(path string, handler echo.HandlerFunc, mw ...echo.MiddlewareFunc) {
@@ -199,6 +205,9 @@ func New(reg Registry, opt Options) *echo.Echo {
 	get("/healthz", func(c echo.Context) error { return c.JSON(http.StatusOK, map[string]string{"status": "ok"}) })
 	get("/readyz", h.ready)
 	e.PUT("/v1/instances/:id", h.put, validID, actor)
+	// the colon is escaped for echo; it is outside the ids' alphabet, so
+	// the route can never name an instance
+	e.POST(`/v1/instances\:batch`, h.batch, h.hold(h.batches, "too many batch registrations in progress; retry"))
 	e.PATCH("/v1/instances/:id", h.patch, validID, actor)
 	get("/v1/instances/:id", h.get, validID, actor)
 	e.DELETE("/v1/instances/:id", h.remove, validID, actor)
@@ -280,23 +289,31 @@ func bearer(token string) echo.MiddlewareFunc {
 // limit holds one of the actor-query slots for the request, waiting up to
 // QueueWait for one.
 func (h *handlers) limit(next echo.HandlerFunc) echo.HandlerFunc {
-	return func(c echo.Context) error {
-		select {
-		case h.slots <- struct{}{}:
-		default:
-			t := time.NewTimer(h.opt.QueueWait)
-			defer t.Stop()
+	return h.hold(h.slots, "too many requests waiting for instance actors; retry")(next)
+}
+
+// hold holds one of slots for the request, waiting up to QueueWait for one;
+// busy is the 503's message when none came.
+func (h *handlers) hold(slots chan struct{}, busy string) echo.MiddlewareFunc {
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
 			select {
-			case h.slots <- struct{}{}:
-			case <-t.C:
-				c.Response().Header().Set("Retry-After", "1")
-				return fail(http.StatusServiceUnavailable, "unavailable", "too many requests waiting for instance actors; retry", "")
-			case <-c.Request().Context().Done():
-				return fail(http.StatusServiceUnavailable, "unavailable", "request canceled while waiting", "")
+			case slots <- struct{}{}:
+			default:
+				t := time.NewTimer(h.opt.QueueWait)
+				defer t.Stop()
+				select {
+				case slots <- struct{}{}:
+				case <-t.C:
+					c.Response().Header().Set("Retry-After", "1")
+					return fail(http.StatusServiceUnavailable, "unavailable", busy, "")
+				case <-c.Request().Context().Done():
+					return fail(http.StatusServiceUnavailable, "unavailable", "request canceled while waiting", "")
+				}
 			}
+			defer func() { <-slots }()
+			return next(c)
 		}
-		defer func() { <-h.slots }()
-		return next(c)
 	}
 }
 
@@ -306,6 +323,7 @@ type handlers struct {
 	opt     Options
 	slots   chan struct{} // semaphore of actor queries
 	streams chan struct{} // semaphore of event streams
+	batches chan struct{} // semaphore of batch registrations
 }
 
 func (h *handlers) ready(c echo.Context) error {
@@ -323,6 +341,12 @@ func (h *handlers) ready(c echo.Context) error {
 
 // body reads a request body of one of the given media types, at most MaxBody.
 func body(c echo.Context, types ...string) ([]byte, error) {
+	return bodyUpTo(c, MaxBody, types...)
+}
+
+// bodyUpTo reads a request body of one of the given media types, at most
+// limit bytes (a whole number of MiB).
+func bodyUpTo(c echo.Context, limit int, types ...string) ([]byte, error) {
 	if ct := c.Request().Header.Get(echo.HeaderContentType); ct != "" {
 		mt, _, err := mime.ParseMediaType(ct)
 		ok := false
@@ -333,15 +357,15 @@ func body(c echo.Context, types ...string) ([]byte, error) {
 			return nil, fail(http.StatusUnsupportedMediaType, "unsupported_media_type", "body must be "+strings.Join(types, " or "), "")
 		}
 	}
-	b, err := io.ReadAll(io.LimitReader(c.Request().Body, MaxBody+1))
+	b, err := io.ReadAll(io.LimitReader(c.Request().Body, int64(limit)+1))
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		return nil, fail(http.StatusRequestTimeout, "request_timeout", "the request body did not arrive in time", "")
 	}
 	if err != nil {
 		return nil, invalid("", "reading body: %v", err)
 	}
-	if len(b) > MaxBody {
-		return nil, fail(http.StatusRequestEntityTooLarge, "too_large", "body is over 1 MiB", "")
+	if len(b) > limit {
+		return nil, fail(http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("body is over %d MiB", limit>>20), "")
 	}
 	return b, nil
 }

@@ -170,6 +170,79 @@ func (c *Client) Put(ctx context.Context, id string, in InstanceInput) (inst *In
 	return inst, r.StatusCode() == http.StatusCreated, err
 }
 
+// MaxBatch is the most items one PutBatch may send.
+const MaxBatch = 1000
+
+// BatchItem is one instance of a batch: its id and what Put takes.
+type BatchItem struct {
+	ID       string
+	Instance InstanceInput
+}
+
+// BatchResult is what became of one item of a batch: created or replaced,
+// or Err, an *Error as a Put of the item would have returned it, whose Field
+// is prefixed by the item ("instances[3].health_check.timeout").
+type BatchResult struct {
+	ID      string
+	Created bool
+	Err     error
+}
+
+// PutBatch creates or replaces up to MaxBatch instances in one request.
+// Every item is checked as a Put of it would be and fails alone: the
+// others are registered, each durable when PutBatch returns. The results
+// are in the order of items. err is the request's own failure (a batch
+// refused whole: more than MaxBatch items, a body over 8 MiB; the server
+// unavailable), in which case nothing is registered.
+func (c *Client) PutBatch(ctx context.Context, items []BatchItem) (results []BatchResult, err error) {
+	var body bytes.Buffer
+	body.WriteString(`{"instances":[`)
+	for i, it := range items {
+		b, err := json.Marshal(it.Instance)
+		if err != nil {
+			return nil, fmt.Errorf("vigil: encode item %d (%s): %w", i, it.ID, err)
+		}
+		id, _ := json.Marshal(it.ID)
+		if i > 0 {
+			body.WriteByte(',')
+		}
+		// the item is the instance's body with its id as the first member
+		body.WriteString(`{"id":`)
+		body.Write(id)
+		if len(b) > 2 {
+			body.WriteByte(',')
+		}
+		body.Write(b[1:])
+	}
+	body.WriteString(`]}`)
+	r, err := c.raw.PutInstancesWithBodyWithResponse(ctx, "application/json", &body)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := result(r.HTTPResponse, r.Body, nil, r.JSON200, http.StatusOK)
+	if err != nil {
+		return nil, err
+	}
+	if len(resp.Results) != len(items) {
+		return nil, fmt.Errorf("vigil: %d results for %d items", len(resp.Results), len(items))
+	}
+	results = make([]BatchResult, len(items))
+	for i, res := range resp.Results {
+		results[i] = BatchResult{ID: res.Id, Created: res.Result != nil && *res.Result == BatchCreated}
+		if e := res.Error; e != nil {
+			ie := &Error{Code: string(e.Code), Message: e.Message}
+			if res.Status != nil {
+				ie.Status = *res.Status
+			}
+			if e.Field != nil {
+				ie.Field = *e.Field
+			}
+			results[i].Err = ie
+		}
+	}
+	return results, nil
+}
+
 // Patch applies a JSON merge patch (RFC 7396) to the instance's spec as it
 // was written: a value of null removes a member.
 func (c *Client) Patch(ctx context.Context, id string, patch map[string]any) (*Instance, error) {

@@ -17,6 +17,24 @@ import (
 	"github.com/oapi-codegen/runtime"
 )
 
+// Defines values for BatchResultResult.
+const (
+	BatchCreated BatchResultResult = "created"
+	BatchUpdated BatchResultResult = "updated"
+)
+
+// Valid indicates whether the value is a known member of the BatchResultResult enum.
+func (e BatchResultResult) Valid() bool {
+	switch e {
+	case BatchCreated:
+		return true
+	case BatchUpdated:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for ErrorDetailCode.
 const (
 	ErrorDetailCodeConflict             ErrorDetailCode = "conflict"
@@ -448,6 +466,56 @@ func (e HeadSummaryParamsScope) Valid() bool {
 		return false
 	}
 }
+
+// BatchInput defines model for BatchInput.
+type BatchInput struct {
+	Instances []BatchInstance `json:"instances"`
+}
+
+// BatchInstance An instance of a batch: its id and what the body of PUT /v1/instances/{id} holds (InstanceInput).
+type BatchInstance struct {
+	// HealthCheck The health policy; returned normalized with defaults filled in.
+	HealthCheck *HealthCheck `json:"health_check,omitempty"`
+	Id          string       `json:"id"`
+
+	// Labels at most 32 pairs; Kubernetes-style keys ([prefix/]name, the name ≤ 63 characters) and values (≤ 63)
+	Labels  *map[string]string `json:"labels,omitempty"`
+	Name    *string            `json:"name,omitempty"`
+	Network *Network           `json:"network,omitempty"`
+
+	// RestartPolicy hypeman's restart_policy: when the status has been unhealthy for after, POST {instance, attempt, reason, last_error} to url; attempts back off from backoff to max_backoff; stable_after of health resets the count; beyond max_attempts restarts stop (blocked_reason max_attempts_exceeded) until the policy or started_at changes
+	RestartPolicy *RestartPolicy `json:"restart_policy,omitempty"`
+	StartedAt     *time.Time     `json:"started_at,omitempty"`
+	State         Lifecycle      `json:"state"`
+	Vsock         *Vsock         `json:"vsock,omitempty"`
+}
+
+// BatchResponse defines model for BatchResponse.
+type BatchResponse struct {
+	Created int `json:"created"`
+	Failed  int `json:"failed"`
+
+	// Results one per item, in the items' order
+	Results []BatchItemResult `json:"results"`
+	Updated int               `json:"updated"`
+}
+
+// BatchItemResult One item's answer: its result, or its error as a single PUT of it would have answered it, the field prefixed by the item.
+type BatchItemResult struct {
+	Error *ErrorDetail `json:"error,omitempty"`
+
+	// Id the item's id as it was sent (empty when it had none)
+	Id string `json:"id"`
+
+	// Result absent when the item failed
+	Result *BatchResultResult `json:"result,omitempty"`
+
+	// Status with error: the HTTP status a single PUT of the item would have answered (400, 409, 413, 503)
+	Status *int `json:"status,omitempty"`
+}
+
+// BatchResultResult absent when the item failed
+type BatchResultResult string
 
 // ErrorBody defines model for Error.
 type ErrorBody struct {
@@ -1077,6 +1145,9 @@ type PutInstanceJSONRequestBody = InstanceInput
 // MoveInstanceJSONRequestBody defines body for MoveInstance for application/json ContentType.
 type MoveInstanceJSONRequestBody = MoveRequest
 
+// PutInstancesJSONRequestBody defines body for PutInstances for application/json ContentType.
+type PutInstancesJSONRequestBody = BatchInput
+
 // PutNotifierJSONRequestBody defines body for PutNotifier for application/json ContentType.
 type PutNotifierJSONRequestBody = NotifierInput
 
@@ -1363,6 +1434,24 @@ type ClientInterface interface {
 	//
 	// Corresponds with POST /v1/instances/{id}/probe (the `ProbeNow` operationId).
 	ProbeNow(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// PutInstancesWithBody Create or replace many instances at once
+	//
+	// Up to 1000 instances, each with its id and the body a PUT of it takes. Every item is checked by the rules of a single PUT and fails alone: the valid items are registered even when others fail. Each item that succeeds is durable when the answer comes (the batch is one commit of the store). The answer has one result per item, in the items' order; an item's error names its field prefixed by the item (instances[3].health_check.timeout). A request that is not a batch (malformed, more than 1000 items, a body over 8 MiB) is refused whole.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/instances:batch (the `PutInstances` operationId).
+	PutInstancesWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// PutInstances Create or replace many instances at once
+	//
+	// Up to 1000 instances, each with its id and the body a PUT of it takes. Every item is checked by the rules of a single PUT and fails alone: the valid items are registered even when others fail. Each item that succeeds is durable when the answer comes (the batch is one commit of the store). The answer has one result per item, in the items' order; an item's error names its field prefixed by the item (instances[3].health_check.timeout). A request that is not a batch (malformed, more than 1000 items, a body over 8 MiB) is refused whole.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/instances:batch (the `PutInstances` operationId).
+	PutInstances(ctx context.Context, body PutInstancesJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ListNodes The nodes of the fleet
 	//
@@ -1848,6 +1937,44 @@ func (c *RawClient) MoveInstance(ctx context.Context, id string, body MoveInstan
 // Corresponds with POST /v1/instances/{id}/probe (the `ProbeNow` operationId).
 func (c *RawClient) ProbeNow(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewProbeNowRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// PutInstancesWithBody Create or replace many instances at once
+//
+// Up to 1000 instances, each with its id and the body a PUT of it takes. Every item is checked by the rules of a single PUT and fails alone: the valid items are registered even when others fail. Each item that succeeds is durable when the answer comes (the batch is one commit of the store). The answer has one result per item, in the items' order; an item's error names its field prefixed by the item (instances[3].health_check.timeout). A request that is not a batch (malformed, more than 1000 items, a body over 8 MiB) is refused whole.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/instances:batch (the `PutInstances` operationId).
+func (c *RawClient) PutInstancesWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewPutInstancesRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// PutInstances Create or replace many instances at once
+//
+// Up to 1000 instances, each with its id and the body a PUT of it takes. Every item is checked by the rules of a single PUT and fails alone: the valid items are registered even when others fail. Each item that succeeds is durable when the answer comes (the batch is one commit of the store). The answer has one result per item, in the items' order; an item's error names its field prefixed by the item (instances[3].health_check.timeout). A request that is not a batch (malformed, more than 1000 items, a body over 8 MiB) is refused whole.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/instances:batch (the `PutInstances` operationId).
+func (c *RawClient) PutInstances(ctx context.Context, body PutInstancesJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewPutInstancesRequest(c.Server, body)
 	if err != nil {
 		return nil, err
 	}
@@ -3146,6 +3273,46 @@ func NewProbeNowRequest(server string, id string) (*http.Request, error) {
 	return req, nil
 }
 
+// NewPutInstancesRequest calls the generic PutInstances builder with application/json body
+func NewPutInstancesRequest(server string, body PutInstancesJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewPutInstancesRequestWithBody(server, "application/json", bodyReader)
+}
+
+// NewPutInstancesRequestWithBody constructs an http.Request for the PutInstances method, with any body, and a specified content type
+func NewPutInstancesRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/instances:batch")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
 // NewListNodesRequest constructs an http.Request for the ListNodes method
 func NewListNodesRequest(server string) (*http.Request, error) {
 	var err error
@@ -3917,6 +4084,24 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with POST /v1/instances/{id}/probe (the `ProbeNow` operationId).
 	ProbeNowWithResponse(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*ProbeNowResponse, error)
+
+	// PutInstancesWithBodyWithResponse Create or replace many instances at once
+	//
+	// Up to 1000 instances, each with its id and the body a PUT of it takes. Every item is checked by the rules of a single PUT and fails alone: the valid items are registered even when others fail. Each item that succeeds is durable when the answer comes (the batch is one commit of the store). The answer has one result per item, in the items' order; an item's error names its field prefixed by the item (instances[3].health_check.timeout). A request that is not a batch (malformed, more than 1000 items, a body over 8 MiB) is refused whole.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/instances:batch (the `PutInstances` operationId).
+	PutInstancesWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*PutInstancesResponse, error)
+
+	// PutInstancesWithResponse Create or replace many instances at once
+	//
+	// Up to 1000 instances, each with its id and the body a PUT of it takes. Every item is checked by the rules of a single PUT and fails alone: the valid items are registered even when others fail. Each item that succeeds is durable when the answer comes (the batch is one commit of the store). The answer has one result per item, in the items' order; an item's error names its field prefixed by the item (instances[3].health_check.timeout). A request that is not a batch (malformed, more than 1000 items, a body over 8 MiB) is refused whole.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/instances:batch (the `PutInstances` operationId).
+	PutInstancesWithResponse(ctx context.Context, body PutInstancesJSONRequestBody, reqEditors ...RequestEditorFn) (*PutInstancesResponse, error)
 
 	// ListNodesWithResponse The nodes of the fleet
 	//
@@ -5263,6 +5448,96 @@ func (r ProbeNowResponse) ContentType() string {
 	return ""
 }
 
+type PutInstancesResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *BatchResponse
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON408 the response for an HTTP 408 `application/json` response
+	JSON408 *RequestTimeout
+	// JSON413 the response for an HTTP 413 `application/json` response
+	JSON413 *ErrorBody
+	// JSON415 the response for an HTTP 415 `application/json` response
+	JSON415 *UnsupportedMediaType
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Unavailable
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r PutInstancesResponse) GetJSON200() *BatchResponse {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r PutInstancesResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r PutInstancesResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON408 returns the response for an HTTP 408 `application/json` response
+func (r PutInstancesResponse) GetJSON408() *RequestTimeout {
+	return r.JSON408
+}
+
+// GetJSON413 returns the response for an HTTP 413 `application/json` response
+func (r PutInstancesResponse) GetJSON413() *ErrorBody {
+	return r.JSON413
+}
+
+// GetJSON415 returns the response for an HTTP 415 `application/json` response
+func (r PutInstancesResponse) GetJSON415() *UnsupportedMediaType {
+	return r.JSON415
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r PutInstancesResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r PutInstancesResponse) GetJSON503() *Unavailable {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r PutInstancesResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r PutInstancesResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r PutInstancesResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r PutInstancesResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 type ListNodesResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -6495,6 +6770,36 @@ func (c *ClientWithResponses) ProbeNowWithResponse(ctx context.Context, id strin
 	return ParseProbeNowResponse(rsp)
 }
 
+// PutInstancesWithBodyWithResponse Create or replace many instances at once
+//
+// Up to 1000 instances, each with its id and the body a PUT of it takes. Every item is checked by the rules of a single PUT and fails alone: the valid items are registered even when others fail. Each item that succeeds is durable when the answer comes (the batch is one commit of the store). The answer has one result per item, in the items' order; an item's error names its field prefixed by the item (instances[3].health_check.timeout). A request that is not a batch (malformed, more than 1000 items, a body over 8 MiB) is refused whole.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/instances:batch (the `PutInstances` operationId).
+func (c *ClientWithResponses) PutInstancesWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*PutInstancesResponse, error) {
+	rsp, err := c.PutInstancesWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParsePutInstancesResponse(rsp)
+}
+
+// PutInstancesWithResponse Create or replace many instances at once
+//
+// Up to 1000 instances, each with its id and the body a PUT of it takes. Every item is checked by the rules of a single PUT and fails alone: the valid items are registered even when others fail. Each item that succeeds is durable when the answer comes (the batch is one commit of the store). The answer has one result per item, in the items' order; an item's error names its field prefixed by the item (instances[3].health_check.timeout). A request that is not a batch (malformed, more than 1000 items, a body over 8 MiB) is refused whole.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/instances:batch (the `PutInstances` operationId).
+func (c *ClientWithResponses) PutInstancesWithResponse(ctx context.Context, body PutInstancesJSONRequestBody, reqEditors ...RequestEditorFn) (*PutInstancesResponse, error) {
+	rsp, err := c.PutInstances(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParsePutInstancesResponse(rsp)
+}
+
 // ListNodesWithResponse The nodes of the fleet
 //
 // Returns a wrapper object for the known response body format(s).
@@ -7591,6 +7896,81 @@ func ParseProbeNowResponse(rsp *http.Response) (*ProbeNowResponse, error) {
 			return nil, err
 		}
 		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParsePutInstancesResponse parses an HTTP response from a PutInstancesWithResponse call
+func ParsePutInstancesResponse(rsp *http.Response) (*PutInstancesResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &PutInstancesResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest BatchResponse
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
+		var dest RequestTimeout
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON408 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
+		var dest ErrorBody
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON413 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest UnsupportedMediaType
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON415 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
 		var dest Internal

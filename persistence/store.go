@@ -13,6 +13,7 @@ package persistence
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -125,8 +126,10 @@ type eventRecord struct {
 
 type specOp struct {
 	put  *health.Instance
+	rec  []byte // put's record, encoded by the caller (off the writer's goroutine)
 	del  string
 	meta *metaOp
+	// done receives the commit's error; several ops may share one
 	done chan error
 }
 
@@ -335,7 +338,28 @@ func (s *Store) signal() {
 
 // PutInstance stores in and returns once it is synced.
 func (s *Store) PutInstance(ctx context.Context, in health.Instance) error {
-	return s.spec(ctx, specOp{put: &in, done: make(chan error, 1)})
+	return s.PutInstances(ctx, []health.Instance{in})
+}
+
+// PutInstances stores every instance of ins and returns once they are
+// synced: they are queued together, so they land in one commit (one write
+// batch, one sync) with whatever else is queued — a batch registration
+// costs one sync, not one per instance.
+func (s *Store) PutInstances(ctx context.Context, ins []health.Instance) error {
+	if len(ins) == 0 {
+		return nil
+	}
+	done := make(chan error, len(ins))
+	ops := make([]specOp, len(ins))
+	for i := range ins {
+		rec, err := json.Marshal(instanceRecord{V: SchemaVersion, Instance: ins[i], Spec: ins[i].Written})
+		if err != nil {
+			return fmt.Errorf("persistence: encode instance %s: %w", ins[i].ID, err)
+		}
+		in := ins[i]
+		ops[i] = specOp{put: &in, rec: rec, done: done}
+	}
+	return s.spec(ctx, ops...)
 }
 
 // DeleteInstance removes an instance, its snapshot and its queued snapshot,
@@ -344,31 +368,39 @@ func (s *Store) DeleteInstance(ctx context.Context, id string) error {
 	return s.spec(ctx, specOp{del: id, done: make(chan error, 1)})
 }
 
-func (s *Store) spec(ctx context.Context, op specOp) error {
+// spec queues ops, which share one done channel, in one commit, and waits
+// for it.
+func (s *Store) spec(ctx context.Context, ops ...specOp) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		return ErrClosed
 	}
-	switch {
-	case op.put != nil:
-		s.known[op.put.ID] = true
-	case op.meta != nil:
-	default:
-		delete(s.known, op.del)
-		delete(s.snaps, op.del)
-		delete(s.writing, op.del)
+	for _, op := range ops {
+		switch {
+		case op.put != nil:
+			s.known[op.put.ID] = true
+		case op.meta != nil:
+		default:
+			delete(s.known, op.del)
+			delete(s.snaps, op.del)
+			delete(s.writing, op.del)
+		}
 	}
-	s.specs = append(s.specs, op)
+	s.specs = append(s.specs, ops...)
 	s.mu.Unlock()
 	s.signal()
-	select {
-	case err := <-op.done:
-		return err
-	case <-ctx.Done():
-		// the write stays queued and lands; the caller just stops waiting
-		return ctx.Err()
+	var first error
+	for range ops {
+		select {
+		case err := <-ops[0].done:
+			first = cmp.Or(first, err)
+		case <-ctx.Done():
+			// the writes stay queued and land; the caller just stops waiting
+			return ctx.Err()
+		}
 	}
+	return first
 }
 
 // PutMeta stores a record of another component (a notifier, a cursor, a
@@ -658,11 +690,7 @@ func (s *Store) write(specs []specOp, transitions []transitionOp, snaps map[stri
 			continue
 		}
 		if op.put != nil {
-			b, err := json.Marshal(instanceRecord{V: SchemaVersion, Instance: *op.put, Spec: op.put.Written})
-			if err != nil {
-				return fmt.Errorf("encode instance %s: %w", op.put.ID, err)
-			}
-			if err := wb.Set(key(prefixInstance, op.put.ID), b); err != nil {
+			if err := wb.Set(key(prefixInstance, op.put.ID), op.rec); err != nil {
 				return err
 			}
 			continue
