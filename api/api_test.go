@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/vigilhq/vigil/actors"
 	"github.com/vigilhq/vigil/health"
+	"github.com/vigilhq/vigil/input"
 )
 
 // server runs the API over a real scheduler on a loopback port. wrap, when
@@ -176,8 +178,9 @@ func TestErrorsOverHTTP(t *testing.T) {
 	assert.Equal(t, "10s", out["health_check"].(map[string]any)["interval"])
 }
 
-// FuzzDecode checks that no request body makes the decoder panic or accept
-// something that does not normalize.
+// FuzzDecode checks a PUT body as the handler reads it: refused with an
+// error naming its field (the whole body's, or one inside it), or a spec
+// that normalizes or fails naming a field.
 func FuzzDecode(f *testing.F) {
 	f.Add(`{"state":"Running","network":{"ip":"127.0.0.1"},"health_check":{"http":{"port":80,"expected_status":"200-299"}}}`)
 	f.Add(`{"state":"Running","vsock":{"cid":3},"health_check":{"exec":{"command":["true"]}}}`)
@@ -188,8 +191,24 @@ func FuzzDecode(f *testing.F) {
 		req.Header.Set("Content-Type", "application/json")
 		c := srv.NewContext(req, httptest.NewRecorder())
 		var in health.InstanceSpec
-		if err := decode(c, &in); err == nil {
-			_, _ = in.Normalize("x")
+		err := decode(c, &in)
+		if err != nil {
+			var ie *input.Error
+			var ae *apiError
+			switch {
+			case errors.As(err, &ie):
+				require.Contains(t, ie.Message, ie.Field)
+			case errors.As(err, &ae):
+				require.NotEmpty(t, ae.detail.Message)
+			default:
+				t.Fatalf("%T: %v", err, err)
+			}
+			return
+		}
+		if _, err := in.Normalize("x"); err != nil {
+			var fe *health.FieldError
+			require.True(t, errors.As(err, &fe), "%T: %v", err, err)
+			require.NotEmpty(t, fe.Field)
 		}
 	})
 }

@@ -80,6 +80,10 @@ func decodeCursor(s string) (fleetCursor, bool, error) {
 	if err == nil {
 		err = json.Unmarshal(b, &c)
 	}
+	if err == nil && c == nil {
+		// JSON null: the stream writes every node's position into c
+		err = errors.New("no position")
+	}
 	if err != nil {
 		return nil, false, invalidField("Last-Event-ID", "Last-Event-ID is not a position this fleet's stream issued: pass the id of the last event as it came")
 	}

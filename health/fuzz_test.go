@@ -173,3 +173,41 @@ func fuzzResult(b []byte, text string) Result {
 	}
 	return r
 }
+
+// FuzzCutUTF8 checks the cuts that bound a message and an output:
+// TruncateUTF8 keeps a prefix and TailUTF8 a suffix of at most n bytes and
+// at most utf8.UTFMax-1 fewer, whatever the bytes; of valid UTF-8 they keep
+// valid UTF-8, as many whole runes as fit.
+func FuzzCutUTF8(f *testing.F) {
+	for _, s := range []string{"", "abc", "héllo wörld", "€€€€", "\x80\x80\x80\x80\x80\x80", "a\xffb\xe2\x82", "😀😀"} {
+		f.Add(s, uint8(3))
+	}
+	f.Fuzz(func(t *testing.T, s string, n uint8) {
+		for _, c := range []struct {
+			name string
+			cut  string
+			ok   func(string, string) bool
+			next func(string) (rune, int)
+		}{
+			{"TruncateUTF8", TruncateUTF8(s, int(n)), strings.HasPrefix, func(rest string) (rune, int) { return utf8.DecodeRuneInString(rest) }},
+			{"TailUTF8", TailUTF8(s, int(n)), strings.HasSuffix, func(rest string) (rune, int) { return utf8.DecodeLastRuneInString(rest) }},
+		} {
+			require.True(t, c.ok(s, c.cut), "%s keeps an end of the string", c.name)
+			require.LessOrEqual(t, len(c.cut), int(n), c.name)
+			require.GreaterOrEqual(t, len(c.cut), min(len(s), int(n)-(utf8.UTFMax-1)), "%s drops at most 3 bytes", c.name)
+			if utf8.ValidString(s) {
+				require.True(t, utf8.ValidString(c.cut), "%s of valid UTF-8 is valid", c.name)
+				if len(c.cut) < len(s) {
+					var rest string
+					if c.name == "TruncateUTF8" {
+						rest = s[len(c.cut):]
+					} else {
+						rest = s[:len(s)-len(c.cut)]
+					}
+					_, size := c.next(rest)
+					require.Greater(t, len(c.cut)+size, int(n), "%s keeps every rune that fits", c.name)
+				}
+			}
+		}
+	})
+}

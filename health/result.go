@@ -138,25 +138,29 @@ func (p *Phases) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// TruncateUTF8 returns at most the first n bytes of s, cut on a rune boundary.
+// TruncateUTF8 returns at most the first n bytes of s, cut on a rune
+// boundary: at most utf8.UTFMax-1 bytes short of n, however invalid s is.
 func TruncateUTF8(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
 	i := n
-	for i > 0 && !utf8.RuneStart(s[i]) {
+	for i > 0 && i > n-(utf8.UTFMax-1) && !utf8.RuneStart(s[i]) {
 		i--
 	}
 	return s[:i]
 }
 
-// TailUTF8 returns at most the last n bytes of s, starting on a rune boundary.
+// TailUTF8 returns at most the last n bytes of s, starting on a rune
+// boundary: at most utf8.UTFMax-1 bytes short of n, however invalid s is
+// (bytes that start no rune are kept rather than all dropped).
 func TailUTF8(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
-	i := len(s) - n
-	for i < len(s) && !utf8.RuneStart(s[i]) {
+	start := len(s) - n
+	i := start
+	for i < len(s) && i < start+utf8.UTFMax-1 && !utf8.RuneStart(s[i]) {
 		i++
 	}
 	return s[i:]

@@ -9,6 +9,7 @@ import (
 	"net"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
@@ -175,7 +176,14 @@ type tail struct {
 func (t *tail) write(b []byte) {
 	t.buf = append(t.buf, b...)
 	if len(t.buf) > 2*health.MaxOutput {
-		t.buf = append(t.buf[:0], t.buf[len(t.buf)-health.MaxOutput:]...)
+		// keep the last MaxOutput bytes from a rune's start, as TailUTF8
+		// does: a tail cut inside a rune would begin with invalid UTF-8
+		start := len(t.buf) - health.MaxOutput
+		i := start
+		for i < start+utf8.UTFMax-1 && !utf8.RuneStart(t.buf[i]) {
+			i++
+		}
+		t.buf = append(t.buf[:0], t.buf[i:]...)
 		t.truncated = true
 	}
 }
