@@ -8,7 +8,7 @@ PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 OAPI_CODEGEN       := github.com/oapi-codegen/oapi-codegen/v2/cmd/oapi-codegen@v2.8.2
 TOOLS              := $(CURDIR)/bin/tools
 
-.PHONY: screenshots run build test check bench bench-persistence bench-scale bench-api bench-exec bench-smoke bench-fleet bench-fleet-nodes bench-notifiers soak fmt vet tidy-check clean generate generate-client generate-proto generate-check tools
+.PHONY: screenshots run build test check bench bench-persistence bench-scale bench-api bench-exec bench-smoke bench-fleet bench-fleet-nodes bench-notifiers bench-s bench-s-hog bench-tcp-100k bench-flood soak fmt vet tidy-check clean generate generate-client generate-proto generate-check tools
 
 ## run: build and start `vigil serve` on 127.0.0.1:8484 with its data in ./vigil-data
 run: build
@@ -81,9 +81,10 @@ bench-api:
 bench-exec:
 	$(GO) test -run '^$$' -bench ExecTrue -benchtime 3s -count 3 ./probes
 
-## bench-smoke: a small mixed fleet through `vigil loadtest` (≤ 60 s); CI runs it
+## bench-smoke: a small mixed fleet through `vigil loadtest` (≤ 60 s), its targets in their own process:
+## the report's "target" object is what they saw; CI runs it
 bench-smoke: build
-	./bin/vigil loadtest --instances 2000 --type mixed --interval 2s --timeout 1s --hung 0.01 --flip 0.05 --duration 20s --json
+	./bin/vigil loadtest --instances 2000 --type mixed --interval 2s --timeout 1s --hung 0.01 --flip 0.05 --start-period 0 --duration 20s --json
 
 ## bench-fleet-nodes: 10 vigil serve nodes on one etcd, 10 000 TCP instances each at 10 s, beside a
 ## standalone node with the same load (≈ 6 minutes; needs etcd)
@@ -101,6 +102,35 @@ bench-notifiers: build
 ## every 5 minutes, a SIGTERM at the end (VIGIL_SOAK, VIGIL_SOAK_INSTANCES, VIGIL_SOAK_EVERY change it)
 soak:
 	VIGIL_SOAK=$${VIGIL_SOAK:-60m} $(GO) test -count=1 -timeout 0 -run '^TestSoak$$' -v .
+
+## bench-s: issue 19's scenario S, 3 runs (≈ 2 minutes each): 10 000 HTTP instances, 2 s interval,
+## 1 s timeout, 1 % hung, through a vigil serve process (Badger, registered and read back over the
+## API), the targets in their own process
+bench-s: build
+	for run in 1 2 3; do \
+		./bin/vigil loadtest --serve --instances 10000 --type http --interval 2s --timeout 1s --hung 0.01 --duration 60s --json; \
+	done
+
+## bench-s-hog: scenario S with a CPU hog in another process taking 20 % of the machine (0.4 of a
+## core on 2 cores, duty-cycled) through the window, 3 runs
+bench-s-hog: build
+	for run in 1 2 3; do \
+		./bin/vigil loadtest --serve --instances 10000 --type http --interval 2s --timeout 1s --hung 0.01 --duration 60s --hog 0.2 --json; \
+	done
+
+## bench-tcp-100k: 100 000 TCP instances at 10 s through vigil serve, 3 runs (≈ 4 minutes each:
+## registration over the API is most of it)
+bench-tcp-100k: build
+	for run in 1 2 3; do \
+		./bin/vigil loadtest --serve --instances 100000 --type tcp --interval 10s --duration 60s --json; \
+	done
+
+## bench-flood: issue 18's API flood: 100 000 TCP instances at 10 s through vigil serve with 2 000
+## concurrent API clients and without, in turn, twice (≈ 16 minutes)
+bench-flood: build
+	for run in 1 2; do for clients in 2000 0; do \
+		./bin/vigil loadtest --serve --instances 100000 --type tcp --interval 10s --duration 60s --api-clients $$clients --json; \
+	done; done
 
 ## bench-fleet: the issue-6 scenarios, as recorded in BENCHMARKS.md (≈ 5 minutes each run)
 bench-fleet: build

@@ -48,6 +48,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "loadtest":
 		defaultGC()
 		return loadtestCmd(args[1:], stdout, stderr)
+	case loadtest.ChildCommand: // hidden: the load test's own processes (targets, raw loop, CPU hog)
+		return loadtest.Child(os.Stdin, stdout)
 	case "help", "-h", "--help":
 		usage(stdout)
 		return 0
@@ -133,7 +135,7 @@ func agentCmd(args []string, stdout, stderr io.Writer) int {
 }
 
 func loadtestCmd(args []string, stdout, stderr io.Writer) int {
-	cmd := newCommand("loadtest", "Drive an embedded scheduler with a synthetic fleet on loopback and report lag, starvation, CPU and memory.")
+	cmd := newCommand("loadtest", "Drive an embedded scheduler, or a vigil serve process (--serve), with a synthetic fleet on loopback whose targets run in a process of their own, and report lag and starvation from inside and as the targets saw them, CPU and memory.")
 	var cfg loadtest.Config
 	instances := cmd.Int("instances", "", 1000, "instances in the fleet")
 	typ := cmd.String("type", "", "tcp", "TYPE", "probe type: tcp, http, grpc, exec or mixed")
@@ -151,7 +153,12 @@ func loadtestCmd(args []string, stdout, stderr io.Writer) int {
 	cpuProfile := cmd.String("cpuprofile", "", "", "FILE", "write a CPU profile of the measurement window to this file")
 	memProfile := cmd.String("memprofile", "", "", "FILE", "write a heap profile at the end of the run to this file (and one at the start of the measurement to FILE.start)")
 	level := cmd.Choice("log-level", "", "warn", "LEVEL", "debug, info, warn or error", logLevels...)
-	notifiers := cmd.Int("notifiers", "", 0, "deliver the event log to this many notifiers: all but one to live receivers in this process (timed), one to a receiver that is down")
+	notifiers := cmd.Int("notifiers", "", 0, "deliver the event log to this many notifiers: all but one to live receivers in the target process (timed), one to a receiver that is down")
+	serveMode := cmd.Bool("serve", "", false, "measure a vigil serve process (Badger in a temp dir) driven over its API, instead of an embedded scheduler")
+	apiClients := cmd.Int("api-clients", "", 0, "with --serve: this many concurrent API clients issue reads and writes through the window")
+	apiMix := cmd.String("api-mix", "", loadtest.DefaultAPIMix, "MIX", "with --api-clients: the weights of get, list, summary, patch and put")
+	rawFor := cmd.Duration("raw-for", "", 0, "how long each raw probe loop runs, before and after the window (default: a quarter of --duration, at most 5s)")
+	hogShare := cmd.Float("hog", "", 0, "a CPU hog in another process takes this share of the machine (all its CPUs) through the window, e.g. 0.2")
 	fleetNodes := cmd.Int("fleet-nodes", "", 0, "run N vigil serve nodes on one etcd (and a standalone one to compare), --instances each, TCP")
 	moves := cmd.Int("moves", "", 100, "with --fleet-nodes: moves to time")
 	kills := cmd.Int("kills", "", 3, "with --fleet-nodes: nodes to kill and restart, timing unknown-everywhere")
@@ -166,6 +173,7 @@ func loadtestCmd(args []string, stdout, stderr io.Writer) int {
 	cfg.Instances, cfg.Type, cfg.Interval, cfg.Timeout, cfg.StartPeriod = *instances, *typ, *interval, *timeout, *startPeriod
 	cfg.Hung, cfg.Flip, cfg.Duration, cfg.Store, cfg.DataDir, cfg.Budget = *hung, *flip, *duration, *store, *dataDir, *budget
 	cfg.Notifiers = *notifiers
+	cfg.Serve, cfg.APIClients, cfg.APIMix, cfg.Hog, cfg.RawFor = *serveMode, *apiClients, *apiMix, *hogShare, *rawFor
 	cfg.Condition = *cond
 	log, err := newLogger(*level, "json", stderr)
 	if err != nil {

@@ -39,11 +39,13 @@ func TestConditionDecidesHealth(t *testing.T) {
 	} {
 		t.Run(string(tc.want), func(t *testing.T) {
 			cfg := Config{Instances: 20, Type: "http", Interval: time.Second, Timeout: 500 * time.Millisecond, StartPeriod: 0,
-				Duration: time.Second, Store: "memory", Workers: 4, Condition: tc.condition}
+				Duration: time.Second, Store: "memory", Workers: 4, Condition: tc.condition, Binary: vigilBinary(t)}
 			require.NoError(t, cfg.Validate())
-			f, err := startFleet(cfg)
+			tp, first, err := startProc(cfg, childOf(roleTargets, cfg))
 			require.NoError(t, err)
-			defer f.close()
+			defer tp.close()
+			f := newFleet(cfg)
+			f.ports = *first.Ports
 			s, err := actors.New(context.Background())
 			require.NoError(t, err)
 			defer func() { require.NoError(t, s.Close(context.Background())) }()

@@ -1,7 +1,7 @@
 package loadtest
 
 import (
-	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -38,7 +38,7 @@ type NodesConfig struct {
 	Queries   int           // fleet summaries and fleet pages, each
 	Moves     int
 	Kills     int
-	Binary    string // the vigil binary
+	Binary    string // the vigil binary (its loadtest-targets command serves the targets)
 	Etcd      string // the etcd binary
 	Progress  io.Writer
 }
@@ -71,14 +71,18 @@ type NodesReport struct {
 	EtcdCPUPercent    float64 `json:"etcd_cpu_percent"`
 }
 
-// benchProc is one process of the benchmark.
+// benchProc is one `vigil serve` process of a benchmark.
 type benchProc struct {
 	name, ip, dir, api string
 	peerPort           int
 	args               []string
-	cmd                *exec.Cmd
-	done               chan struct{}
-	c                  *client.Client
+	// quiet runs it at --log-level warn, its lines copied to this stderr,
+	// on a port chosen here (at info it logs every transition)
+	quiet   bool
+	clients int // connections the client keeps open (0: 32)
+	cmd     *exec.Cmd
+	done    <-chan struct{}
+	c       *client.Client
 }
 
 func freePort(ip string) (int, error) {
@@ -90,57 +94,84 @@ func freePort(ip string) (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-// start runs the process and waits until it serves and is ready.
+// start runs the process and waits until it serves and is ready. It dies
+// with the load test (launch).
 func (p *benchProc) start(ctx context.Context, bin string) error {
 	listen := p.ip + ":0"
 	if p.api != "" {
 		listen = p.api
 	}
-	args := append([]string{"serve", "--listen", listen, "--data-dir", p.dir, "--log-level", "info"}, p.args...)
+	level := "info"
+	if p.quiet {
+		level = "warn"
+		if p.api == "" {
+			port, err := freePort(p.ip)
+			if err != nil {
+				return err
+			}
+			listen = net.JoinHostPort(p.ip, strconv.Itoa(port))
+		}
+	}
+	args := append([]string{"serve", "--listen", listen, "--data-dir", p.dir, "--log-level", level}, p.args...)
 	p.cmd = exec.Command(bin, args...)
-	stderr, err := p.cmd.StderrPipe()
+	addr := make(chan string, 1)
+	prefix := []byte(p.name + ": ")
+	p.cmd.Stderr = &lineWriter{fn: func(line []byte) {
+		if p.quiet {
+			_, _ = os.Stderr.Write(append(append(append([]byte(nil), prefix...), line...), '\n'))
+			return
+		}
+		if !bytes.Contains(line, []byte(`"serving"`)) {
+			return
+		}
+		var l struct{ Listen string }
+		if json.Unmarshal(line, &l) == nil {
+			select {
+			case addr <- l.Listen:
+			default:
+			}
+		}
+	}}
+	done, err := launch(p.cmd)
 	if err != nil {
 		return err
 	}
-	if err := p.cmd.Start(); err != nil {
-		return err
-	}
-	p.done = make(chan struct{})
-	addr := make(chan string, 1)
-	cmd := p.cmd
-	go func() {
-		defer close(p.done)
-		sc := bufio.NewScanner(stderr)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		for sc.Scan() {
-			if !strings.Contains(sc.Text(), `"serving"`) {
-				continue
-			}
-			var line struct{ Listen string }
-			if json.Unmarshal(sc.Bytes(), &line) == nil {
-				select {
-				case addr <- line.Listen:
-				default:
-				}
-			}
+	p.done = done
+	if p.quiet {
+		p.api = listen
+	} else {
+		select {
+		case p.api = <-addr:
+		case <-p.done:
+			return fmt.Errorf("%s exited before serving", p.name)
+		case <-time.After(2 * time.Minute):
+			return fmt.Errorf("%s did not serve within 2 minutes", p.name)
+		case <-ctx.Done():
+			return ctx.Err()
 		}
-		_ = cmd.Wait()
-	}()
-	select {
-	case p.api = <-addr:
-	case <-p.done:
-		return fmt.Errorf("%s exited before serving", p.name)
-	case <-time.After(2 * time.Minute):
-		return fmt.Errorf("%s did not serve within 2 minutes", p.name)
-	case <-ctx.Done():
-		return ctx.Err()
 	}
-	if p.c, err = client.New(p.api); err != nil {
-		return err
+	// one kept-alive connection per registering worker: closing the surplus
+	// after each request would leave a TIME_WAIT port behind every one
+	conns := p.clients
+	if conns <= 0 {
+		conns = 32
 	}
-	for ctx.Err() == nil {
+	hc := &http.Client{Transport: &http.Transport{MaxIdleConns: conns, MaxIdleConnsPerHost: conns, IdleConnTimeout: time.Minute}}
+	var err2 error
+	if p.c, err2 = client.New(p.api, client.WithHTTP(hc)); err2 != nil {
+		return err2
+	}
+	for giveUp := time.Now().Add(2 * time.Minute); ctx.Err() == nil; {
 		if p.c.Ready(ctx) == nil {
 			return nil
+		}
+		select {
+		case <-p.done:
+			return fmt.Errorf("%s exited before it was ready", p.name)
+		default:
+		}
+		if time.Now().After(giveUp) {
+			return fmt.Errorf("%s was not ready within 2 minutes", p.name)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -148,9 +179,25 @@ func (p *benchProc) start(ctx context.Context, bin string) error {
 }
 
 func (p *benchProc) kill() {
-	if p.cmd != nil && p.cmd.Process != nil {
+	if p.cmd != nil && p.done != nil {
 		_ = p.cmd.Process.Signal(syscall.SIGKILL)
 		<-p.done
+	}
+}
+
+// term stops the process with SIGTERM and waits for it, killing it after
+// grace.
+func (p *benchProc) term(grace time.Duration) error {
+	if p.cmd == nil || p.done == nil {
+		return nil
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+		return nil
+	case <-time.After(grace):
+		p.kill()
+		return fmt.Errorf("%s did not stop within %s of SIGTERM", p.name, grace)
 	}
 }
 
@@ -216,12 +263,15 @@ func RunNodes(ctx context.Context, cfg NodesConfig) (*NodesReport, error) {
 	if err := lt.Validate(); err != nil {
 		return nil, err
 	}
-	f, err := startFleet(lt)
+	lt.Binary = cfg.Binary
+	tp, first, err := startProc(lt, childOf(roleTargets, lt))
 	if err != nil {
 		return nil, err
 	}
-	defer f.close()
-	if err := f.setDown(true); err != nil { // the flipping targets refuse throughout
+	defer tp.close()
+	f := newFleet(lt)
+	f.ports = *first.Ports
+	if _, err := tp.call(request{Cmd: "down", Down: true}); err != nil { // the flipping targets refuse throughout
 		return nil, err
 	}
 	root, err := os.MkdirTemp("", "vigil-fleet-bench")
@@ -244,10 +294,11 @@ func RunNodes(ctx context.Context, cfg NodesConfig) (*NodesReport, error) {
 	etcd := exec.Command(etcdBin, "--data-dir", filepath.Join(root, "etcd"), "--listen-client-urls", etcdURL,
 		"--advertise-client-urls", etcdURL, "--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL,
 		"--initial-cluster", "default="+peerURL, "--quota-backend-bytes", strconv.Itoa(4<<30))
-	if err := etcd.Start(); err != nil {
+	etcdDone, err := launch(etcd)
+	if err != nil {
 		return nil, err
 	}
-	defer func() { _ = etcd.Process.Kill(); _ = etcd.Wait() }()
+	defer func() { _ = etcd.Process.Kill(); <-etcdDone }()
 	for i := 0; ; i++ {
 		resp, err := http.Get(etcdURL + "/health")
 		if err == nil {
@@ -293,7 +344,7 @@ func RunNodes(ctx context.Context, cfg NodesConfig) (*NodesReport, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errc <- registerRange(ctx, p.c, f, lt, k*cfg.PerNode, (k+1)*cfg.PerNode)
+			errc <- registerRange(ctx, p.c, f, lt, k*cfg.PerNode, (k+1)*cfg.PerNode, 32)
 		}()
 	}
 	wg.Wait()
@@ -470,13 +521,14 @@ sampling:
 	return rep, nil
 }
 
-// registerRange registers instances [from, to) with one node, 32 at a time.
-func registerRange(ctx context.Context, c *client.Client, f *fleet, cfg Config, from, to int) error {
+// registerRange registers instances [from, to) with one node, workers at a
+// time.
+func registerRange(ctx context.Context, c *client.Client, f *fleet, cfg Config, from, to, workers int) error {
 	ids := make(chan int)
 	var wg sync.WaitGroup
 	var first error
 	var once sync.Once
-	for range 32 {
+	for range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -2,79 +2,80 @@ package loadtest
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
-	"sync/atomic"
-	"time"
+
+	"github.com/rs/zerolog"
 
 	"github.com/vigilhq/vigil/act"
 	"github.com/vigilhq/vigil/actors"
+	"github.com/vigilhq/vigil/client"
 )
 
-// deliveries is what the live receivers saw: each event's lag from its
-// transition to its arrival.
-type deliveries struct {
-	lag      hist
-	n        atomic.Uint64
-	counting atomic.Bool
-}
+// The notifiers of --notifiers deliver the event log to the live receivers
+// the target process serves (which time each delivery), and one to a port
+// nobody listens on (its retries go on all run long): the process under
+// test pays for its side of each delivery only.
 
-// startNotifiers delivers the scheduler's log to cfg.Notifiers notifiers:
-// one to a port nobody listens on (its retries go on all run long), the
-// others to receivers in this process.
-func startNotifiers(s *actors.Scheduler, kv act.KV, cfg Config) (*deliveries, func(), error) {
-	d := &deliveries{}
-	var stops []func()
-	stop := func() {
-		for i := len(stops) - 1; i >= 0; i-- {
-			stops[i]()
-		}
-	}
-	ns, err := act.NewNotifiers(kv, s, "loadtest", cfg.Log)
-	if err != nil {
-		return nil, nil, err
-	}
-	stops = append(stops, ns.Close)
+// deadURL is the address of a receiver that is down: a port just closed.
+func deadURL() (string, error) {
 	dead, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		stop()
-		return nil, nil, err
+		return "", err
 	}
-	deadURL := "http://" + dead.Addr().String() + "/"
-	_ = dead.Close()
-	if _, _, err := ns.Put(context.Background(), "down", act.NotifierSpec{URL: deadURL}); err != nil {
-		stop()
-		return nil, nil, err
+	defer dead.Close()
+	return "http://" + dead.Addr().String() + "/", nil
+}
+
+// startNotifiers runs the embedded scheduler's notifiers.
+func startNotifiers(s *actors.Scheduler, kv act.KV, receivers []string, log zerolog.Logger) (func(), error) {
+	ns, err := act.NewNotifiers(kv, s, "loadtest", log)
+	if err != nil {
+		return nil, err
 	}
-	for i := 1; i < cfg.Notifiers; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			stop()
-			return nil, nil, err
-		}
-		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			body, _ := io.ReadAll(io.LimitReader(r.Body, 64<<10))
-			var ce struct {
-				Data struct {
-					At time.Time `json:"at"`
-				} `json:"data"`
-			}
-			if json.Unmarshal(body, &ce) == nil && !ce.Data.At.IsZero() && d.counting.Load() {
-				d.lag.add(time.Since(ce.Data.At))
-				d.n.Add(1)
-			}
-			w.WriteHeader(http.StatusNoContent)
-		})}
-		go func() { _ = srv.Serve(l) }()
-		stops = append(stops, func() { _ = srv.Close() })
-		if _, _, err := ns.Put(context.Background(), fmt.Sprintf("live-%d", i),
-			act.NotifierSpec{URL: "http://" + l.Addr().String() + "/", Secret: "load"}); err != nil {
-			stop()
-			return nil, nil, err
+	down, err := deadURL()
+	if err != nil {
+		ns.Close()
+		return nil, err
+	}
+	if _, _, err := ns.Put(context.Background(), "down", act.NotifierSpec{URL: down}); err != nil {
+		ns.Close()
+		return nil, err
+	}
+	for i, u := range receivers {
+		if _, _, err := ns.Put(context.Background(), fmt.Sprintf("live-%d", i+1), act.NotifierSpec{URL: u, Secret: "load"}); err != nil {
+			ns.Close()
+			return nil, err
 		}
 	}
-	return d, stop, nil
+	return ns.Close, nil
+}
+
+// putNotifiers registers the same notifiers with a vigil serve over its
+// API; stop deletes them.
+func putNotifiers(ctx context.Context, c *client.Client, receivers []string) (func(), error) {
+	down, err := deadURL()
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	stop := func() {
+		for _, n := range names {
+			_ = c.DeleteNotifier(context.Background(), n)
+		}
+	}
+	if _, _, err := c.PutNotifier(ctx, "down", client.NotifierInput{Url: down}); err != nil {
+		return nil, err
+	}
+	names = append(names, "down")
+	secret := "load"
+	for i, u := range receivers {
+		name := fmt.Sprintf("live-%d", i+1)
+		if _, _, err := c.PutNotifier(ctx, name, client.NotifierInput{Url: u, Secret: &secret}); err != nil {
+			stop()
+			return nil, err
+		}
+		names = append(names, name)
+	}
+	return stop, nil
 }

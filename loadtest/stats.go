@@ -59,15 +59,30 @@ func (h *hist) quantile(q float64) float64 {
 	if n == 0 {
 		return 0
 	}
-	rank := uint64(math.Ceil(q * float64(n)))
+	return h.rankMS(max(uint64(math.Ceil(q*float64(n))), 1))
+}
+
+// rankMS returns the rank-th smallest value (from 1) in milliseconds: the
+// low end of its bucket.
+func (h *hist) rankMS(rank uint64) float64 {
 	var seen uint64
 	for b := range h.counts {
 		seen += h.counts[b].Load()
-		if seen >= max(rank, 1) {
+		if seen >= rank {
 			return float64(bucketLow(b)) / 1000
 		}
 	}
 	return h.maxMS()
+}
+
+// minMS is the low end of the lowest bucket in use, in milliseconds.
+func (h *hist) minMS() float64 {
+	for b := range h.counts {
+		if h.counts[b].Load() > 0 {
+			return float64(bucketLow(b)) / 1000
+		}
+	}
+	return 0
 }
 
 func (h *hist) maxMS() float64 { return float64(h.max.Load()) / float64(time.Millisecond) }
@@ -98,25 +113,49 @@ func rss() int64 {
 	return 0
 }
 
-// listenOverflows is the network namespace's count of handshakes dropped
+// listenCounters are the network namespace's counts of handshakes dropped
 // because a listening socket's accept queue was full (TcpExt
-// ListenOverflows), or -1 where it cannot be read. It counts every listener
-// of the namespace, not only the load test's.
-func listenOverflows() int64 {
+// ListenOverflows) and of all handshakes its listening sockets dropped
+// (ListenDrops, overflows included), each -1 where it cannot be read. They
+// count every listener of the namespace, not only the load test's.
+func listenCounters() (overflows, drops int64) {
+	overflows, drops = -1, -1
 	p, err := procfs.Self()
 	if err != nil {
-		return -1
+		return
 	}
 	ns, err := p.Netstat()
-	if err != nil || ns.ListenOverflows == nil {
-		return -1
+	if err != nil {
+		return
 	}
-	return int64(*ns.ListenOverflows)
+	if ns.ListenOverflows != nil {
+		overflows = int64(*ns.ListenOverflows)
+	}
+	if ns.ListenDrops != nil {
+		drops = int64(*ns.ListenDrops)
+	}
+	return
+}
+
+// listenOverflows is the namespace's TcpExt ListenOverflows (-1 where
+// unreadable).
+func listenOverflows() int64 {
+	o, _ := listenCounters()
+	return o
 }
 
 // overflowsSince is the count of overflows since before (-1 if unknown).
 func overflowsSince(before int64) int64 {
-	now := listenOverflows()
+	return since(before, listenOverflows())
+}
+
+// countersSince is what listenCounters counted since overflows and drops.
+func countersSince(overflows, drops int64) (int64, int64) {
+	o, d := listenCounters()
+	return since(overflows, o), since(drops, d)
+}
+
+func since(before, now int64) int64 {
 	if before < 0 || now < 0 {
 		return -1
 	}

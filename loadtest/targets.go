@@ -1,17 +1,21 @@
 package loadtest
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
@@ -24,189 +28,136 @@ import (
 	"github.com/vigilhq/vigil/probes/vsock/vsocktest"
 )
 
-// MaxInstances is how many 127.x.y.z addresses the fleet hands out.
-const MaxInstances = 1 << 20
+// targets is the fleet's targets, served in the target process (`vigil
+// loadtest-targets`), apart from the process under test: one listener per
+// port on 0.0.0.0 that tells instances apart by the destination address a
+// connection came to (each instance has its own 127.x.y.z), and records
+// each arrival in the instance's slot.
+type targets struct {
+	f    *fleet
+	rec  *arrivals
+	down atomic.Bool // flipping targets answer unhealthy
 
-// addrOf is instance i's own loopback address: 127.(16+i>>16).(i>>8).(i).
-func addrOf(i int) string {
-	return netip.AddrFrom4([4]byte{127, byte(16 + i>>16), byte(i >> 8), byte(i)}).String()
-}
-
-// indexOf maps a destination address back to its instance (-1 if none).
-func indexOf(a net.Addr, n int) int {
-	var ip netip.Addr
-	switch v := a.(type) {
-	case *net.TCPAddr:
-		ip, _ = netip.AddrFromSlice(v.IP)
-	default:
-		return -1
-	}
-	b := ip.Unmap().As4()
-	if b[0] != 127 || b[1] < 16 {
-		return -1
-	}
-	i := int(b[1]-16)<<16 | int(b[2])<<8 | int(b[3])
-	if i >= n {
-		return -1
-	}
-	return i
-}
-
-// fleet is the synthetic targets: one listener per port on 0.0.0.0 that
-// tells instances apart by destination address.
-type fleet struct {
-	n     int
-	ids   string // every instance's id, end to end (fleet.id)
-	types []health.Type
-	hung  []bool
-	flips []bool
-	down  atomic.Bool // flipping targets answer unhealthy
-
-	tcpPort, tcpFlipPort, httpPort, grpcPort int
-	acceptor                                 *acceptor
-	tcpFlip                                  *target
-	flipMu                                   sync.Mutex
+	flipMu  sync.Mutex
+	tcpFlip *tcpTarget // nil while down
 
 	dir       string
-	agent     *exec.Cmd
 	mux       *vsocktest.Muxer
-	downFile  string
+	receivers []string // URLs of the live notifier receivers
+	notified  deliveries
 	stopFuncs []func()
 }
 
-func (f *fleet) close() {
-	for i := len(f.stopFuncs) - 1; i >= 0; i-- {
-		f.stopFuncs[i]()
+func (t *targets) close() {
+	for i := len(t.stopFuncs) - 1; i >= 0; i-- {
+		t.stopFuncs[i]()
 	}
 }
 
-func startFleet(cfg Config) (_ *fleet, err error) {
-	f := &fleet{n: cfg.Instances, ids: makeIDs(cfg.Instances), types: make([]health.Type, cfg.Instances),
-		hung: make([]bool, cfg.Instances), flips: make([]bool, cfg.Instances)}
+// startTargets serves the targets of cfg's fleet and, when cfg.Notifiers
+// is above 1, that many live notifier receivers less one.
+func startTargets(cfg Config) (_ *targets, err error) {
+	t := &targets{f: newFleet(cfg)}
+	t.rec = newArrivals(t.f, cfg.Interval)
 	defer func() {
 		if err != nil {
-			f.close()
+			t.close()
 		}
 	}()
-	kinds := []health.Type{health.Type(cfg.Type)}
-	if cfg.Type == "mixed" {
-		kinds = []health.Type{health.TypeTCP, health.TypeHTTP, health.TypeGRPC}
-	}
 	need := map[health.Type]bool{}
-	hungEvery, flipEvery := every(cfg.Hung), every(cfg.Flip)
-	for i := range f.n {
-		f.types[i] = kinds[i%len(kinds)]
-		need[f.types[i]] = true
-		// spread the hung and flipping instances evenly; never both
-		f.hung[i] = hungEvery > 0 && i%hungEvery == hungEvery/2
-		f.flips[i] = !f.hung[i] && flipEvery > 0 && i%flipEvery == flipEvery/3
+	for _, k := range t.f.kinds(cfg.Type) {
+		need[k] = true
 	}
+	p := &t.f.ports
 	if need[health.TypeTCP] {
-		if err = f.startTCP(); err != nil {
+		main, err := serveTCP(t.rec, t.f.n, 0)
+		if err != nil {
 			return nil, err
 		}
+		t.stopFuncs = append(t.stopFuncs, main.close)
+		if t.tcpFlip, err = serveTCP(t.rec, t.f.n, 0); err != nil {
+			return nil, err
+		}
+		p.TCP, p.TCPFlip = main.port, t.tcpFlip.port
+		t.stopFuncs = append(t.stopFuncs, func() {
+			t.flipMu.Lock()
+			defer t.flipMu.Unlock()
+			if t.tcpFlip != nil {
+				t.tcpFlip.close()
+			}
+		})
 	}
 	if need[health.TypeHTTP] {
-		if f.httpPort, err = f.serveHTTP(); err != nil {
+		if p.HTTP, err = t.serveHTTP(); err != nil {
 			return nil, err
 		}
 	}
 	if need[health.TypeGRPC] {
-		if f.grpcPort, err = f.serveGRPC(); err != nil {
+		if p.GRPC, err = t.serveGRPC(); err != nil {
 			return nil, err
 		}
 	}
 	if need[health.TypeExec] {
-		if err = f.startAgent(cfg); err != nil {
+		if err = t.startAgent(cfg); err != nil {
 			return nil, err
 		}
 	}
-	return f, nil
-}
-
-// every turns a fraction into "one instance in k" (0 when none).
-func every(frac float64) int {
-	if frac <= 0 {
-		return 0
-	}
-	return max(1, int(1/frac+0.5))
-}
-
-// startTCP opens the healthy TCP target and the flipping one, which closes
-// while the fleet is down so its instances see refusals. One loop drains
-// both.
-func (f *fleet) startTCP() error {
-	f.acceptor = startAcceptor()
-	f.stopFuncs = append(f.stopFuncs, f.acceptor.close)
-	main, err := f.acceptor.serve(0)
-	if err != nil {
-		return err
-	}
-	f.stopFuncs = append(f.stopFuncs, main.close)
-	flip, err := f.acceptor.serve(0)
-	if err != nil {
-		return err
-	}
-	f.tcpPort, f.tcpFlipPort, f.tcpFlip = main.port, flip.port, flip
-	f.stopFuncs = append(f.stopFuncs, func() {
-		f.flipMu.Lock()
-		defer f.flipMu.Unlock()
-		if f.tcpFlip != nil {
-			f.tcpFlip.close()
+	for range cfg.Notifiers - 1 {
+		u, err := t.serveReceiver()
+		if err != nil {
+			return nil, err
 		}
-	})
-	return nil
+		t.receivers = append(t.receivers, u)
+	}
+	return t, nil
 }
 
-// acceptShards is how many SO_REUSEPORT listeners share a target port: the
-// kernel spreads connections over their accept queues (4096 each), so a
-// burst of probes (up to the budget, 1024, at once) never overflows one
-// while the loop gathers a batch (an overflow drops the SYN and the probe
-// waits a 1 s retransmit).
+func (t *targets) begin() {
+	t.notified.counting.Store(true)
+	t.rec.begin()
+}
+
+func (t *targets) end() TargetReport {
+	t.notified.counting.Store(false)
+	r := t.rec.end()
+	r.NotifierArrivals = t.notified.n.Load()
+	r.NotifierP50MS, r.NotifierP99MS, r.NotifierMaxMS = t.notified.lag.quantile(0.5), t.notified.lag.quantile(0.99), t.notified.lag.maxMS()
+	return r
+}
+
+// acceptShards is how many SO_REUSEPORT listeners share a TCP target port:
+// the kernel spreads connections over their accept queues (4096 each), so
+// a burst of probes (up to the budget, 1024, at once) never overflows one
+// (an overflow drops the SYN and the probe waits a 1 s retransmit).
 const acceptShards = 4
 
-// acceptBatch is how often the accept loop drains the sockets: at 10 000
-// connections a second, about 125 a batch per shard (at the raw loop's
-// 74 000 a second, ≈ 925 of 4096), and 20 wake-ups a second instead of ten
-// thousand.
-const acceptBatch = 50 * time.Millisecond
-
-// acceptor serves a fleet's TCP targets: listening sockets made and served
-// with raw system calls. A target in the same process as the scheduler must
-// cost that process no more than the kernel's side of a connection, as a
-// target in a guest would: no garbage (a net.Conn and two addresses per
-// connection), and no wake-up per connection — the sockets are not on the
-// runtime's poller (its epoll would wake an idle thread for every
-// handshake, and make every scheduling round poll); one goroutine drains
-// them all on a ticker (each wake-up of an idle process costs the runtime a
-// thread's wake and sleep).
-type acceptor struct {
-	mu      sync.Mutex
-	targets map[*target]struct{}
-	stop    chan struct{}
-	done    chan struct{}
+// tcpTarget is one TCP port on 0.0.0.0 that accepts and closes, served by
+// acceptShards listening sockets made with raw system calls. Each is on the
+// runtime's poller and drained by its own goroutine as soon as a
+// connection is queued, so that an arrival is recorded when it happens:
+// accept4, getsockname (the destination address says which instance) and
+// close, all non-blocking raw calls, into a buffer the goroutine owns —
+// nothing allocated per connection.
+type tcpTarget struct {
+	rec   *arrivals
+	n     int
+	port  int
+	files []*os.File
+	wg    sync.WaitGroup
 }
 
-// target is one port on 0.0.0.0 served by acceptShards SO_REUSEPORT
-// listening sockets.
-type target struct {
-	a    *acceptor
-	fds  []int
-	port int
+// sockname is a shard's buffer for getsockname.
+type sockname struct {
+	sa  unix.RawSockaddrInet4
+	len uint32
 }
 
-func startAcceptor() *acceptor {
-	a := &acceptor{targets: map[*target]struct{}{}, stop: make(chan struct{}), done: make(chan struct{})}
-	go a.run()
-	return a
-}
-
-// serve opens a TCP target on port (0: a free one) that accepts and closes.
-func (a *acceptor) serve(port int) (_ *target, err error) {
-	t := &target{a: a, port: port}
+// serveTCP opens a TCP target on port (0: a free one).
+func serveTCP(rec *arrivals, n, port int) (_ *tcpTarget, err error) {
+	t := &tcpTarget{rec: rec, n: n, port: port}
 	defer func() {
 		if err != nil {
-			closeAll(t.fds)
+			t.close()
 		}
 	}()
 	for range acceptShards {
@@ -214,7 +165,8 @@ func (a *acceptor) serve(port int) (_ *target, err error) {
 		if err != nil {
 			return nil, os.NewSyscallError("socket", err)
 		}
-		t.fds = append(t.fds, fd)
+		file := os.NewFile(uintptr(fd), "tcp-target") // non-blocking: on the poller
+		t.files = append(t.files, file)
 		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
 			return nil, os.NewSyscallError("setsockopt", err)
 		}
@@ -231,72 +183,51 @@ func (a *acceptor) serve(port int) (_ *target, err error) {
 			}
 			t.port = sa.(*unix.SockaddrInet4).Port
 		}
+		rc, err := file.SyscallConn()
+		if err != nil {
+			return nil, err
+		}
+		t.wg.Add(1)
+		go func() {
+			defer t.wg.Done()
+			buf := &sockname{}
+			// Read calls drain each time the socket turns readable, until
+			// the file is closed
+			_ = rc.Read(func(fd uintptr) bool {
+				t.drain(int(fd), buf)
+				return false
+			})
+		}()
 	}
-	a.mu.Lock()
-	a.targets[t] = struct{}{}
-	a.mu.Unlock()
 	return t, nil
 }
 
 // close stops serving t and closes its listening sockets (connections still
 // queued are reset).
-func (t *target) close() {
-	a := t.a
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if _, ok := a.targets[t]; ok {
-		delete(a.targets, t)
-		closeAll(t.fds)
+func (t *tcpTarget) close() {
+	for _, f := range t.files {
+		_ = f.Close()
 	}
+	t.wg.Wait()
 }
 
-// close stops the loop; the targets still open are closed by their own
-// close.
-func (a *acceptor) close() {
-	select {
-	case <-a.stop:
-	default:
-		close(a.stop)
-	}
-	<-a.done
-}
-
-func (a *acceptor) run() {
-	defer close(a.done)
-	tick := time.NewTicker(acceptBatch)
-	defer tick.Stop()
-	for {
-		select {
-		case <-a.stop:
-			return
-		case <-tick.C:
-		}
-		a.mu.Lock()
-		for t := range a.targets {
-			for _, fd := range t.fds {
-				drainAccepts(fd)
-			}
-		}
-		a.mu.Unlock()
-	}
-}
-
-func closeAll(fds []int) {
-	for _, fd := range fds {
-		_ = unix.Close(fd)
-	}
-}
-
-// drainAccepts accepts and closes what is queued on the listening socket fd.
-// Neither call blocks (the socket is non-blocking; the accepted connection
-// was reset by the prober, or closing it sends one): raw calls keep the
-// runtime's monitor from handing the thread's processor off meanwhile.
-func drainAccepts(fd int) {
+// drain accepts, attributes and closes what is queued on the listening
+// socket fd, until it is empty. Neither call blocks (the socket is
+// non-blocking; the accepted connection was reset by the prober, or closing
+// it sends one).
+func (t *tcpTarget) drain(fd int, b *sockname) {
 	for {
 		nfd, _, errno := unix.RawSyscall6(unix.SYS_ACCEPT4, uintptr(fd), 0, 0, unix.SOCK_CLOEXEC, 0, 0)
 		switch errno {
 		case 0:
+			b.len = unix.SizeofSockaddrInet4
+			_, _, e := unix.RawSyscall(unix.SYS_GETSOCKNAME, nfd, uintptr(unsafe.Pointer(&b.sa)), uintptr(unsafe.Pointer(&b.len)))
 			_, _, _ = unix.RawSyscall(unix.SYS_CLOSE, nfd, 0, 0)
+			i := -1
+			if e == 0 && b.sa.Family == unix.AF_INET {
+				i = indexOf4(b.sa.Addr, t.n)
+			}
+			t.rec.arrive(i)
 		case unix.EINTR, unix.ECONNABORTED:
 		default: // EAGAIN: drained
 			return
@@ -304,127 +235,184 @@ func drainAccepts(fd int) {
 	}
 }
 
-// setDown flips the flipping targets.
-func (f *fleet) setDown(down bool) error {
-	f.down.Store(down)
-	if f.downFile != "" {
+// setDown flips the flipping targets: TCP's closes its port (refusals) and
+// reopens it, HTTP's and gRPC's answer unhealthy, exec's command fails.
+func (t *targets) setDown(down bool) error {
+	t.down.Store(down)
+	if p := t.f.ports.DownFile; p != "" {
 		if down {
-			if err := os.WriteFile(f.downFile, nil, 0o644); err != nil {
+			if err := os.WriteFile(p, nil, 0o644); err != nil {
 				return err
 			}
-		} else if err := os.Remove(f.downFile); err != nil && !os.IsNotExist(err) {
+		} else if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
 			return err
 		}
 	}
-	if f.tcpFlipPort == 0 {
+	if t.f.ports.TCPFlip == 0 {
 		return nil
 	}
-	f.flipMu.Lock()
-	defer f.flipMu.Unlock()
+	t.flipMu.Lock()
+	defer t.flipMu.Unlock()
 	if down {
-		if f.tcpFlip != nil {
-			f.tcpFlip.close()
-			f.tcpFlip = nil
+		if t.tcpFlip != nil {
+			t.tcpFlip.close()
+			t.tcpFlip = nil
 		}
 		return nil
 	}
-	ls, err := f.acceptor.serve(f.tcpFlipPort)
+	if t.tcpFlip != nil {
+		return nil
+	}
+	ls, err := serveTCP(t.rec, t.f.n, t.f.ports.TCPFlip)
 	if err != nil {
 		return fmt.Errorf("reopen the flipping tcp target: %w", err)
 	}
-	f.tcpFlip = ls
+	t.tcpFlip = ls
 	return nil
 }
 
-// unhealthyNow reports whether instance i's target answers unhealthy.
-func (f *fleet) unhealthyNow(i int) bool { return f.flips[i] && f.down.Load() }
+// The HTTP target's answers: the probe reads the status and an empty body.
+var (
+	http200 = []byte("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+	http503 = []byte("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+	http404 = []byte("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+	endOfHd = []byte("\r\n\r\n")
+)
 
-func (f *fleet) serveHTTP() (int, error) {
+// requestBufs hold a request's head while it is read.
+var requestBufs = sync.Pool{New: func() any { b := make([]byte, 4096); return &b }}
+
+// serveHTTP serves the HTTP targets: a bare HTTP/1.1 responder, not
+// net/http, so that the target process costs as little as a connection
+// does (net/http spends ≈ 60 µs a request here on what a probe never
+// reads). A request arrives when its head is read.
+func (t *targets) serveHTTP() (int, error) {
 	l, err := listen("0.0.0.0:0")
 	if err != nil {
 		return 0, err
 	}
-	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		la, _ := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
-		i := indexOf(la, f.n)
-		switch {
-		case i < 0:
-			w.WriteHeader(http.StatusNotFound)
-		case f.hung[i]:
-			<-r.Context().Done() // accept, never answer
-		case f.unhealthyNow(i):
-			w.WriteHeader(http.StatusServiceUnavailable)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				if errors.Is(err, net.ErrClosed) {
+					return
+				}
+				time.Sleep(5 * time.Millisecond) // out of descriptors: let some close
+				continue
+			}
+			go t.answerHTTP(c)
 		}
-	})}
-	srv.SetKeepAlivesEnabled(false)
-	go func() { _ = srv.Serve(l) }()
-	f.stopFuncs = append(f.stopFuncs, func() { _ = srv.Close() })
+	}()
+	t.stopFuncs = append(t.stopFuncs, func() { _ = l.Close(); wg.Wait() })
 	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// hungFor bounds how long a hung target holds a connection the prober
+// never closes.
+const hungFor = 10 * time.Minute
+
+func (t *targets) answerHTTP(c net.Conn) {
+	defer c.Close()
+	i := indexOf(c.LocalAddr(), t.f.n)
+	bp := requestBufs.Get().(*[]byte)
+	defer requestBufs.Put(bp)
+	buf := *bp
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for n := 0; ; {
+		m, err := c.Read(buf[n:])
+		from := max(n-len(endOfHd)+1, 0)
+		n += m
+		if bytes.Contains(buf[from:n], endOfHd) {
+			break
+		}
+		if err != nil || n == len(buf) {
+			return // closed, or a head no prober sends
+		}
+	}
+	t.rec.arrive(i)
+	switch {
+	case i < 0:
+		_, _ = c.Write(http404)
+	case t.f.hung[i]:
+		// accept, never answer: hold the connection until the prober gives up
+		_ = c.SetReadDeadline(time.Now().Add(hungFor))
+		for {
+			if _, err := c.Read(buf); err != nil {
+				return
+			}
+		}
+	case t.f.flips[i] && t.down.Load():
+		_, _ = c.Write(http503)
+	default:
+		_, _ = c.Write(http200)
+	}
 }
 
 // healthTarget answers grpc.health.v1 per destination address.
 type healthTarget struct {
 	healthpb.UnimplementedHealthServer
-	f *fleet
+	t *targets
 }
 
 func (h healthTarget) Check(ctx context.Context, _ *healthpb.HealthCheckRequest) (*healthpb.HealthCheckResponse, error) {
 	p, ok := peer.FromContext(ctx)
 	i := -1
 	if ok {
-		i = indexOf(p.LocalAddr, h.f.n)
+		i = indexOf(p.LocalAddr, h.t.f.n)
 	}
+	h.t.rec.arrive(i)
 	switch {
 	case i < 0:
 		return nil, status.Error(codes.NotFound, "unknown instance")
-	case h.f.hung[i]:
+	case h.t.f.hung[i]:
 		<-ctx.Done()
 		return nil, ctx.Err()
-	case h.f.unhealthyNow(i):
+	case h.t.f.flips[i] && h.t.down.Load():
 		return &healthpb.HealthCheckResponse{Status: healthpb.HealthCheckResponse_NOT_SERVING}, nil
 	}
 	return &healthpb.HealthCheckResponse{Status: healthpb.HealthCheckResponse_SERVING}, nil
 }
 
-func (f *fleet) serveGRPC() (int, error) {
+func (t *targets) serveGRPC() (int, error) {
 	l, err := listen("0.0.0.0:0")
 	if err != nil {
 		return 0, err
 	}
 	g := grpc.NewServer()
-	healthpb.RegisterHealthServer(g, healthTarget{f: f})
+	healthpb.RegisterHealthServer(g, healthTarget{t: t})
 	go func() { _ = g.Serve(l) }()
-	f.stopFuncs = append(f.stopFuncs, g.Stop)
+	t.stopFuncs = append(t.stopFuncs, g.Stop)
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-// startAgent runs the real guest agent (this binary's `agent` command, or
-// cfg.AgentBinary) behind the hybrid-vsock test muxer.
-func (f *fleet) startAgent(cfg Config) error {
-	bin := cfg.AgentBinary
-	if bin == "" {
-		exe, err := os.Executable()
-		if err != nil {
-			return err
-		}
-		bin = exe
+// startAgent runs the real guest agent (the vigil binary's `agent` command)
+// behind the hybrid-vsock test muxer. Exec probes are not attributed to
+// instances: every instance's socket is the muxer's.
+func (t *targets) startAgent(cfg Config) error {
+	bin, err := cfg.binary()
+	if err != nil {
+		return err
 	}
 	dir, err := os.MkdirTemp("", "vigil-lt")
 	if err != nil {
 		return err
 	}
-	f.dir = dir
-	f.stopFuncs = append(f.stopFuncs, func() { _ = os.RemoveAll(dir) })
-	f.downFile = filepath.Join(dir, "down")
+	t.dir = dir
+	t.stopFuncs = append(t.stopFuncs, func() { _ = os.RemoveAll(dir) })
+	t.f.ports.DownFile = filepath.Join(dir, "down")
 	sock, ready := filepath.Join(dir, "agent.sock"), filepath.Join(dir, "ready")
 	cmd := exec.Command(bin, "agent", "--listen", "unix://"+sock, "--ready-file", ready,
 		"--max-concurrent", "1024", "--log-level", "warn")
 	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
+	done, err := launch(cmd)
+	if err != nil {
 		return fmt.Errorf("start the agent %s: %w", bin, err)
 	}
-	f.agent = cmd
-	f.stopFuncs = append(f.stopFuncs, func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	t.stopFuncs = append(t.stopFuncs, func() { _ = cmd.Process.Kill(); <-done })
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
 		if _, err := os.Stat(ready); err == nil {
 			break
@@ -433,45 +421,46 @@ func (f *fleet) startAgent(cfg Config) error {
 			return fmt.Errorf("the agent %s did not get ready within 10s", bin)
 		}
 	}
-	if f.mux, err = vsocktest.Start(dir, sock); err != nil {
+	if t.mux, err = vsocktest.Start(dir, sock); err != nil {
 		return err
 	}
-	f.stopFuncs = append(f.stopFuncs, f.mux.Close)
+	t.f.ports.Vsock = t.mux.Path
+	t.stopFuncs = append(t.stopFuncs, t.mux.Close)
 	return nil
 }
 
-// spec is instance i's registration.
-func (f *fleet) spec(i int, cfg Config) health.InstanceSpec {
-	p := &health.PolicySpec{Interval: cfg.Interval.String(), Timeout: cfg.Timeout.String()}
-	if cfg.StartPeriod >= 0 {
-		p.StartPeriod = cfg.StartPeriod.String()
+// deliveries is what the live notifier receivers saw in the window: each
+// event's lag from its transition to its arrival.
+type deliveries struct {
+	lag      hist
+	n        atomic.Uint64
+	counting atomic.Bool
+}
+
+// serveReceiver serves one live notifier receiver on 127.0.0.1 and returns
+// its URL.
+func (t *targets) serveReceiver() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
 	}
-	s := health.InstanceSpec{State: health.Running, HealthCheck: p}
-	switch f.types[i] {
-	case health.TypeTCP:
-		port := f.tcpPort
-		if f.flips[i] {
-			port = f.tcpFlipPort
+	d := &t.notified
+	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(io.LimitReader(r.Body, 64<<10))
+		var ce struct {
+			Data struct {
+				At time.Time `json:"at"`
+			} `json:"data"`
 		}
-		p.TCP = &health.TCPSpec{Port: port}
-	case health.TypeHTTP:
-		p.HTTP = &health.HTTPSpec{Port: f.httpPort, Path: "/healthz", Condition: cfg.Condition}
-	case health.TypeGRPC:
-		p.GRPC = &health.GRPCSpec{Port: f.grpcPort}
-	case health.TypeExec:
-		cmd := []string{"/bin/true"}
-		switch {
-		case f.hung[i]:
-			cmd = []string{"/bin/sleep", "3600"}
-		case f.flips[i]:
-			cmd = []string{"/bin/sh", "-c", "test ! -e " + f.downFile}
+		if json.Unmarshal(body, &ce) == nil && !ce.Data.At.IsZero() && d.counting.Load() {
+			d.lag.add(time.Since(ce.Data.At))
+			d.n.Add(1)
 		}
-		p.Exec = &health.ExecSpec{Command: cmd}
-		s.Vsock = &health.VsockSpec{Socket: f.mux.Path}
-		return s
-	}
-	s.Network = &health.Network{IP: addrOf(i)}
-	return s
+		w.WriteHeader(http.StatusNoContent)
+	})}
+	go func() { _ = srv.Serve(l) }()
+	t.stopFuncs = append(t.stopFuncs, func() { _ = srv.Close() })
+	return "http://" + l.Addr().String() + "/", nil
 }
 
 // listen opens a listener of the HTTP or gRPC target; accepted connections
