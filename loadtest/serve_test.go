@@ -28,6 +28,7 @@ func runBinary(t *testing.T, args ...string) *Report {
 	var stdout, stderr bytes.Buffer
 	cmd := exec.CommandContext(ctx, vigilBinary(t), append(append([]string{"loadtest"}, args...), "--json")...)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmd.Env = append(os.Environ(), "TMPDIR="+t.TempDir()) // vigil serve's data dir and the others, removed with the test
 	err := cmd.Run()
 	require.NoError(t, err, "stderr:\n%s", stderr.String())
 	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
@@ -114,6 +115,7 @@ func TestKilledLoadTestLeavesNoChild(t *testing.T) {
 	}
 	cmd := exec.Command(vigilBinary(t), "loadtest", "--serve", "--instances", "50", "--interval", "1s", "--timeout", "500ms",
 		"--start-period", "0", "--duration", "60s", "--raw-for", "200ms", "--hog", "0.05")
+	cmd.Env = append(os.Environ(), "TMPDIR="+t.TempDir()) // what the killed load test leaves goes with the test
 	stderr := &lockedBuffer{}
 	cmd.Stderr = stderr
 	require.NoError(t, cmd.Start())
