@@ -8,7 +8,7 @@ PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 OAPI_CODEGEN       := github.com/oapi-codegen/oapi-codegen/v2/cmd/oapi-codegen@v2.8.2
 TOOLS              := $(CURDIR)/bin/tools
 
-.PHONY: screenshots run build test check bench bench-persistence bench-scale bench-api bench-exec bench-smoke bench-fleet bench-fleet-nodes bench-notifiers bench-s bench-s-hog bench-tcp-100k bench-flood soak fmt vet tidy-check clean generate generate-client generate-proto generate-check tools
+.PHONY: screenshots run build test check bench bench-persistence bench-scale bench-api bench-exec bench-smoke bench-fleet bench-fleet-nodes bench-notifiers bench-s bench-s-hog bench-tcp-100k bench-flood soak fmt vet tidy-check clean generate generate-client generate-proto generate-check tools fuzz
 
 ## run: build and start `vigil serve` on 127.0.0.1:8484 with its data in ./vigil-data
 run: build
@@ -30,6 +30,13 @@ screenshots:
 
 ## check: formatting, module tidiness, generated code, then the tests
 check: tidy-check fmt-check generate-check test
+
+## fuzz: every fuzz target, one after another, for FUZZTIME each (default 10s) or
+## an equal share of FUZZBUDGET (seconds) each (.ci/fuzz); CI runs it with a
+## budget. The corpora under testdata/fuzz run as tests in make test.
+FUZZTIME ?= 10s
+fuzz:
+	FUZZTIME=$(FUZZTIME) FUZZBUDGET=$(FUZZBUDGET) ./.ci/fuzz
 
 ## tools: the pinned code generators, into bin/tools
 tools:
