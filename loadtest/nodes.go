@@ -521,32 +521,47 @@ sampling:
 	return rep, nil
 }
 
-// registerRange registers instances [from, to) with one node, workers at a
-// time.
+// registerRange registers instances [from, to) with one node in batches of
+// 500, workers requests at a time.
 func registerRange(ctx context.Context, c *client.Client, f *fleet, cfg Config, from, to, workers int) error {
-	ids := make(chan int)
+	const batch = 500 // items a request: a VM manager's batch registration
+	starts := make(chan int)
 	var wg sync.WaitGroup
 	var first error
 	var once sync.Once
+	fail := func(err error) { once.Do(func() { first = err }) }
 	for range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := range ids {
-				in, err := clientSpec(f.spec(i, cfg))
-				if err == nil {
-					_, _, err = c.Put(ctx, f.id(i), in)
+			items := make([]client.BatchItem, 0, batch)
+			for start := range starts {
+				items = items[:0]
+				for i := start; i < min(start+batch, to); i++ {
+					in, err := clientSpec(f.spec(i, cfg))
+					if err != nil {
+						fail(fmt.Errorf("register %s: %w", f.id(i), err))
+						return
+					}
+					items = append(items, client.BatchItem{ID: f.id(i), Instance: in})
 				}
+				results, err := c.PutBatch(ctx, items)
 				if err != nil {
-					once.Do(func() { first = fmt.Errorf("register %s: %w", f.id(i), err) })
+					fail(fmt.Errorf("register %s…: %w", items[0].ID, err))
+					continue
+				}
+				for _, r := range results {
+					if r.Err != nil {
+						fail(fmt.Errorf("register %s: %w", r.ID, r.Err))
+					}
 				}
 			}
 		}()
 	}
-	for i := from; i < to && ctx.Err() == nil; i++ {
-		ids <- i
+	for i := from; i < to && ctx.Err() == nil; i += batch {
+		starts <- i
 	}
-	close(ids)
+	close(starts)
 	wg.Wait()
 	return first
 }
