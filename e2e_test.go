@@ -60,10 +60,21 @@ func startVigil(t *testing.T, dataDir string) *proc {
 // startVigilWith starts vigil serve on a free loopback port with these flags.
 func startVigilWith(t *testing.T, dataDir string, flags ...string) *proc {
 	t.Helper()
+	return startVigilUnder(t, nil, dataDir, flags...)
+}
+
+// startVigilUnder is startVigilWith with the binary run by the command wrap
+// (unshare …, which runs the binary as its child), or directly when wrap is
+// empty.
+func startVigilUnder(t *testing.T, wrap []string, dataDir string, flags ...string) *proc {
+	t.Helper()
 	bin, err := vigilbin.Path()
 	require.NoError(t, err)
 	args := append([]string{"serve", "--listen", "127.0.0.1:0", "--data-dir", dataDir, "--log-level", "info"}, flags...)
 	cmd := exec.Command(bin, args...)
+	if len(wrap) > 0 {
+		cmd = exec.Command(wrap[0], append(append(wrap[1:len(wrap):len(wrap)], bin), args...)...)
+	}
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())

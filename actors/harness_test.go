@@ -61,7 +61,13 @@ type harness struct {
 
 func newHarness(t *testing.T, opts ...Option) *harness {
 	t.Helper()
-	h := &harness{t: t, clk: clock.NewFake(t0), store: NewMemoryStore(), rec: newRecorder()}
+	return newHarnessOn(t, clock.NewFake(t0), opts...)
+}
+
+// newHarnessOn is newHarness on the fake clock clk.
+func newHarnessOn(t *testing.T, clk *clock.Fake, opts ...Option) *harness {
+	t.Helper()
+	h := &harness{t: t, clk: clk, store: NewMemoryStore(), rec: newRecorder()}
 	all := append([]Option{WithClock(h.clk), WithStore(h.store), WithObserver(h.rec), withWaitFloor(time.Hour),
 		WithLogger(zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel))}, opts...)
 	s, err := New(context.Background(), all...)

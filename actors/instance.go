@@ -66,17 +66,19 @@ type instanceActor struct {
 	e *entry
 
 	// one timer for the actor's lifetime, reset to the earlier of the due
-	// probe and the due checkpoint
+	// probe and the due checkpoint; every due time is a reading of the
+	// monotonic clock, so a step of the wall clock moves none of them
 	timer      clock.Timer
-	timerAt    time.Time // when the timer fires; zero when it is stopped
-	due        time.Time // when the pending or running probe was due
-	ckptDue    time.Time
-	actDue     time.Time // a restart decision or the end of flapping is due
-	armed      bool      // a probe is scheduled at due
-	ckptArmed  bool      // a checkpoint is scheduled at ckptDue
-	actArmed   bool      // something is due at actDue
-	steady     bool      // the window has reached steady cadence once
-	dirty      bool      // state changed since the last snapshot
+	timerAt    time.Duration // when the timer fires, while timerOn
+	due        time.Duration // when the pending or running probe was due
+	ckptDue    time.Duration
+	actDue     time.Duration // a restart decision or the end of flapping is due
+	timerOn    bool          // the timer is set, for timerAt
+	armed      bool          // a probe is scheduled at due
+	ckptArmed  bool          // a checkpoint is scheduled at ckptDue
+	actArmed   bool          // something is due at actDue
+	steady     bool          // the window has reached steady cadence once
+	dirty      bool          // state changed since the last snapshot
 	probeToken uint64
 	run        *probeRun     // the probe in flight, to abort it
 	late       time.Duration // how long after its due time the probe in flight was started
@@ -108,7 +110,7 @@ func (a *instanceActor) Receive(ctx actor.Context) {
 	case *getInfo:
 		ctx.Respond(a.info(m.history))
 	case *wake:
-		a.timerAt = time.Time{}
+		a.timerOn = false
 		if a.ckptArmed && a.reached(a.ckptDue) {
 			a.ckptArmed = false
 			if a.dirty {
@@ -162,7 +164,12 @@ func (a *instanceActor) Receive(ctx actor.Context) {
 	}
 }
 
-func (a *instanceActor) now() time.Time { return a.s.opt.clock.Now() }
+// now reads both clocks: the wall clock for what is shown and stored, the
+// monotonic one for every duration.
+func (a *instanceActor) now() health.Instant {
+	c := a.s.opt.clock
+	return health.Instant{Wall: c.Now(), Mono: c.Mono()}
+}
 
 // start loads the instance: on a fresh registration it opens the first
 // window; after a restart or at boot it resumes from the last snapshot.
@@ -192,6 +199,7 @@ func (a *instanceActor) start(ctx actor.Context) {
 	}
 	// resume: reconcile the snapshot with the spec that is durable now
 	a.st = snap.State
+	a.st.Restored() // its times are wall times to this actor's clock
 	a.saved = a.st.Progress(snap.Policy)
 	tr, changed, fresh := a.st.Configure(snap.Config(), a.cfg, now)
 	if fresh || changed {
@@ -203,14 +211,15 @@ func (a *instanceActor) start(ctx actor.Context) {
 	case !a.runs():
 	case a.e.handoff:
 		// handed over by another node: its next probe is where the other
-		// node would have run it, so the target sees its own cadence
+		// node would have run it, so the target sees its own cadence (the
+		// stored wall time's distance, read once)
 		a.e.handoff = false
-		a.schedule(ctx, max(snap.NextCheckAt.Sub(now), 0))
+		a.schedule(ctx, max(snap.NextCheckAt.Sub(now.Wall), 0))
 	default:
 		// spread resumed probes over one interval rather than firing together
 		delay := health.Phase(a.inst.ID, health.NextDelay(a.cfg.Policy, a.st.Status))
-		if !snap.NextCheckAt.IsZero() && snap.NextCheckAt.After(now) {
-			delay = min(delay, snap.NextCheckAt.Sub(now))
+		if !snap.NextCheckAt.IsZero() && snap.NextCheckAt.After(now.Wall) {
+			delay = min(delay, snap.NextCheckAt.Sub(now.Wall))
 		}
 		a.schedule(ctx, delay)
 	}
@@ -339,7 +348,7 @@ func (a *instanceActor) transition(tr health.Transition) {
 		flapStarted = a.st.Flap.Change(now, a.flapWindow())
 		ev.Flapping = a.st.Flap.Flapping
 	}
-	ev.Silenced = a.s.silenced(a.inst, now)
+	ev.Silenced = a.s.silenced(a.inst, now.Wall)
 	if tr.To == health.StatusUnhealthy || tr.From == health.StatusUnhealthy {
 		ev.Incident = a.s.observeIncident(a.inst.ID, tr, now)
 	}
@@ -361,11 +370,11 @@ func (a *instanceActor) flapWindow() time.Duration {
 }
 
 // held says why restarts of this instance hold now, if they do.
-func (a *instanceActor) held(now time.Time) string {
+func (a *instanceActor) held(now health.Instant) string {
 	switch {
 	case a.st.Flap.Flapping:
 		return health.BlockedFlapping
-	case a.s.silenced(a.inst, now):
+	case a.s.silenced(a.inst, now.Wall):
 		return health.BlockedSilenced
 	case a.st.Status == health.StatusUnhealthy && a.s.incidentOpen():
 		return health.BlockedIncident
@@ -379,22 +388,22 @@ func (a *instanceActor) held(now time.Time) string {
 // ended, one notification of an instance still unhealthy.
 func (a *instanceActor) act(ctx actor.Context, silenceEnded bool) {
 	now := a.now()
-	var wake time.Time
+	var wake health.Instant
 	if a.st.Flap.Settle(now, a.flapWindow()) {
 		a.dirty = true
 		a.s.append(nil, Event{InstanceID: a.inst.ID, Kind: KindFlappingEnded, Labels: a.inst.Labels,
-			Transition: health.Transition{From: a.st.Status, To: a.st.Status, At: now}, Silenced: a.s.silenced(a.inst, now)})
-	} else if at := a.st.Flap.SteadyAt(a.flapWindow()); !at.IsZero() {
+			Transition: health.Transition{From: a.st.Status, To: a.st.Status, At: now.Wall}, Silenced: a.s.silenced(a.inst, now.Wall)})
+	} else if at := a.st.Flap.SteadyAt(now, a.flapWindow()); !at.IsZero() {
 		wake = at
 	}
-	if silenceEnded && a.st.Status == health.StatusUnhealthy && !a.s.silenced(a.inst, now) {
+	if silenceEnded && a.st.Status == health.StatusUnhealthy && !a.s.silenced(a.inst, now.Wall) {
 		a.s.append(nil, Event{InstanceID: a.inst.ID, Kind: KindSilenceEnded, Labels: a.inst.Labels,
-			Transition: health.Transition{From: a.st.Status, To: a.st.Status, At: now, LastError: a.st.LastError}})
+			Transition: health.Transition{From: a.st.Status, To: a.st.Status, At: now.Wall, LastError: a.st.LastError}})
 	}
 	if rp := a.inst.RestartPolicy; rp != nil && a.runs() && a.s.opt.restarter != nil {
 		before := a.st.Restart
 		last, _ := a.st.History.Last()
-		attempt, next := a.st.Restart.Decide(rp, health.RestartInput{Status: a.st.Status, Since: a.st.Since, Now: now,
+		attempt, next := a.st.Restart.Decide(rp, health.RestartInput{Status: a.st.Status, Since: a.st.StatusSince(), Now: now,
 			Held: a.held(now), HoldDown: a.s.opt.holdDown, HeldUntil: a.s.incidentClosedAt(), Reason: last.Reason, LastError: a.st.LastError})
 		if attempt {
 			a.sendRestart()
@@ -402,11 +411,11 @@ func (a *instanceActor) act(ctx actor.Context, silenceEnded bool) {
 			a.dirty = true
 			a.armCheckpoint(ctx, a.s.opt.checkpoint)
 		}
-		if !next.IsZero() && (wake.IsZero() || next.Before(wake)) {
+		if !next.IsZero() && (wake.IsZero() || next.Mono < wake.Mono) {
 			wake = next
 		}
 	}
-	a.actArmed, a.actDue = !wake.IsZero(), wake
+	a.actArmed, a.actDue = !wake.IsZero(), wake.Mono
 	a.rearm(ctx)
 }
 
@@ -473,44 +482,44 @@ func (a *instanceActor) publish() {
 	}
 }
 
+// schedule arms the next probe d from now; next_check_at shows it on the
+// wall clock.
 func (a *instanceActor) schedule(ctx actor.Context, d time.Duration) {
-	a.due = a.now().Add(d)
-	a.nextCheck = a.due
+	now := a.now()
+	a.due = now.Mono + d
+	a.nextCheck = now.Wall.Add(d)
 	a.armed = true
 	a.rearm(ctx)
 }
 
-// rearm sets the timer to the earlier of the due probe and the due
-// checkpoint, or stops it when neither is.
+// rearm sets the timer to the earliest of the due probe, the due
+// checkpoint and what acting on health has due, or stops it when none is.
 func (a *instanceActor) rearm(ctx actor.Context) {
-	var at time.Time
-	if a.armed {
-		at = a.due
+	at, on := a.due, a.armed
+	if a.ckptArmed && (!on || a.ckptDue < at) {
+		at, on = a.ckptDue, true
 	}
-	if a.ckptArmed && (at.IsZero() || a.ckptDue.Before(at)) {
-		at = a.ckptDue
+	if a.actArmed && (!on || a.actDue < at) {
+		at, on = a.actDue, true
 	}
-	if a.actArmed && (at.IsZero() || a.actDue.Before(at)) {
-		at = a.actDue
-	}
-	if at.Equal(a.timerAt) {
+	if on == a.timerOn && (!on || at == a.timerAt) {
 		return
 	}
-	a.timerAt = at
+	a.timerAt, a.timerOn = at, on
 	switch {
-	case at.IsZero():
+	case !on:
 		a.timer.Stop()
 	case a.timer == nil:
-		a.timer = a.s.opt.clock.AfterWake(at.Sub(a.now()), a.e.mailbox)
+		a.timer = a.s.opt.clock.AfterWake(at-a.s.opt.clock.Mono(), a.e.mailbox)
 	default:
-		a.timer.Reset(at.Sub(a.now()))
+		a.timer.Reset(at - a.s.opt.clock.Mono())
 	}
 }
 
-// reached reports whether a timer due at t has come, allowing for the
-// shared clock firing timers up to its slack early.
-func (a *instanceActor) reached(t time.Time) bool {
-	return !a.now().Before(t.Add(-clock.Slack))
+// reached reports whether a timer due at t (a monotonic reading) has come,
+// allowing for the shared clock firing timers up to its slack early.
+func (a *instanceActor) reached(t time.Duration) bool {
+	return a.s.opt.clock.Mono() >= t-clock.Slack
 }
 
 // stopTimer cancels the due probe.
@@ -556,7 +565,7 @@ func (a *instanceActor) failWaiters(err error) {
 }
 
 func (a *instanceActor) skipReason() health.Result {
-	r := health.Result{Outcome: health.Skipped, Reason: health.ReasonInactive, Start: a.now(),
+	r := health.Result{Outcome: health.Skipped, Reason: health.ReasonInactive, Start: a.s.opt.clock.Now(),
 		Message: "instance is " + string(a.cfg.Lifecycle) + "; probes run only while Initializing or Running"}
 	if !a.cfg.Policy.Enabled() {
 		r.Reason, r.Message = health.ReasonDisabled, "instance has no health check"
@@ -572,7 +581,7 @@ func (a *instanceActor) probeNow(ctx actor.Context) {
 	a.waiters = append(a.waiters, ctx.Sender())
 	if a.probeToken == 0 {
 		a.stopTimer(ctx)
-		a.due = a.now()
+		a.due = a.s.opt.clock.Mono()
 		a.startProbe(ctx)
 	}
 }
@@ -588,9 +597,12 @@ func (a *instanceActor) startProbe(ctx actor.Context) {
 	a.probeToken = token
 	a.armed = false
 	a.nextCheck = time.Time{}
-	a.late = max(a.now().Sub(a.due), 0)
+	now := a.now()
+	a.late = max(now.Mono-a.due, 0)
+	// what the observer is told: the due time on the wall clock, as far
+	// before the start as the probe is late
 	job := probeJob{self: ctx.Self(), token: token, id: a.inst.ID, policy: a.cfg.Policy,
-		prober: a.prober, due: a.due,
+		prober: a.prober, due: now.Wall.Add(-a.late), start: now.Wall, startMono: now.Mono,
 		urgent: a.st.Status == health.StatusStarting || a.st.ConsecutiveFailures > 0}
 	if a.startInline(ctx, &job) {
 		return
@@ -622,7 +634,6 @@ func (a *instanceActor) startInline(ctx actor.Context, j *probeJob) bool {
 		return false
 	}
 	clk, ob := a.s.opt.clock, a.s.opt.observer
-	j.start = clk.Now()
 	if ob != nil {
 		ob.ProbeStarted(j.id, j.policy.Type, j.due, j.start)
 	}
@@ -632,7 +643,7 @@ func (a *instanceActor) startInline(ctx actor.Context, j *probeJob) bool {
 	}
 	a.s.budget.release()
 	r.Start = j.start
-	r.Duration = health.Duration(clk.Now().Sub(j.start))
+	r.Duration = health.Duration(clk.Mono() - j.startMono)
 	if ob != nil {
 		ob.ProbeFinished(j.id, j.policy.Type, r)
 	}
@@ -705,7 +716,7 @@ func (r *probeRun) isAborted() bool {
 func runProbe(r *health.Result, j *probeJob, s *Scheduler) time.Duration {
 	clk, p, run := s.opt.clock, j.policy, j.run
 	var waited time.Duration
-	start := j.start
+	start, startMono := j.start, j.startMono
 	if j.rest == nil {
 		ok := s.budget.tryAcquire(j.urgent) // the common case needs no waiting context
 		if !ok {
@@ -728,13 +739,13 @@ func runProbe(r *health.Result, j *probeJob, s *Scheduler) time.Duration {
 			return 0
 		}
 		waited = time.Since(j.handed)
-		start = clk.Now()
+		start, startMono = clk.Now(), clk.Mono()
 		if ob := s.opt.observer; ob != nil {
 			ob.ProbeStarted(j.id, p.Type, j.due, start)
 		}
 	}
 	// a probe started on the actor's goroutine has what is left of its timeout
-	switch pctx, cancel := run.context(p.Timeout - clk.Now().Sub(start)); {
+	switch pctx, cancel := run.context(p.Timeout - (clk.Mono() - startMono)); {
 	case pctx == nil:
 		*r = health.Result{Outcome: health.Skipped, Reason: health.ReasonCanceled}
 		if j.rest != nil {
@@ -749,7 +760,7 @@ func runProbe(r *health.Result, j *probeJob, s *Scheduler) time.Duration {
 	}
 	s.budget.release()
 	r.Start = start
-	r.Duration = health.Duration(clk.Now().Sub(start))
+	r.Duration = health.Duration(clk.Mono() - startMono)
 	if ob := s.opt.observer; ob != nil {
 		ob.ProbeFinished(j.id, p.Type, *r)
 	}
@@ -834,8 +845,8 @@ const refreshFactor = 20
 
 // armCheckpoint makes sure a checkpoint fires within wait.
 func (a *instanceActor) armCheckpoint(ctx actor.Context, wait time.Duration) {
-	due := a.now().Add(wait)
-	if a.ckptArmed && !a.ckptDue.After(due) {
+	due := a.s.opt.clock.Mono() + wait
+	if a.ckptArmed && a.ckptDue <= due {
 		return
 	}
 	a.ckptArmed, a.ckptDue = true, due

@@ -242,7 +242,7 @@ type Scheduler struct {
 	incidents health.Incidents
 	pastInc   []health.Incident // the most recent closed ones, newest last
 	incOpen   atomic.Bool
-	incClosed atomic.Int64 // unix ns when the last incident closed
+	incClosed atomic.Pointer[health.Instant] // when the last incident closed; nil for never
 }
 
 // entry is the registry's record of one instance, shared by the scheduler
@@ -1037,18 +1037,18 @@ func (s *Scheduler) silenced(in *health.Instance, at time.Time) bool {
 func (s *Scheduler) incidentOpen() bool { return s.incOpen.Load() }
 
 // incidentClosedAt is when the last incident closed (zero for none).
-func (s *Scheduler) incidentClosedAt() time.Time {
-	if ns := s.incClosed.Load(); ns != 0 {
-		return time.Unix(0, ns)
+func (s *Scheduler) incidentClosedAt() health.Instant {
+	if at := s.incClosed.Load(); at != nil {
+		return *at
 	}
-	return time.Time{}
+	return health.Instant{}
 }
 
 // observeIncident feeds a transition into or out of unhealthy to the
 // node's incident detector; it returns the id of the incident a transition
 // into unhealthy folds into. Opening or closing one is an event of its own;
 // closing one looks again at the restarts it held.
-func (s *Scheduler) observeIncident(id string, tr health.Transition, now time.Time) string {
+func (s *Scheduler) observeIncident(id string, tr health.Transition, now health.Instant) string {
 	counts := s.Summary()
 	unhealthy := counts[health.StatusUnhealthy]
 	toUnhealthy := tr.To == health.StatusUnhealthy
@@ -1078,14 +1078,14 @@ func (s *Scheduler) observeIncident(id string, tr health.Transition, now time.Ti
 		details := map[string]any{"active": copied.Active, "unhealthy": copied.Peak, "instances": copied.Instances,
 			"common_labels": s.commonLabels(health.StatusUnhealthy)}
 		s.append(nil, Event{Kind: KindIncidentOpened, Incident: copied.ID, Details: details,
-			Transition: health.Transition{From: health.StatusHealthy, To: health.StatusUnhealthy, At: now}})
+			Transition: health.Transition{From: health.StatusHealthy, To: health.StatusUnhealthy, At: now.Wall}})
 		s.log.Warn().Str("incident", copied.ID).Int("active", copied.Active).Int("unhealthy", copied.Peak).Msg("incident_opened")
 	case closed:
 		s.incOpen.Store(false)
-		s.incClosed.Store(now.UnixNano())
+		s.incClosed.Store(&now)
 		s.append(nil, Event{Kind: KindIncidentClosed, Incident: copied.ID,
 			Details:    map[string]any{"instances": copied.Instances, "peak_unhealthy": copied.Peak},
-			Transition: health.Transition{From: health.StatusUnhealthy, To: health.StatusHealthy, At: now}})
+			Transition: health.Transition{From: health.StatusUnhealthy, To: health.StatusHealthy, At: now.Wall}})
 		go s.Recheck(s.idsWithStatus(health.StatusUnhealthy), false)
 	}
 	if inc != nil && toUnhealthy {

@@ -19,13 +19,15 @@ type probeJob struct {
 	id     string
 	policy *health.Policy
 	prober probes.Prober
-	due    time.Time
+	due    time.Time // for the observer: start minus how late it was
 	handed time.Time // when the actor handed it over (monotonic)
-	// a probe the actor started (holding a budget slot): when, and what is
-	// left to do
-	start  time.Time
-	rest   probes.Rest
-	urgent bool
+	// a probe the actor started (holding a budget slot): when, on the wall
+	// clock (shown) and the monotonic one (its timeout and duration), and
+	// what is left to do
+	start     time.Time
+	startMono time.Duration
+	rest      probes.Rest
+	urgent    bool
 }
 
 // workers runs probes on long-lived goroutines. A probe descends through the

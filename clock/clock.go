@@ -2,7 +2,13 @@
 // through, with a real implementation and a fake one that tests advance by
 // hand.
 //
-// Concurrency contract: both implementations are safe for concurrent use. A
+// A clock has two readings. Now is the wall clock, the time of day: what is
+// shown and stored, and what a step of the system clock (NTP correcting it,
+// an operator setting it) moves. Mono is the monotonic clock, which no step
+// moves: timers, intervals, deadlines and every duration vigil measures run
+// on it. The Fake steps its wall clock alone (Step) as well as both (Advance).
+//
+// Concurrency contract: every implementation is safe for concurrent use. A
 // Fake runs due timer callbacks on the goroutine that calls Advance, outside
 // its lock, in due order.
 package clock
@@ -15,7 +21,12 @@ import (
 
 // Clock tells the time and runs functions later.
 type Clock interface {
+	// Now is the wall clock's time.
 	Now() time.Time
+	// Mono is the monotonic clock's reading: the time since an origin of
+	// this clock's. Only the difference of two readings means anything.
+	Mono() time.Duration
+	// AfterFunc runs f once d has passed on the monotonic clock.
 	AfterFunc(d time.Duration, f func()) Timer
 	// AfterWake is AfterFunc calling w.Wake: a timer that wakes an object
 	// reaches it from the timer directly, not through a closure (an object
@@ -44,36 +55,50 @@ type Timer interface {
 // Real is the system clock.
 var Real Clock = realClock{}
 
+// origin is the real clocks' monotonic origin: time.Since of it reads the
+// monotonic clock alone.
+var origin = time.Now()
+
 type realClock struct{}
 
 func (realClock) Now() time.Time                            { return time.Now() }
+func (realClock) Mono() time.Duration                       { return time.Since(origin) }
 func (realClock) AfterFunc(d time.Duration, f func()) Timer { return time.AfterFunc(d, f) }
 func (realClock) AfterWake(d time.Duration, w Waker) Timer  { return time.AfterFunc(d, w.Wake) }
 
-// Fake is a clock that moves only when told to.
+// Fake is a clock that moves only when told to. Its monotonic reading
+// starts at zero; its timers fall due on it.
 type Fake struct {
 	mu     sync.Mutex
-	now    time.Time
+	now    time.Time     // the wall clock
+	mono   time.Duration // the monotonic clock
 	seq    uint64
 	timers []*fakeTimer
 }
 
 type fakeTimer struct {
 	f     *Fake
-	at    time.Time
+	at    time.Duration // on the monotonic clock
 	seq   uint64
 	w     Waker
 	fired bool
 }
 
-// NewFake returns a fake clock reading t.
+// NewFake returns a fake clock whose wall clock reads t.
 func NewFake(t time.Time) *Fake { return &Fake{now: t} }
 
-// Now returns the fake time.
+// Now returns the fake wall time.
 func (f *Fake) Now() time.Time {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.now
+}
+
+// Mono returns the fake monotonic reading.
+func (f *Fake) Mono() time.Duration {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.mono
 }
 
 // AfterFunc schedules fn to run when the clock has advanced by d.
@@ -84,7 +109,7 @@ func (f *Fake) AfterWake(d time.Duration, w Waker) Timer {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.seq++
-	t := &fakeTimer{f: f, at: f.now.Add(d), seq: f.seq, w: w}
+	t := &fakeTimer{f: f, at: f.mono + d, seq: f.seq, w: w}
 	f.timers = append(f.timers, t)
 	return t
 }
@@ -111,39 +136,54 @@ func (t *fakeTimer) Reset(d time.Duration) bool {
 	defer t.f.mu.Unlock()
 	pending := t.removeLocked()
 	t.f.seq++
-	t.at, t.seq, t.fired = t.f.now.Add(d), t.f.seq, false
+	t.at, t.seq, t.fired = t.f.mono+d, t.f.seq, false
 	t.f.timers = append(t.f.timers, t)
 	return pending
 }
 
-// Advance moves the clock forward by d, running every timer that falls due,
-// in due order, each with the clock set to its due time.
+// Advance moves both clocks forward by d, running every timer that falls
+// due, in due order, each with the clocks set to its due time.
 func (f *Fake) Advance(d time.Duration) {
 	f.mu.Lock()
-	end := f.now.Add(d)
+	end := f.mono + d
 	f.mu.Unlock()
 	for {
 		f.mu.Lock()
 		sort.Slice(f.timers, func(i, j int) bool {
-			if f.timers[i].at.Equal(f.timers[j].at) {
+			if f.timers[i].at == f.timers[j].at {
 				return f.timers[i].seq < f.timers[j].seq
 			}
-			return f.timers[i].at.Before(f.timers[j].at)
+			return f.timers[i].at < f.timers[j].at
 		})
-		if len(f.timers) == 0 || f.timers[0].at.After(end) {
-			f.now = end
+		if len(f.timers) == 0 || f.timers[0].at > end {
+			f.moveLocked(end)
 			f.mu.Unlock()
 			return
 		}
 		t := f.timers[0]
 		f.timers = f.timers[1:]
 		t.fired = true
-		if t.at.After(f.now) {
-			f.now = t.at
-		}
+		f.moveLocked(t.at)
 		f.mu.Unlock()
 		t.w.Wake()
 	}
+}
+
+// moveLocked moves both clocks to the monotonic reading mono, never back.
+func (f *Fake) moveLocked(mono time.Duration) {
+	if mono > f.mono {
+		f.now = f.now.Add(mono - f.mono)
+		f.mono = mono
+	}
+}
+
+// Step moves the wall clock alone by d, forward or back, as NTP or an
+// operator stepping the system clock does: the monotonic clock stays where
+// it is and no timer fires.
+func (f *Fake) Step(d time.Duration) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.now = f.now.Add(d)
 }
 
 // Pending is the number of timers not yet fired or stopped.

@@ -4,6 +4,7 @@ import (
 	"container/heap"
 	"math"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -30,9 +31,38 @@ func TestFakeRunsTimersInOrder(t *testing.T) {
 
 func TestRealClock(t *testing.T) {
 	done := make(chan struct{})
+	m := Real.Mono()
 	Real.AfterFunc(time.Millisecond, func() { close(done) })
 	<-done
 	assert.WithinDuration(t, time.Now(), Real.Now(), time.Second)
+	assert.GreaterOrEqual(t, Real.Mono()-m, time.Millisecond, "the monotonic reading moves with time")
+}
+
+// TestFakeStepMovesTheWallClockAlone: Step moves Now and nothing else, in
+// either direction; timers fall due on the monotonic clock, which Advance
+// moves with the wall clock.
+func TestFakeStepMovesTheWallClockAlone(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	f := NewFake(t0)
+	var fired []time.Duration
+	f.AfterFunc(10*time.Second, func() { fired = append(fired, f.Mono()) })
+	f.AfterFunc(20*time.Second, func() { fired = append(fired, f.Mono()) })
+
+	f.Step(time.Hour)
+	assert.Equal(t, t0.Add(time.Hour), f.Now())
+	assert.Zero(t, f.Mono())
+	assert.Empty(t, fired, "a step forward fires nothing")
+	f.Advance(10 * time.Second)
+	assert.Equal(t, []time.Duration{10 * time.Second}, fired, "due after 10 s of monotonic time")
+	assert.Equal(t, t0.Add(time.Hour+10*time.Second), f.Now())
+
+	f.Step(-2 * time.Hour)
+	assert.Equal(t, t0.Add(-time.Hour+10*time.Second), f.Now())
+	assert.Equal(t, 10*time.Second, f.Mono())
+	f.Advance(10 * time.Second)
+	assert.Equal(t, []time.Duration{10 * time.Second, 20 * time.Second}, fired, "a step back holds nothing back")
+	assert.Equal(t, t0.Add(-time.Hour+20*time.Second), f.Now())
+	assert.Zero(t, f.Pending())
 }
 
 func TestSharedFiresInOrderAndStops(t *testing.T) {
@@ -142,7 +172,7 @@ func TestSharedWheel(t *testing.T) {
 	}
 	// moved from the heap into the wheel and fired
 	s.mu.Lock()
-	moved := &sharedTimer{s: s, w: funcWaker(func() { fired <- 2 }), slot: idle, index: -1, at: time.Now().Add(-time.Millisecond).UnixNano()}
+	moved := &sharedTimer{s: s, w: funcWaker(func() { fired <- 2 }), slot: idle, index: -1, at: s.mono() - int64(time.Millisecond)}
 	heap.Push(&s.later, moved)
 	moved.slot = inHeap
 	s.mu.Unlock()
@@ -181,8 +211,8 @@ func TestSharedWheel(t *testing.T) {
 // its span, with nothing else pending, sets the wait to its due time, moves
 // into the wheel as time passes, and fires.
 func TestSharedTakeBeyondTheSpan(t *testing.T) {
-	now := time.Now().UnixNano()
 	s := newShared(wheelSlots)
+	now := s.mono()
 	s.fired = tick(now) - 1
 	wheelSpan := s.span()
 	fired := false
@@ -241,6 +271,59 @@ func TestSharedRunsPeriodicTimersBeyondItsSpan(t *testing.T) {
 			gap := got[j].Sub(got[j-1])
 			assert.Greater(t, gap, p-2*Slack, "period %v: not early", p)
 			assert.Less(t, gap, p+200*time.Millisecond, "period %v: not stalled", p)
+		}
+	}
+}
+
+// steppedWall is a wall clock that a test steps: the system's, plus an
+// offset.
+type steppedWall struct{ offset atomic.Int64 }
+
+func (w *steppedWall) now() time.Time       { return time.Now().Add(time.Duration(w.offset.Load())) }
+func (w *steppedWall) step(d time.Duration) { w.offset.Add(int64(d)) }
+
+// TestSharedIgnoresWallSteps runs periodic timers, as actors keep them, on a
+// shared clock whose wall clock steps an hour forward and then two hours
+// back: no timer fires early or all at once at the step forward, none is
+// held back at the step back, and Now shows each step.
+func TestSharedIgnoresWallSteps(t *testing.T) {
+	var wall steppedWall
+	s := newShared(64) // a 1.6 s span: some periods go through the heap
+	s.wall = wall.now
+	go s.run()
+	defer s.Close()
+	periods := []time.Duration{50 * time.Millisecond, 90 * time.Millisecond, 150 * time.Millisecond}
+	var mu sync.Mutex
+	fires := make([][]time.Duration, len(periods))
+	began := time.Now()
+	for i, p := range periods {
+		var tm Timer
+		tm = s.AfterFunc(time.Hour, func() {
+			mu.Lock()
+			fires[i] = append(fires[i], time.Since(began))
+			mu.Unlock()
+			tm.Reset(p)
+		})
+		tm.Reset(p)
+	}
+	time.Sleep(300 * time.Millisecond)
+	wall.step(time.Hour)
+	assert.WithinDuration(t, time.Now().Add(time.Hour), s.Now(), time.Second, "Now shows the step")
+	time.Sleep(300 * time.Millisecond)
+	wall.step(-2 * time.Hour)
+	assert.WithinDuration(t, time.Now().Add(-time.Hour), s.Now(), time.Second, "Now shows the step")
+	time.Sleep(300 * time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
+	for i, p := range periods {
+		got := fires[i]
+		// a timer set again as it fires is due in a later slot: p to p+Slack apart
+		require.GreaterOrEqual(t, len(got), int(900*time.Millisecond/(p+Slack))-2, "period %v keeps firing", p)
+		assert.LessOrEqual(t, len(got), int(900*time.Millisecond/(p-Slack))+1, "period %v: no burst", p)
+		for j := 1; j < len(got); j++ {
+			gap := got[j] - got[j-1]
+			assert.Greater(t, gap, p-2*Slack, "period %v: not early", p)
+			assert.Less(t, gap, p+200*time.Millisecond, "period %v: not held back", p)
 		}
 	}
 }

@@ -22,8 +22,15 @@ import (
 // and move into the wheel as it turns. Timers of one slot fire together, up
 // to Slack early, in due order.
 //
+// The wheel turns on the monotonic clock (durations since the clock's base
+// time, which carries Go's monotonic reading): a step of the wall clock fires
+// no timer early, all at once, nor holds any back.
+//
 // Concurrency contract: safe for concurrent use; Close stops the goroutine.
 type Shared struct {
+	base time.Time        // the monotonic origin: ticks count Slack since it
+	wall func() time.Time // what Now reads: time.Now, or a test's stepped clock
+
 	mu      sync.Mutex
 	slots   []*sharedTimer // each the head of a list; a power of two of them
 	full    []uint64       // bit per non-empty slot
@@ -67,18 +74,27 @@ func NewShared() *Shared {
 // newShared makes a clock with a wheel of slots slots (a power of two, at
 // least 64) without starting its goroutine.
 func newShared(slots int) *Shared {
-	return &Shared{wake: make(chan struct{}, 1), done: make(chan struct{}), stopped: make(chan struct{}),
-		fired: tick(time.Now().UnixNano()) - 1, slots: make([]*sharedTimer, slots), full: make([]uint64, slots/64),
-		n: int64(slots)}
+	s := &Shared{base: time.Now(), wall: time.Now, wake: make(chan struct{}, 1), done: make(chan struct{}),
+		stopped: make(chan struct{}), slots: make([]*sharedTimer, slots), full: make([]uint64, slots/64), n: int64(slots)}
+	s.fired = tick(s.mono()) - 1
+	return s
 }
 
 // span is how far ahead the wheel holds timers.
 func (s *Shared) span() time.Duration { return time.Duration(s.n) * Slack }
 
-func tick(unixNano int64) int64 { return unixNano / int64(Slack) }
+// tick is the slot count of a monotonic reading.
+func tick(mono int64) int64 { return mono / int64(Slack) }
+
+// mono reads the monotonic clock alone (time.Since of a time with a
+// monotonic reading reads nothing else), in nanoseconds since base.
+func (s *Shared) mono() int64 { return int64(time.Since(s.base)) }
 
 // Now is the system time.
-func (s *Shared) Now() time.Time { return time.Now() }
+func (s *Shared) Now() time.Time { return s.wall() }
+
+// Mono is the time since the clock started, on the monotonic clock.
+func (s *Shared) Mono() time.Duration { return time.Since(s.base) }
 
 // AfterFunc runs f on the clock's goroutine after d.
 func (s *Shared) AfterFunc(d time.Duration, f func()) Timer { return s.AfterWake(d, funcWaker(f)) }
@@ -171,8 +187,8 @@ func (s *Shared) nextTick() int64 {
 	return s.fired + s.n + 1
 }
 
-// take moves what is due at now into due, in slot order, and returns the
-// wait until the next slot or heap timer is due.
+// take moves what is due at now (a monotonic reading) into due, in slot
+// order, and returns the wait until the next slot or heap timer is due.
 func (s *Shared) take(now int64, due []*sharedTimer) ([]*sharedTimer, time.Duration) {
 	last := tick(now)
 	for {
@@ -226,7 +242,7 @@ func (s *Shared) run() {
 	for {
 		s.mu.Lock()
 		var next time.Duration
-		due, next = s.take(time.Now().UnixNano(), due[:0])
+		due, next = s.take(s.mono(), due[:0])
 		// in due order: a batch's last timers are the ones due last (fired
 		// early), not ones due at its start and late by the whole batch
 		slices.SortFunc(due, func(a, b *sharedTimer) int { return cmp.Compare(a.at, b.at) })
@@ -256,7 +272,7 @@ func (s *Shared) run() {
 
 type sharedTimer struct {
 	s          *Shared
-	at         int64 // unix nanoseconds
+	at         int64 // monotonic nanoseconds since the clock's base
 	w          Waker
 	prev, next *sharedTimer // in the slot's list
 	slot       int          // in the wheel; inHeap or idle otherwise
@@ -272,8 +288,8 @@ func (t *sharedTimer) Stop() bool {
 
 // Reset makes the timer due d from now, pending or not.
 func (t *sharedTimer) Reset(d time.Duration) bool {
-	at := time.Now().Add(d).UnixNano()
 	s := t.s
+	at := s.mono() + int64(d)
 	s.mu.Lock()
 	pending := s.remove(t)
 	t.at = at

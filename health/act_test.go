@@ -25,11 +25,11 @@ func restartPolicy(t *testing.T, js string) *RestartPolicy {
 func TestRestartRules(t *testing.T) {
 	p := restartPolicy(t, `{"policy":"on_unhealthy","url":"http://127.0.0.1:1/restart","backoff":"5s","max_backoff":"20s","max_attempts":4,"stable_after":"1m","after":"10s"}`)
 	var r RestartState
-	down := t0 // unhealthy since
+	down := when(0) // unhealthy since
 	type step struct {
 		at      time.Duration
 		status  Status
-		since   time.Time
+		since   Instant
 		held    string
 		attempt bool
 		wake    time.Duration // from t0; -1 for none
@@ -46,17 +46,17 @@ func TestRestartRules(t *testing.T) {
 		{at: 45 * time.Second, status: StatusUnhealthy, since: down, held: BlockedFlapping, wake: -1, blocked: BlockedFlapping, n: 3},
 		{at: 46 * time.Second, status: StatusUnhealthy, since: down, attempt: true, wake: 66 * time.Second, n: 4}, // capped at 20 s
 		{at: 66 * time.Second, status: StatusUnhealthy, since: down, wake: -1, blocked: BlockedMaxAttempts, n: 4},
-		{at: 70 * time.Second, status: StatusHealthy, since: t0.Add(70 * time.Second), wake: 130 * time.Second, blocked: BlockedMaxAttempts, n: 4},
-		{at: 130 * time.Second, status: StatusHealthy, since: t0.Add(70 * time.Second), wake: -1, n: 0}, // stable: reset
-		{at: 200 * time.Second, status: StatusUnhealthy, since: t0.Add(195 * time.Second), wake: 205 * time.Second, n: 0},
-		{at: 205 * time.Second, status: StatusUnhealthy, since: t0.Add(195 * time.Second), attempt: true, wake: 210 * time.Second, n: 1},
+		{at: 70 * time.Second, status: StatusHealthy, since: when(70 * time.Second), wake: 130 * time.Second, blocked: BlockedMaxAttempts, n: 4},
+		{at: 130 * time.Second, status: StatusHealthy, since: when(70 * time.Second), wake: -1, n: 0}, // stable: reset
+		{at: 200 * time.Second, status: StatusUnhealthy, since: when(195 * time.Second), wake: 205 * time.Second, n: 0},
+		{at: 205 * time.Second, status: StatusUnhealthy, since: when(195 * time.Second), attempt: true, wake: 210 * time.Second, n: 1},
 	} {
-		attempt, wake := r.Decide(p, RestartInput{Status: s.status, Since: s.since, Now: t0.Add(s.at), Held: s.held, Reason: ReasonTimeout})
+		attempt, wake := r.Decide(p, RestartInput{Status: s.status, Since: s.since, Now: when(s.at), Held: s.held, Reason: ReasonTimeout})
 		assert.Equal(t, s.attempt, attempt, "step %d: attempt", i)
 		if s.wake < 0 {
 			assert.True(t, wake.IsZero(), "step %d: no wake, got %s", i, wake)
 		} else {
-			assert.Equal(t, t0.Add(s.wake), wake, "step %d: wake", i)
+			assert.Equal(t, when(s.wake), wake, "step %d: wake", i)
 		}
 		assert.Equal(t, s.blocked, r.Blocked, "step %d: blocked", i)
 		assert.Equal(t, s.n, r.Attempts, "step %d: attempts", i)
@@ -69,7 +69,7 @@ func TestRestartRules(t *testing.T) {
 func TestRestartSurvivesAKillBetweenAttemptAndDelivery(t *testing.T) {
 	p := restartPolicy(t, `{"policy":"on_unhealthy","url":"http://127.0.0.1:1/r","backoff":"30s"}`)
 	var r RestartState
-	attempt, _ := r.Decide(p, RestartInput{Status: StatusUnhealthy, Since: t0, Now: t0, Reason: ReasonTimeout, LastError: "probe timed out"})
+	attempt, _ := r.Decide(p, RestartInput{Status: StatusUnhealthy, Since: when(0), Now: when(0), Reason: ReasonTimeout, LastError: "probe timed out"})
 	require.True(t, attempt)
 	require.True(t, r.Pending)
 	b, err := json.Marshal(r) // what the snapshot holds when vigil is killed
@@ -77,10 +77,14 @@ func TestRestartSurvivesAKillBetweenAttemptAndDelivery(t *testing.T) {
 
 	var back RestartState
 	require.NoError(t, json.Unmarshal(b, &back))
+	r.nextMono, r.live = 0, false // a snapshot keeps the wall clock's times only
 	assert.Equal(t, r, back)
-	attempt, wake := back.Decide(p, RestartInput{Status: StatusUnhealthy, Since: t0, Now: t0.Add(2 * time.Second)})
+	// the restarted vigil's monotonic clock has another origin: the
+	// backoff's end is placed on it by its wall distance
+	restarted := Instant{Wall: t0.Add(2 * time.Second), Mono: time.Hour}
+	attempt, wake := back.Decide(p, RestartInput{Status: StatusUnhealthy, Since: restarted.Of(t0), Now: restarted})
 	assert.False(t, attempt, "no second attempt inside the backoff")
-	assert.Equal(t, t0.Add(30*time.Second), wake)
+	assert.Equal(t, Instant{Wall: t0.Add(30 * time.Second), Mono: time.Hour + 28*time.Second}, wake)
 	assert.True(t, back.Pending, "the attempt made before the kill is still to be delivered")
 	assert.Equal(t, 1, back.Attempts)
 	assert.Equal(t, "probe timed out", back.LastError)
@@ -112,19 +116,19 @@ func TestFlapping(t *testing.T) {
 	window := FlapWindow(time.Second) // 10 s
 	var f Flap
 	for i := range FlapChanges - 1 {
-		assert.False(t, f.Change(t0.Add(time.Duration(i)*time.Second), window), "change %d", i)
+		assert.False(t, f.Change(when(time.Duration(i)*time.Second), window), "change %d", i)
 	}
-	assert.True(t, f.Change(t0.Add(5*time.Second), window), "the sixth change within 10 s")
+	assert.True(t, f.Change(when(5*time.Second), window), "the sixth change within 10 s")
 	assert.True(t, f.Flapping)
-	assert.False(t, f.Change(t0.Add(6*time.Second), window), "flapping starts once")
-	assert.Equal(t, t0.Add(16*time.Second), f.SteadyAt(window))
-	assert.False(t, f.Settle(t0.Add(15*time.Second), window))
-	assert.True(t, f.Settle(t0.Add(16*time.Second), window), "steady for the window")
+	assert.False(t, f.Change(when(6*time.Second), window), "flapping starts once")
+	assert.Equal(t, when(16*time.Second), f.SteadyAt(when(6*time.Second), window))
+	assert.False(t, f.Settle(when(15*time.Second), window))
+	assert.True(t, f.Settle(when(16*time.Second), window), "steady for the window")
 	assert.False(t, f.Flapping)
 
 	var slow Flap
 	for i := range 12 {
-		assert.False(t, slow.Change(t0.Add(time.Duration(i)*3*time.Second), window), "a change every 3 s never flaps")
+		assert.False(t, slow.Change(when(time.Duration(i)*3*time.Second), window), "a change every 3 s never flaps")
 	}
 	assert.True(t, ReasonTimeout.Counts())
 	assert.False(t, ReasonLifecycle.Counts(), "a lifecycle change is not the workload's")
@@ -135,21 +139,21 @@ func TestIncidentRules(t *testing.T) {
 	const active = 300
 	var opened *Incident
 	for i := range 59 {
-		inc, open, _ := d.Observe(fmt.Sprint("vm-", i), true, active, i+1, t0.Add(time.Duration(i)*100*time.Millisecond))
+		inc, open, _ := d.Observe(fmt.Sprint("vm-", i), true, active, i+1, when(time.Duration(i)*100*time.Millisecond))
 		require.False(t, open, "%d of 300 is below 20 %%", i+1)
 		require.Nil(t, inc)
 	}
-	inc, open, _ := d.Observe("vm-59", true, active, 60, t0.Add(6*time.Second))
+	inc, open, _ := d.Observe("vm-59", true, active, 60, when(6*time.Second))
 	require.True(t, open, "60 of 300 within 30 s opens an incident")
 	opened = inc
-	inc, open, _ = d.Observe("vm-60", true, active, 61, t0.Add(7*time.Second))
+	inc, open, _ = d.Observe("vm-60", true, active, 61, when(7*time.Second))
 	assert.False(t, open)
 	assert.Same(t, opened, inc, "later failures fold into it")
 	// recovery below half the threshold (10 %) closes it
 	unhealthy := 61
 	for unhealthy >= 31 {
 		unhealthy--
-		inc, _, closed := d.Observe(fmt.Sprint("vm-", unhealthy), false, active, unhealthy, t0.Add(time.Minute))
+		inc, _, closed := d.Observe(fmt.Sprint("vm-", unhealthy), false, active, unhealthy, when(time.Minute))
 		if unhealthy >= 30 {
 			assert.False(t, closed, "%d unhealthy of 300", unhealthy)
 		} else {
@@ -157,7 +161,7 @@ func TestIncidentRules(t *testing.T) {
 			assert.Same(t, opened, inc)
 		}
 	}
-	_, _, closed := d.Observe("vm-29", false, active, 29, t0.Add(time.Minute))
+	_, _, closed := d.Observe("vm-29", false, active, 29, when(time.Minute))
 	assert.True(t, closed)
 	assert.NotNil(t, opened.ClosedAt)
 	assert.Nil(t, d.Open())
@@ -165,21 +169,21 @@ func TestIncidentRules(t *testing.T) {
 	// few instances: the floor of 10
 	small := Incidents{Rules: DefaultIncidentRules}
 	for i := range 9 {
-		_, open, _ := small.Observe(fmt.Sprint("vm-", i), true, 20, i+1, t0)
+		_, open, _ := small.Observe(fmt.Sprint("vm-", i), true, 20, i+1, when(0))
 		assert.False(t, open)
 	}
-	_, open, _ = small.Observe("vm-9", true, 20, 10, t0)
+	_, open, _ = small.Observe("vm-9", true, 20, 10, when(0))
 	assert.True(t, open)
 	// one instance flapping is one instance, however often
 	flap := Incidents{Rules: DefaultIncidentRules}
 	for i := range 50 {
-		_, open, _ := flap.Observe(fmt.Sprint("vm-", i%3), true, 20, 3, t0.Add(time.Duration(i)*time.Second))
+		_, open, _ := flap.Observe(fmt.Sprint("vm-", i%3), true, 20, 3, when(time.Duration(i)*time.Second))
 		assert.False(t, open, "3 instances failing again and again")
 	}
 	// spread out over more than the window: no incident
 	slow := Incidents{Rules: DefaultIncidentRules}
 	for i := range 100 {
-		_, open, _ := slow.Observe(fmt.Sprint("vm-", i), true, 300, i+1, t0.Add(time.Duration(i)*time.Second))
+		_, open, _ := slow.Observe(fmt.Sprint("vm-", i), true, 300, i+1, when(time.Duration(i)*time.Second))
 		assert.False(t, open, "%d", i)
 	}
 }

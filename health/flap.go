@@ -15,45 +15,66 @@ const (
 func FlapWindow(interval time.Duration) time.Duration { return FlapIntervals * interval }
 
 // Flap is an instance's flapping detector, part of its durable state: the
-// times of its last status changes (a ring) and whether it flaps.
+// times of its last status changes (a ring) and whether it flaps. The
+// window is measured on the monotonic clock: each change's reading is kept
+// beside its wall time, which is what a snapshot stores.
 type Flap struct {
 	Changes  [FlapChanges]int64 `json:"changes"` // unix nanoseconds; 0 for none
 	Next     int                `json:"next"`
 	Flapping bool               `json:"flapping"`
+
+	// the monotonic readings of Changes; live once set (a decoded Flap is
+	// placed on the monotonic clock by the first Instant it is given)
+	mono [FlapChanges]time.Duration
+	live bool
+}
+
+// resume places a decoded ring's changes on the monotonic clock, by their
+// wall distance from now.
+func (f *Flap) resume(now Instant) {
+	if f.live {
+		return
+	}
+	f.live = true
+	for i, ns := range f.Changes {
+		if ns != 0 {
+			f.mono[i] = now.Of(time.Unix(0, ns)).Mono
+		}
+	}
 }
 
 // Change records a status change at now; it reports whether the instance
 // started flapping with it.
-func (f *Flap) Change(now time.Time, window time.Duration) bool {
-	f.Changes[f.Next] = now.UnixNano()
+func (f *Flap) Change(now Instant, window time.Duration) bool {
+	f.resume(now)
+	f.Changes[f.Next], f.mono[f.Next] = now.Wall.UnixNano(), now.Mono
 	f.Next = (f.Next + 1) % FlapChanges
 	if f.Flapping {
 		return false
 	}
-	oldest := f.Changes[f.Next] // the slot written next holds the oldest change
-	if oldest != 0 && now.UnixNano()-oldest <= int64(window) {
+	// the slot written next holds the oldest change
+	if f.Changes[f.Next] != 0 && now.Mono-f.mono[f.Next] <= window {
 		f.Flapping = true
 		return true
 	}
 	return false
 }
 
-// last is the time of the newest change.
-func (f *Flap) last() int64 { return f.Changes[(f.Next+FlapChanges-1)%FlapChanges] }
-
 // SteadyAt is when a flapping instance stops flapping if its status does
-// not change before (zero when it does not flap).
-func (f *Flap) SteadyAt(window time.Duration) time.Time {
+// not change before (the zero Instant when it does not flap).
+func (f *Flap) SteadyAt(now Instant, window time.Duration) Instant {
+	f.resume(now)
 	if !f.Flapping {
-		return time.Time{}
+		return Instant{}
 	}
-	return time.Unix(0, f.last()+int64(window)).UTC()
+	last := (f.Next + FlapChanges - 1) % FlapChanges
+	return Instant{Wall: time.Unix(0, f.Changes[last]+int64(window)).UTC(), Mono: f.mono[last] + window}
 }
 
 // Settle reports whether a flapping instance has been steady for window at
 // now, and if so it no longer flaps.
-func (f *Flap) Settle(now time.Time, window time.Duration) bool {
-	if !f.Flapping || now.Before(f.SteadyAt(window)) {
+func (f *Flap) Settle(now Instant, window time.Duration) bool {
+	if !f.Flapping || now.Mono < f.SteadyAt(now, window).Mono {
 		return false
 	}
 	f.Flapping = false

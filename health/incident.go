@@ -24,10 +24,10 @@ var DefaultIncidentRules = IncidentRules{Fraction: 0.2, Min: 10, Window: 30 * ti
 // guarded by its owner.
 type Incidents struct {
 	Rules IncidentRules
-	// the instances that turned unhealthy within the window, and when
-	// (unix ns): an instance flapping counts once; queue holds the same
-	// in time order, to forget the oldest without a scan
-	recent map[string]int64
+	// the instances that turned unhealthy within the window, and when (a
+	// monotonic reading): an instance flapping counts once; queue holds the
+	// same in time order, to forget the oldest without a scan
+	recent map[string]time.Duration
 	queue  []recentFailure
 	open   *Incident
 	seq    int
@@ -35,7 +35,7 @@ type Incidents struct {
 
 type recentFailure struct {
 	id string
-	at int64
+	at time.Duration
 }
 
 // Incident is one open or closed incident.
@@ -52,12 +52,12 @@ type Incident struct {
 // (toUnhealthy: into unhealthy; otherwise out of it) with the node's active
 // and unhealthy counts after it. It returns the incident the transition
 // belongs to (nil for none), and whether this transition opened or closed
-// it.
-func (d *Incidents) Observe(id string, toUnhealthy bool, active, unhealthy int, now time.Time) (inc *Incident, opened, closed bool) {
+// it. The window is measured on the monotonic clock.
+func (d *Incidents) Observe(id string, toUnhealthy bool, active, unhealthy int, now Instant) (inc *Incident, opened, closed bool) {
 	if d.recent == nil {
-		d.recent = map[string]int64{}
+		d.recent = map[string]time.Duration{}
 	}
-	cut := now.Add(-d.Rules.Window).UnixNano()
+	cut := now.Mono - d.Rules.Window
 	i := 0
 	for ; i < len(d.queue) && d.queue[i].at < cut; i++ {
 		if f := d.queue[i]; d.recent[f.id] == f.at {
@@ -66,7 +66,7 @@ func (d *Incidents) Observe(id string, toUnhealthy bool, active, unhealthy int, 
 	}
 	d.queue = d.queue[i:]
 	if toUnhealthy {
-		at := now.UnixNano()
+		at := now.Mono
 		d.recent[id] = at
 		d.queue = append(d.queue, recentFailure{id: id, at: at})
 	}
@@ -78,7 +78,7 @@ func (d *Incidents) Observe(id string, toUnhealthy bool, active, unhealthy int, 
 		}
 		if active == 0 || float64(unhealthy) < d.Rules.Fraction/2*float64(active) {
 			inc := d.open
-			t := now
+			t := now.Wall
 			inc.ClosedAt = &t
 			d.open = nil
 			return inc, false, true
@@ -88,7 +88,7 @@ func (d *Incidents) Observe(id string, toUnhealthy bool, active, unhealthy int, 
 	need := max(float64(d.Rules.Min), d.Rules.Fraction*float64(active))
 	if toUnhealthy && float64(len(d.recent)) >= need {
 		d.seq++
-		d.open = &Incident{ID: fmt.Sprintf("inc-%d-%d", now.Unix(), d.seq), OpenedAt: now, Instances: len(d.recent),
+		d.open = &Incident{ID: fmt.Sprintf("inc-%d-%d", now.Wall.Unix(), d.seq), OpenedAt: now.Wall, Instances: len(d.recent),
 			Active: active, Peak: unhealthy}
 		return d.open, true, false
 	}

@@ -133,13 +133,28 @@ type RestartState struct {
 	Pending   bool   `json:"pending"`
 	Reason    Reason `json:"reason"`
 	LastError string `json:"last_error"`
+
+	// the monotonic reading of NextAttemptAt, on which the backoff is
+	// measured; live once set (a decoded state is placed on the monotonic
+	// clock by the first decision)
+	nextMono time.Duration
+	live     bool
 }
 
-// RestartInput is what a restart decision looks at.
+// next is NextAttemptAt on both clocks.
+func (r *RestartState) next() Instant {
+	if r.NextAttemptAt.IsZero() {
+		return Instant{}
+	}
+	return Instant{Wall: r.NextAttemptAt, Mono: r.nextMono}
+}
+
+// RestartInput is what a restart decision looks at. Its durations are
+// measured on the monotonic clock (see Instant).
 type RestartInput struct {
 	Status Status
-	Since  time.Time // of the status
-	Now    time.Time
+	Since  Instant // of the status
+	Now    Instant
 	Held   string // BlockedFlapping, BlockedSilenced, BlockedIncident, or ""
 	// HoldDown is the least time unhealthy before an attempt, whatever the
 	// policy's after: long enough for the node to tell an incident (many
@@ -147,7 +162,7 @@ type RestartInput struct {
 	HoldDown time.Duration
 	// HeldUntil is when the last hold ended (an incident closed): an
 	// attempt waits HoldDown after it too, for what recovers by itself
-	HeldUntil time.Time
+	HeldUntil Instant
 	// Reason and LastError of the status, for the attempt
 	Reason    Reason
 	LastError string
@@ -156,10 +171,14 @@ type RestartInput struct {
 // Decide steps the restart rules at in.Now. It reports whether an attempt
 // is due now (it is recorded in the state, Pending, before anything is
 // sent) and when to look again (zero for never, or a time after Now).
-func (r *RestartState) Decide(p *RestartPolicy, in RestartInput) (attempt bool, wake time.Time) {
+func (r *RestartState) Decide(p *RestartPolicy, in RestartInput) (attempt bool, wake Instant) {
 	if !p.Enabled() {
 		*r = RestartState{}
-		return false, time.Time{}
+		return false, Instant{}
+	}
+	if !r.live {
+		r.live = true
+		r.nextMono = in.Now.Of(r.NextAttemptAt).Mono
 	}
 	if in.Status == StatusHealthy {
 		if r.Blocked != BlockedMaxAttempts {
@@ -167,46 +186,47 @@ func (r *RestartState) Decide(p *RestartPolicy, in RestartInput) (attempt bool, 
 		}
 		stable := in.Since.Add(p.StableAfter)
 		if r.Attempts > 0 || r.Blocked != "" {
-			if !in.Now.Before(stable) {
+			if in.Now.Mono >= stable.Mono {
 				// stable long enough: the count starts again
-				r.Attempts, r.Blocked, r.NextAttemptAt = 0, "", time.Time{}
-				return false, time.Time{}
+				r.Attempts, r.Blocked, r.NextAttemptAt, r.nextMono = 0, "", time.Time{}, 0
+				return false, Instant{}
 			}
 			return false, stable
 		}
-		return false, time.Time{}
+		return false, Instant{}
 	}
 	if in.Status != StatusUnhealthy {
-		return false, time.Time{}
+		return false, Instant{}
 	}
 	if in.Held != "" {
 		if r.Blocked != BlockedMaxAttempts {
 			r.Blocked = in.Held
 		}
-		return false, time.Time{} // looked at again when the hold ends
+		return false, Instant{} // looked at again when the hold ends
 	}
 	if r.Blocked != BlockedMaxAttempts {
 		r.Blocked = ""
 	}
 	due := in.Since.Add(max(p.After, in.HoldDown))
-	if after := in.HeldUntil.Add(in.HoldDown); after.After(due) && !in.HeldUntil.IsZero() {
+	if after := in.HeldUntil.Add(in.HoldDown); after.Mono > due.Mono && !in.HeldUntil.IsZero() {
 		due = after
 	}
-	if r.NextAttemptAt.After(due) {
-		due = r.NextAttemptAt
+	if next := r.next(); !next.IsZero() && next.Mono > due.Mono {
+		due = next
 	}
-	if in.Now.Before(due) {
+	if in.Now.Mono < due.Mono {
 		return false, due
 	}
 	if r.Attempts >= p.MaxAttempts {
 		r.Blocked = BlockedMaxAttempts
-		return false, time.Time{}
+		return false, Instant{}
 	}
 	r.Attempts++
-	r.LastAttemptAt = in.Now
-	r.NextAttemptAt = in.Now.Add(RestartBackoff(p, r.Attempts))
+	r.LastAttemptAt = in.Now.Wall
+	next := in.Now.Add(RestartBackoff(p, r.Attempts))
+	r.NextAttemptAt, r.nextMono = next.Wall, next.Mono
 	r.Pending, r.Reason, r.LastError = true, in.Reason, in.LastError
-	return true, r.NextAttemptAt
+	return true, next
 }
 
 // Reset forgets the attempts: the policy changed, or the VM was restarted

@@ -31,6 +31,35 @@ func (s Status) Valid() bool {
 	return false
 }
 
+// Instant is a moment read from two clocks. Wall is the time of day: what
+// is shown and stored. Mono is a monotonic reading, the time since an origin
+// of the caller's clock, which no step of the wall clock moves: every
+// duration the rules measure (the start period, flapping's window, a
+// restart's hold-down, backoff and stable time, an incident's window) is a
+// difference of Mono readings, so a wall clock stepped by NTP or an operator
+// ends no grace early and stretches none. A wall time from outside
+// (started_at) or kept across a restart (a snapshot) is placed on the
+// monotonic clock once, by its wall distance from an Instant (Of).
+type Instant struct {
+	Wall time.Time
+	Mono time.Duration
+}
+
+// IsZero reports whether i is no time at all.
+func (i Instant) IsZero() bool { return i.Wall.IsZero() }
+
+// Add is i moved by d on both clocks.
+func (i Instant) Add(d time.Duration) Instant { return Instant{Wall: i.Wall.Add(d), Mono: i.Mono + d} }
+
+// Of places the wall time t on i's monotonic clock by its distance from i
+// on the wall clock; the zero time stays the zero Instant.
+func (i Instant) Of(t time.Time) Instant {
+	if t.IsZero() {
+		return Instant{}
+	}
+	return Instant{Wall: t, Mono: i.Mono - i.Wall.Sub(t)}
+}
+
 // Config is what the state machine needs to know of an instance.
 type Config struct {
 	Policy    *Policy // nil or type none: disabled
@@ -87,6 +116,13 @@ type State struct {
 	// acting on health: the restart bookkeeping and the flapping detector
 	Restart RestartState `json:"restart"`
 	Flap    Flap         `json:"flap"`
+
+	// the monotonic readings of WindowStart and Since, on which the grace
+	// and the restart rules are measured; live once they are set (a state
+	// decoded from a snapshot has wall times only until its first Configure
+	// or Observe places them, once: resume)
+	windowMono, sinceMono time.Duration
+	live                  bool
 }
 
 // UnmarshalJSON reads a stored state (a snapshot read back after a restart,
@@ -169,7 +205,13 @@ func statusCode(st Status) uint8 {
 // zero Config) at now. It reports the transition, if the shown status
 // changed, and whether a fresh window opened: the caller then cancels any
 // in-flight probe and probes at once.
-func (s *State) Configure(prev, next Config, now time.Time) (tr Transition, changed, fresh bool) {
+//
+// The grace of a fresh window runs from started_at when that is in the past
+// (its distance from now on the wall clock, read here once, places it on
+// the monotonic clock), else from now; a step of the wall clock later moves
+// neither its start nor its end.
+func (s *State) Configure(prev, next Config, now Instant) (tr Transition, changed, fresh bool) {
+	s.resume(now)
 	first := prev.Lifecycle == ""
 	policyChanged := !prev.Policy.Equal(next.Policy)
 	newStart := !next.StartedAt.IsZero() && !next.StartedAt.Equal(prev.StartedAt)
@@ -187,12 +229,12 @@ func (s *State) Configure(prev, next Config, now time.Time) (tr Transition, chan
 		origin := now
 		switch {
 		case newStart || (first && !next.StartedAt.IsZero()):
-			origin = next.StartedAt
+			origin = now.Of(next.StartedAt)
 		case policyChanged && !activated && !s.WindowStart.IsZero():
-			origin = s.WindowStart
+			origin = Instant{Wall: s.WindowStart, Mono: s.windowMono}
 		}
-		if origin.After(now) {
-			origin = now
+		if origin.Mono > now.Mono {
+			origin = now // a start in the future: the grace runs from now
 		}
 		s.open(next.Policy, origin)
 		fresh = true
@@ -209,43 +251,73 @@ func (s *State) Configure(prev, next Config, now time.Time) (tr Transition, chan
 // clearEvidence forgets counters, results and their times, keeping the
 // window generation and the shown status.
 func (s *State) clearEvidence() {
-	*s = State{Window: s.Window, Status: s.Status, Since: s.Since}
+	*s = State{Window: s.Window, Status: s.Status, Since: s.Since, sinceMono: s.sinceMono, live: s.live}
 }
 
-func (s *State) open(p *Policy, origin time.Time) {
+// resume places a decoded state's times on the monotonic clock, by their
+// wall distance from now; a live state is left alone.
+func (s *State) resume(now Instant) {
+	if s.live {
+		return
+	}
+	s.live = true
+	s.windowMono = now.Of(s.WindowStart).Mono
+	s.sinceMono = now.Of(s.Since).Mono
+}
+
+// Restored marks a state taken from a snapshot, which may come from another
+// process or another clock: its times are placed on the monotonic clock of
+// the first Instant it is given, by their wall times, as a decoded state's
+// are.
+func (s *State) Restored() {
+	s.live, s.Flap.live, s.Restart.live = false, false, false
+}
+
+// StatusSince is when the shown status began, on both clocks.
+func (s *State) StatusSince() Instant {
+	if s.Since.IsZero() {
+		return Instant{}
+	}
+	return Instant{Wall: s.Since, Mono: s.sinceMono}
+}
+
+func (s *State) open(p *Policy, origin Instant) {
 	s.Window++
-	s.WindowStart = origin
+	s.WindowStart, s.windowMono = origin.Wall, origin.Mono
 	s.Eval = StatusStarting
 	s.GraceOver = p.StartPeriod == 0
 	s.ConsecutiveSuccesses = 0
 	s.ConsecutiveFailures = 0
 }
 
-func (s *State) reshow(c Config, now time.Time, reason Reason, lastErr string) (Transition, bool) {
+func (s *State) reshow(c Config, now Instant, reason Reason, lastErr string) (Transition, bool) {
 	shown := Mask(c, s.Eval)
 	if shown == s.Status {
 		return Transition{}, false
 	}
-	tr := Transition{From: s.Status, To: shown, At: now, Reason: reason, LastError: lastErr}
+	tr := Transition{From: s.Status, To: shown, At: now.Wall, Reason: reason, LastError: lastErr}
 	if tr.From == "" {
 		tr.From = StatusUnknown
 	}
 	s.Status = shown
-	s.Since = now
+	s.Since, s.sinceMono = now.Wall, now.Mono
 	return tr, true
 }
 
 // InGrace reports whether a failure at now would fall inside the start-period
-// grace and not count.
-func (s *State) InGrace(p *Policy, now time.Time) bool {
-	return s.Eval == StatusStarting && !s.GraceOver && now.Sub(s.WindowStart) < p.StartPeriod
+// grace and not count: less than start_period since the grace's origin, on
+// the monotonic clock.
+func (s *State) InGrace(p *Policy, now Instant) bool {
+	s.resume(now)
+	return s.Eval == StatusStarting && !s.GraceOver && now.Mono-s.windowMono < p.StartPeriod
 }
 
 // Observe applies one probe result, finished at now, that belongs to the
 // current window. It records the result and reports the transition, if the
 // shown status changed. Results observed while the configuration runs no
 // probes are ignored.
-func (s *State) Observe(c Config, r *Result, now time.Time) (Transition, bool) {
+func (s *State) Observe(c Config, r *Result, now Instant) (Transition, bool) {
+	s.resume(now)
 	p := c.Policy
 	if !p.Enabled() || !c.Lifecycle.Active() {
 		return Transition{}, false
@@ -261,8 +333,8 @@ func (s *State) Observe(c Config, r *Result, now time.Time) (Transition, bool) {
 	s.History.Add(*r)
 	switch r.Outcome {
 	case Success:
-		s.LastCheckedAt = now
-		s.LastSuccessAt = now
+		s.LastCheckedAt = now.Wall
+		s.LastSuccessAt = now.Wall
 		s.LastError = ""
 		s.ConsecutiveFailures = 0
 		s.ConsecutiveSuccesses = saturatingInc(s.ConsecutiveSuccesses)
@@ -272,8 +344,8 @@ func (s *State) Observe(c Config, r *Result, now time.Time) (Transition, bool) {
 		}
 		return s.reshow(c, now, "", "")
 	case Failure:
-		s.LastCheckedAt = now
-		s.LastFailureAt = now
+		s.LastCheckedAt = now.Wall
+		s.LastFailureAt = now.Wall
 		s.LastError = r.Message
 		if s.LastError == "" {
 			s.LastError = string(r.Reason)

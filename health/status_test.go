@@ -14,6 +14,9 @@ var t0 = time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
 
 func at(d time.Duration) time.Time { return t0.Add(d) }
 
+// when is t0+d on both clocks: a monotonic clock that read 0 at t0.
+func when(d time.Duration) Instant { return Instant{Wall: t0.Add(d), Mono: d} }
+
 func tcpPolicy(mod func(*Policy)) *Policy {
 	p, err := PolicySpec{TCP: &TCPSpec{Port: 1}}.Normalize()
 	if err != nil {
@@ -41,18 +44,18 @@ type step struct {
 func run(t *testing.T, initial Config, steps []step) *State {
 	t.Helper()
 	var s State
-	_, _, fresh := s.Configure(Config{}, initial, t0)
+	_, _, fresh := s.Configure(Config{}, initial, when(0))
 	require.Equal(t, initial.Policy.Enabled() && initial.Lifecycle.Active(), fresh)
 	cur := initial
 	for i, st := range steps {
-		now := at(st.at)
+		now := when(st.at)
 		var changed, fresh bool
 		if st.config != nil {
 			_, changed, fresh = s.Configure(cur, *st.config, now)
 			cur = *st.config
 			assert.Equal(t, st.fresh, fresh, "step %d: fresh window", i)
 		} else {
-			r := Result{Outcome: st.outcome, Reason: st.reason, Message: string(st.reason), Start: now}
+			r := Result{Outcome: st.outcome, Reason: st.reason, Message: string(st.reason), Start: now.Wall}
 			_, changed = s.Observe(cur, &r, now)
 		}
 		assert.Equal(t, st.want, s.Status, "step %d: status", i)
@@ -144,13 +147,13 @@ func TestTransitions(t *testing.T) {
 func TestObserveRecordsEvidence(t *testing.T) {
 	c := Config{Policy: tcpPolicy(nil), Lifecycle: Running, StartedAt: t0}
 	var s State
-	s.Configure(Config{}, c, t0)
+	s.Configure(Config{}, c, when(0))
 	long := make([]byte, 0, 600)
 	for len(long) < 599 {
 		long = append(long, "é"...)
 	}
 	r := Result{Outcome: Failure, Reason: ReasonIOError, Message: "x" + string(long), Output: string(long) + string(long) + string(long) + string(long) + string(long) + string(long) + string(long) + string(long)}
-	_, changed := s.Observe(c, &r, at(time.Second))
+	_, changed := s.Observe(c, &r, when(time.Second))
 	assert.False(t, changed)
 	assert.LessOrEqual(t, len(s.LastError), MaxLastError)
 	assert.Equal(t, "x", s.LastError[:1])
@@ -160,7 +163,7 @@ func TestObserveRecordsEvidence(t *testing.T) {
 	assert.LessOrEqual(t, len(last.Output), MaxOutput)
 
 	ok2 := Result{Outcome: Success}
-	s.Observe(c, &ok2, at(2*time.Second))
+	s.Observe(c, &ok2, when(2*time.Second))
 	assert.Empty(t, s.LastError)
 	assert.Equal(t, 2, s.History.Len())
 }
@@ -168,12 +171,12 @@ func TestObserveRecordsEvidence(t *testing.T) {
 func TestTransitionReasonAndRegistration(t *testing.T) {
 	c := Config{Policy: tcpPolicy(func(p *Policy) { p.StartPeriod = 0; p.FailureThreshold = 1 }), Lifecycle: Running}
 	var s State
-	tr, changed, fresh := s.Configure(Config{}, c, t0)
+	tr, changed, fresh := s.Configure(Config{}, c, when(0))
 	require.True(t, changed)
 	assert.True(t, fresh)
 	assert.Equal(t, Transition{From: StatusUnknown, To: StatusStarting, At: t0, Reason: ReasonRegistered}, tr)
 	r := Result{Outcome: Failure, Reason: ReasonTimeout, Message: "probe timed out after 2s"}
-	tr, changed = s.Observe(c, &r, at(time.Second))
+	tr, changed = s.Observe(c, &r, when(time.Second))
 	require.True(t, changed)
 	assert.Equal(t, Transition{From: StatusStarting, To: StatusUnhealthy, At: at(time.Second), Reason: ReasonTimeout, LastError: "probe timed out after 2s"}, tr)
 	assert.Equal(t, at(time.Second), s.Since)
@@ -225,9 +228,9 @@ func FuzzStateInvariants(f *testing.F) {
 		run := func() []Status {
 			var s State
 			c := Config{Policy: p, Lifecycle: Running, StartedAt: t0}
-			s.Configure(Config{}, c, t0)
+			s.Configure(Config{}, c, when(0))
 			var seen []Status
-			now := t0
+			now := when(0)
 			for _, op := range ops {
 				now = now.Add(time.Duration(op%16) * time.Second)
 				prev := s
@@ -287,12 +290,12 @@ func FuzzStateInvariants(f *testing.F) {
 func BenchmarkObserve(b *testing.B) {
 	c := Config{Policy: tcpPolicy(nil), Lifecycle: Running, StartedAt: t0}
 	var s State
-	s.Configure(Config{}, c, t0)
+	s.Configure(Config{}, c, when(0))
 	results := [4]Result{
 		{Outcome: Success}, {Outcome: Failure, Reason: ReasonTimeout, Message: "timed out"},
 		{Outcome: Failure, Reason: ReasonConnectionRefused, Message: "refused"}, {Outcome: Success},
 	}
-	now := at(time.Minute)
+	now := when(time.Minute)
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
@@ -378,21 +381,22 @@ func TestProgressIsCompactAndComparable(t *testing.T) {
 func TestRemovingThePolicyClearsItsEvidence(t *testing.T) {
 	c := Config{Policy: tcpPolicy(func(p *Policy) { p.StartPeriod = 0; p.FailureThreshold = 1 }), Lifecycle: Running}
 	var s State
-	s.Configure(Config{}, c, t0)
+	s.Configure(Config{}, c, when(0))
 	r := Result{Outcome: Failure, Reason: ReasonTimeout, Message: "probe timed out"}
-	s.Observe(c, &r, at(time.Second))
+	s.Observe(c, &r, when(time.Second))
 	require.Equal(t, StatusUnhealthy, s.Status)
 	window := s.Window
 
 	off := Config{Lifecycle: Running}
-	tr, changed, fresh := s.Configure(c, off, at(2*time.Second))
+	tr, changed, fresh := s.Configure(c, off, when(2*time.Second))
 	require.True(t, changed)
 	assert.False(t, fresh)
 	assert.Equal(t, Transition{From: StatusUnhealthy, To: StatusDisabled, At: at(2 * time.Second), Reason: ReasonPolicyChanged}, tr)
-	assert.Equal(t, State{Window: window, Status: StatusDisabled, Since: at(2 * time.Second)}, s, "nothing of the old policy's evidence is left")
+	assert.Equal(t, State{Window: window, Status: StatusDisabled, Since: at(2 * time.Second), sinceMono: 2 * time.Second, live: true}, s,
+		"nothing of the old policy's evidence is left")
 
 	// a new policy starts from nothing, in a fresh window
-	_, _, fresh = s.Configure(off, c, at(3*time.Second))
+	_, _, fresh = s.Configure(off, c, when(3*time.Second))
 	assert.True(t, fresh)
 	assert.Equal(t, 0, s.History.Len())
 	assert.Equal(t, StatusStarting, s.Status)
