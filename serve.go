@@ -285,17 +285,35 @@ func serveUntilSignal(log zerolog.Logger, c serveConfig) error {
 		}
 	}
 	sd.stopping()
-	shutdownCtx, cancel := context.WithTimeout(ctx, 8*time.Second)
+	began := time.Now()
+	httpCtx, cancel := context.WithTimeout(ctx, httpStopTimeout)
 	defer cancel()
-	if err := srv.Shutdown(shutdownCtx); err != nil {
+	if err := srv.Shutdown(httpCtx); err != nil {
 		log.Warn().Err(err).Msg("http_shutdown")
 	}
 	if node != nil {
 		_ = node.Close() // leave the fleet first: the others see this node down at once
 	}
 	notifiers.Close() // every position made durable
-	return sched.Close(shutdownCtx)
+	// the actors have a budget of their own: stopping 100 000 of them, each
+	// saving what changed since its last snapshot, takes seconds on a busy
+	// host, whatever the requests took
+	stopCtx, cancelStop := context.WithTimeout(ctx, actorStopTimeout)
+	defer cancelStop()
+	if err := sched.Close(stopCtx); err != nil {
+		return err
+	}
+	log.Info().Dur("took", time.Since(began)).Msg("stopped")
+	return nil
 }
+
+// How long a stop may take: requests in flight get httpStopTimeout, then
+// the actors actorStopTimeout, within systemd's TimeoutStopSec (30 s in
+// deploy/vigil.service).
+const (
+	httpStopTimeout  = 8 * time.Second
+	actorStopTimeout = 20 * time.Second
+)
 
 // listenAddr is the listener's address as --listen writes it.
 func listenAddr(l net.Listener) string {

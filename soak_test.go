@@ -53,11 +53,20 @@ func TestSoak(t *testing.T) {
 	steady, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	go acceptAndClose(steady)
-	flipPort := freePort(t)
+	// the flipping target listens on an address of its own: while it is
+	// down, a probe's ephemeral port (bound on 127.0.0.1) may be its port
+	const flipIP = "127.0.0.3"
+	flipPort := freePortOn(t, flipIP)
 	var flipL atomic.Pointer[net.Listener]
 	flipUp := func() {
-		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(flipPort))
-		require.NoError(t, err)
+		l, err := net.Listen("tcp", flipIP+":"+strconv.Itoa(flipPort))
+		for try := 0; err != nil && try < 50; try++ {
+			time.Sleep(100 * time.Millisecond)
+			l, err = net.Listen("tcp", flipIP+":"+strconv.Itoa(flipPort))
+		}
+		if !assert.NoError(t, err, "the flipping target comes back") {
+			return
+		}
 		flipL.Store(&l)
 		go acceptAndClose(l)
 	}
@@ -86,11 +95,11 @@ func TestSoak(t *testing.T) {
 	started := time.Now()
 	p := startVigilWith(t, dir, "--token", e2eToken, "--listen", listen)
 	spec := func(i int) client.InstanceInput {
-		port := steady.Addr().(*net.TCPAddr).Port
+		ip, port := "127.0.0.1", steady.Addr().(*net.TCPAddr).Port
 		if i%20 == 0 {
-			port = flipPort
+			ip, port = flipIP, flipPort
 		}
-		return client.InstanceInput{State: client.LifecycleRunning, Network: &client.Network{Ip: "127.0.0.1"},
+		return client.InstanceInput{State: client.LifecycleRunning, Network: &client.Network{Ip: ip},
 			HealthCheck: &client.HealthCheck{Tcp: &client.TCPCheck{Port: port}, Interval: ptr("10s"), Timeout: ptr("2s"),
 				StartPeriod: ptr("0s")}}
 	}
@@ -206,7 +215,14 @@ func TestSoak(t *testing.T) {
 	stopWriter()
 	<-writerDone
 	require.NoError(t, p.cmd.Process.Signal(syscall.SIGTERM))
-	require.NoError(t, <-p.done, "a clean stop")
+	if err := <-p.done; err != nil {
+		for _, l := range p.logs {
+			if lv := l["level"]; lv == "warn" || lv == "error" {
+				t.Logf("vigil logged %v", l)
+			}
+		}
+		require.NoError(t, err, "a clean stop")
+	}
 	p = startVigilWith(t, dir, "--token", e2eToken, "--listen", listen)
 	checkSpecs()
 	time.Sleep(2 * time.Second) // the stream catches up
@@ -232,7 +248,10 @@ func TestSoak(t *testing.T) {
 	if len(first) > 0 {
 		base := first[0]
 		for _, s := range first[1:] {
-			assert.InEpsilon(t, base.RSSMiB, s.RSSMiB, 0.10, "RSS after restart %d within 10 %% of the first", s.Restart)
+			// no growth: a later start may well need less than the first
+			// after the registration burst (its write-ahead log replayed
+			// into memtables not yet flushed), never 10 % more
+			assert.LessOrEqual(t, s.RSSMiB, base.RSSMiB*1.10, "RSS after restart %d within 10 %% of the first", s.Restart)
 			assert.LessOrEqual(t, s.Goroutines, base.Goroutines+20, "goroutines after restart %d", s.Restart)
 			assert.LessOrEqual(t, s.FDs, base.FDs+20, "file descriptors after restart %d", s.Restart)
 		}

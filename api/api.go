@@ -23,6 +23,7 @@ import (
 	"mime"
 	"net/http"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -110,6 +111,14 @@ type Options struct {
 	// MaxBatches caps batch registrations in progress at once (default
 	// 4); one waits QueueWait for its turn, then gets a 503.
 	MaxBatches int
+	// MaxRequests caps the requests being worked on at once (default 4 a
+	// CPU), every route but the event stream, probe-now (which waits on
+	// its probe, not the CPU), the service's health, metrics and the
+	// dashboard's files; one waits QueueWait for its turn, then gets a
+	// 503. A flood of clients then waits, blocked, instead of running
+	// beside the probes: the Go scheduler gives a runnable goroutine its
+	// turn in order, so thousands of running handlers delay every timer.
+	MaxRequests int
 	// BodyReadTimeout bounds reading a request body (default 30s) and
 	// WriteTimeout writing a response (default 30s; not the event stream's).
 	BodyReadTimeout time.Duration
@@ -173,6 +182,9 @@ func New(reg Registry, opt Options) *echo.Echo {
 	if opt.MaxBatches <= 0 {
 		opt.MaxBatches = DefaultMaxBatches
 	}
+	if opt.MaxRequests <= 0 {
+		opt.MaxRequests = 4 * runtime.GOMAXPROCS(0)
+	}
 	if opt.EventBuffer <= 0 {
 		opt.EventBuffer = DefaultEventBuffer
 	}
@@ -194,7 +206,9 @@ func New(reg Registry, opt Options) *echo.Echo {
 		e.Use(bearer(opt.Token))
 	}
 	h := &handlers{reg: reg, opt: opt, slots: make(chan struct{}, opt.MaxActorQueries),
-		streams: make(chan struct{}, opt.MaxStreams), batches: make(chan struct{}, opt.MaxBatches)}
+		streams: make(chan struct{}, opt.MaxStreams), batches: make(chan struct{}, opt.MaxBatches),
+		work: make(chan struct{}, opt.MaxRequests)}
+	e.Use(h.admit)
 	h.fleet, _ = reg.(Fleet)
 	// every GET route answers HEAD too: the same headers, no body
 	get := func(path string, handler echo.HandlerFunc, mw ...echo.MiddlewareFunc) {
@@ -317,6 +331,21 @@ func (h *handlers) hold(slots chan struct{}, busy string) echo.MiddlewareFunc {
 	}
 }
 
+// unmetered are the routes MaxRequests does not count.
+var unmetered = map[string]bool{"/healthz": true, "/readyz": true, "/metrics": true, "/v1/events": true,
+	"/v1/instances/:id/probe": true, "/v1/openapi.json": true, "/ui": true, "/ui/*": true}
+
+// admit holds one of MaxRequests for the request, waiting up to QueueWait.
+func (h *handlers) admit(next echo.HandlerFunc) echo.HandlerFunc {
+	held := h.hold(h.work, "too many requests at once; retry")(next)
+	return func(c echo.Context) error {
+		if unmetered[c.Path()] {
+			return next(c)
+		}
+		return held(c)
+	}
+}
+
 type handlers struct {
 	reg     Registry
 	fleet   Fleet // nil without a fleet
@@ -324,6 +353,7 @@ type handlers struct {
 	slots   chan struct{} // semaphore of actor queries
 	streams chan struct{} // semaphore of event streams
 	batches chan struct{} // semaphore of batch registrations
+	work    chan struct{} // semaphore of requests worked on
 }
 
 func (h *handlers) ready(c echo.Context) error {
