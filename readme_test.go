@@ -93,7 +93,7 @@ func TestReadmeTourRuns(t *testing.T) {
 		`"outcome":"success"`,
 		`"state":"Stopped"`,
 		`vigil_instances{status="unknown"} 1`,
-		`"openapi"`,
+		"OpenAPI 3.0.3 ",
 	} {
 		assert.Contains(t, got, want)
 	}
