@@ -239,3 +239,14 @@ func isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
 	return ok && (isatty.IsTerminal(f.Fd()) || isatty.IsCygwinTerminal(f.Fd()))
 }
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// exit is the exit code of a failed parse: 0 after --help, 2 otherwise.
+func exit(err error) int {
+	if errors.Is(err, errHelp) {
+		return 0
+	}
+	return 2
+}

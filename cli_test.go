@@ -13,7 +13,7 @@ import (
 
 // clearVigilEnv unsets every VIGIL_* variable of the test process for the
 // test (t.Setenv restores them after), so that the developer's own
-// environment cannot change what run parses.
+// environment cannot change what dispatch parses.
 func clearVigilEnv(t *testing.T) {
 	t.Helper()
 	for _, kv := range os.Environ() {
@@ -30,7 +30,7 @@ func clearVigilEnv(t *testing.T) {
 func runCLI(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
 	var stdout, stderr bytes.Buffer
-	code := run(args, &stdout, &stderr)
+	code := dispatch(args, &stdout, &stderr)
 	return code, stdout.String(), stderr.String()
 }
 

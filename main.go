@@ -8,7 +8,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -24,16 +23,13 @@ import (
 	"github.com/vigilhq/vigil/probes/agent"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
-
 func main() {
-	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	os.Exit(dispatch(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-func run(args []string, stdout, stderr io.Writer) int {
+func dispatch(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		usage(stderr)
+		printUsage(stderr)
 		return 2
 	}
 	switch args[0] {
@@ -51,19 +47,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case loadtest.ChildCommand: // hidden: the load test's own processes (targets, raw loop, CPU hog)
 		return loadtest.Child(os.Stdin, stdout)
 	case "help", "-h", "--help":
-		usage(stdout)
+		printUsage(stdout)
 		return 0
 	}
 	fmt.Fprintf(stderr, "vigil: unknown command %q\n", args[0])
-	usage(stderr)
-	return 2
-}
-
-// exit is the exit code of a failed parse: 0 after --help, 2 otherwise.
-func exit(err error) int {
-	if errors.Is(err, errHelp) {
-		return 0
-	}
+	printUsage(stderr)
 	return 2
 }
 
@@ -81,7 +69,7 @@ func defaultGC() {
 	}
 }
 
-func usage(w io.Writer) {
+func printUsage(w io.Writer) {
 	fmt.Fprint(w, `usage: vigil <command> [flags]
 
 commands:

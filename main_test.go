@@ -12,23 +12,23 @@ import (
 
 func TestVersionAndUsage(t *testing.T) {
 	var out, errOut bytes.Buffer
-	assert.Equal(t, 0, run([]string{"version"}, &out, &errOut))
+	assert.Equal(t, 0, dispatch([]string{"version"}, &out, &errOut))
 	assert.Contains(t, out.String(), "vigil dev")
-	assert.Equal(t, 2, run(nil, &out, &errOut))
-	assert.Equal(t, 2, run([]string{"frobnicate"}, &out, &errOut))
+	assert.Equal(t, 2, dispatch(nil, &out, &errOut))
+	assert.Equal(t, 2, dispatch([]string{"frobnicate"}, &out, &errOut))
 	assert.Contains(t, errOut.String(), `unknown command "frobnicate"`)
 }
 
 func TestServeRejectsBadFlags(t *testing.T) {
 	var out, errOut bytes.Buffer
-	assert.Equal(t, 2, run([]string{"serve", "--log-format", "xml"}, &out, &errOut))
+	assert.Equal(t, 2, dispatch([]string{"serve", "--log-format", "xml"}, &out, &errOut))
 	assert.Contains(t, errOut.String(), "--log-format")
 	errOut.Reset()
-	assert.Equal(t, 2, run([]string{"serve", "--listen", "0.0.0.0:0", "--data-dir", t.TempDir()}, &out, &errOut))
+	assert.Equal(t, 2, dispatch([]string{"serve", "--listen", "0.0.0.0:0", "--data-dir", t.TempDir()}, &out, &errOut))
 	assert.Contains(t, errOut.String(), "not a loopback address")
 	assert.Contains(t, errOut.String(), "--token")
 	errOut.Reset()
-	assert.Equal(t, 2, run([]string{"serve", "extra"}, &out, &errOut))
+	assert.Equal(t, 2, dispatch([]string{"serve", "extra"}, &out, &errOut))
 	assert.Contains(t, errOut.String(), `unexpected argument "extra"`)
 }
 
@@ -57,7 +57,7 @@ func TestServeReportsLockedDataDir(t *testing.T) {
 	var out, errOut bytes.Buffer
 	// a second process on the same directory is covered by persistence; here
 	// an unusable directory gives a clear error and a non-zero exit
-	assert.Equal(t, 1, run([]string{"serve", "--listen", "127.0.0.1:0", "--data-dir", dir + "/\x00bad"}, &out, &errOut))
+	assert.Equal(t, 1, dispatch([]string{"serve", "--listen", "127.0.0.1:0", "--data-dir", dir + "/\x00bad"}, &out, &errOut))
 	assert.Contains(t, errOut.String(), "data directory")
 }
 
