@@ -32,6 +32,7 @@ const (
 // body are read.
 type HTTP struct {
 	client      *http.Client
+	plain       *plainHTTP // http without TLS: the request sent on a connection of its own
 	url         string
 	method      string
 	host        string
@@ -132,6 +133,11 @@ func newHTTP(addr string, src netip.Addr, p *health.HTTPProbe) (*HTTP, error) {
 			h.headers.Set(k, v)
 		}
 	}
+	if p.Scheme == "http" {
+		if h.plain, err = newPlainHTTP(addr, src, h); err != nil {
+			return nil, err
+		}
+	}
 	if p.BodyRegex != "" {
 		if h.bodyRe, err = regexp.Compile(p.BodyRegex); err != nil {
 			return nil, fmt.Errorf("probes: http.body_regex: %w", err)
@@ -206,15 +212,35 @@ func since(t time.Time) time.Duration {
 
 // Probe sends the request and reads up to MaxBodyRead bytes of the body.
 func (h *HTTP) Probe(ctx context.Context) health.Result {
+	if h.plain != nil {
+		return h.plain.probe(ctx, h)
+	}
 	began := time.Now()
 	var pt phaseTimer
+	req, err := h.request(httptrace.WithClientTrace(ctx, pt.trace()))
+	if err != nil {
+		return health.Result{Outcome: health.Failure, Reason: health.ReasonIOError, Message: err.Error()}
+	}
+	resp, err := h.client.Do(req)
+	if err != nil {
+		f := Fail(ctx, err)
+		f.Phases = pt.result()
+		return f
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, MaxBodyRead))
+	return h.check(ctx, resp, string(b), err, pt.result(), began)
+}
+
+// request is the probe's request, with the context ctx.
+func (h *HTTP) request(ctx context.Context) (*http.Request, error) {
 	var body io.Reader
 	if h.body != "" {
 		body = strings.NewReader(h.body)
 	}
-	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, pt.trace()), h.method, h.url, body)
+	req, err := http.NewRequestWithContext(ctx, h.method, h.url, body)
 	if err != nil {
-		return health.Result{Outcome: health.Failure, Reason: health.ReasonIOError, Message: err.Error()}
+		return nil, err
 	}
 	for k, v := range h.headers {
 		req.Header[k] = v
@@ -227,16 +253,14 @@ func (h *HTTP) Probe(ctx context.Context) health.Result {
 	}
 	req.Header.Set("User-Agent", "vigil-probe/1")
 	req.Close = true
-	resp, err := h.client.Do(req)
-	if err != nil {
-		f := Fail(ctx, err)
-		f.Phases = pt.result()
-		return f
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, MaxBodyRead))
-	text := string(b)
-	r := health.Result{HTTPStatus: resp.StatusCode, Output: health.TailUTF8(text, health.MaxOutput), Phases: pt.result()}
+	return req, nil
+}
+
+// check judges the response resp with its body text (read up to
+// MaxBodyRead; err is the error that ended the read early, if any): the
+// status, the chain's expiry, body_regex, then the condition.
+func (h *HTTP) check(ctx context.Context, resp *http.Response, text string, err error, phases health.Phases, began time.Time) health.Result {
+	r := health.Result{HTTPStatus: resp.StatusCode, Output: health.TailUTF8(text, health.MaxOutput), Phases: phases}
 	var daysLeft float64
 	if resp.TLS != nil {
 		r.CertNotAfter = chainNotAfter(resp.TLS)
