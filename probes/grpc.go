@@ -6,10 +6,7 @@ import (
 	"net/netip"
 	"strings"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
 	"github.com/vigilhq/vigil/health"
@@ -19,40 +16,16 @@ import (
 const MaxGRPCMessage = 64 << 10
 
 // GRPC calls grpc.health.v1.Health/Check on a fresh connection; SERVING is
-// success.
+// success. Made by newGRPC.
 type GRPC struct {
 	Addr    string
 	Service string
 	src     netip.Addr // the local address to connect from, if any
-}
 
-// Probe dials, checks and closes.
-func (g *GRPC) Probe(ctx context.Context) health.Result {
-	opts := []grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxGRPCMessage)),
-		grpc.WithMaxHeaderListSize(16 << 10),
-		grpc.WithUserAgent("vigil-probe/1"),
-	}
-	if g.src.IsValid() {
-		d := dialer(g.src)
-		opts = append(opts, grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
-			return d.DialContext(ctx, "tcp", addr)
-		}))
-	}
-	conn, err := grpc.NewClient("passthrough:///"+g.Addr, opts...)
-	if err != nil {
-		return health.Result{Outcome: health.Failure, Reason: health.ReasonIOError, Message: err.Error()}
-	}
-	defer conn.Close()
-	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: g.Service}, grpc.WaitForReady(false))
-	if err != nil {
-		return grpcFailure(ctx, err)
-	}
-	if s := resp.GetStatus(); s != healthpb.HealthCheckResponse_SERVING {
-		return health.Result{Outcome: health.Failure, Reason: health.ReasonNotServing, Message: "health status " + s.String()}
-	}
-	return health.Result{Outcome: health.Success}
+	dial             *net.Dialer
+	raddr, laddr     netip.AddrPort // addr parsed, when it is an address (dialed without the resolver)
+	headers, message []byte         // the request, encoded once
+	url              string         // how errors name the call
 }
 
 func grpcFailure(ctx context.Context, err error) health.Result {

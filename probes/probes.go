@@ -94,7 +94,7 @@ func (o Options) New(in health.Instance) (Prober, error) {
 		}
 		return &TCP{ap: ap, src: src}, nil
 	case health.TypeGRPC:
-		return &GRPC{Addr: addr(), Service: p.GRPC.Service, src: src}, nil
+		return newGRPC(addr(), p.GRPC.Service, src)
 	}
 	return nil, fmt.Errorf("probes: unknown probe type %q", p.Type)
 }

@@ -1,0 +1,110 @@
+package probes
+
+import (
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	grpchealth "google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+
+	"github.com/vigilhq/vigil/health"
+)
+
+// failingHealth is a health server whose Check fails with the code it is given.
+type failingHealth struct {
+	healthpb.UnimplementedHealthServer
+	code codes.Code
+}
+
+func (f failingHealth) Check(context.Context, *healthpb.HealthCheckRequest) (*healthpb.HealthCheckResponse, error) {
+	return nil, status.Error(f.code, "50% of replicas down")
+}
+
+func grpcServer(t *testing.T, register func(*grpc.Server)) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	srv := grpc.NewServer()
+	register(srv)
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(srv.Stop)
+	return l.Addr().String()
+}
+
+// TestGRPCAnswers runs the probe's own framing against real grpc-go servers
+// answering in each way a health check can, and against what is not one.
+func TestGRPCAnswers(t *testing.T) {
+	serving := grpcServer(t, func(s *grpc.Server) {
+		hs := grpchealth.NewServer()
+		hs.SetServingStatus("db", healthpb.HealthCheckResponse_NOT_SERVING)
+		healthpb.RegisterHealthServer(s, hs)
+	})
+	noHealth := grpcServer(t, func(*grpc.Server) {})
+	unavailable := grpcServer(t, func(s *grpc.Server) { healthpb.RegisterHealthServer(s, failingHealth{code: codes.Unavailable}) })
+	http1, _ := scriptedTarget(t, func(c net.Conn) {})
+	for _, tc := range []struct {
+		name, addr, service string
+		outcome             health.Outcome
+		reason              health.Reason
+		message             string
+	}{
+		{name: "serving", addr: serving, outcome: health.Success},
+		{name: "serving, many times on pooled sessions", addr: serving, outcome: health.Success},
+		{name: "not serving", addr: serving, service: "db", reason: health.ReasonNotServing, message: "NOT_SERVING"},
+		{name: "unknown service", addr: serving, service: "nope", reason: health.ReasonNotServing, message: "service unknown"},
+		{name: "no health service", addr: noHealth, reason: health.ReasonNotServing, message: "not implemented"},
+		{name: "an error with a message", addr: unavailable, reason: health.ReasonIOError, message: "50% of replicas down"},
+		{name: "not HTTP/2", addr: http1, reason: health.ReasonIOError, message: `Post "http://` + http1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			in := instance(t, tc.addr, `{"grpc":{"port":PORT,"service":"`+tc.service+`"}}`)
+			for range 3 {
+				r, took := probe(t, in, 2*time.Second)
+				if tc.outcome == health.Success {
+					require.Equal(t, health.Success, r.Outcome, r.Message)
+					continue
+				}
+				assert.Equal(t, health.Failure, r.Outcome)
+				assert.Equal(t, tc.reason, r.Reason, r.Message)
+				assert.Contains(t, r.Message, tc.message)
+				assert.Less(t, took, time.Second, "answered at once: nothing waits for the deadline")
+			}
+		})
+	}
+}
+
+// TestGRPCCanceled: a probe canceled while the target holds the call ends
+// at once, as canceled.
+func TestGRPCCanceled(t *testing.T) {
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	addr := grpcServer(t, func(s *grpc.Server) { healthpb.RegisterHealthServer(s, &blockingHealth{release: release}) })
+	p, err := New(instance(t, addr, `{"grpc":{"port":PORT}}`))
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	time.AfterFunc(100*time.Millisecond, cancel)
+	start := time.Now()
+	r := p.Probe(ctx)
+	assert.Equal(t, health.ReasonCanceled, r.Reason, r.Message)
+	assert.Less(t, time.Since(start), 5*time.Second)
+}
+
+type blockingHealth struct {
+	healthpb.UnimplementedHealthServer
+	release chan struct{}
+}
+
+func (b *blockingHealth) Check(ctx context.Context, _ *healthpb.HealthCheckRequest) (*healthpb.HealthCheckResponse, error) {
+	select {
+	case <-b.release:
+	case <-ctx.Done():
+	}
+	return nil, status.Error(codes.Canceled, "released")
+}
