@@ -23,7 +23,7 @@ type GRPC struct {
 	src     netip.Addr // the local address to connect from, if any
 
 	dial             *net.Dialer
-	raddr, laddr     netip.AddrPort // addr parsed, when it is an address (dialed without the resolver)
+	raddr            netip.AddrPort // addr parsed, when it is an address (dialed without the resolver)
 	headers, message []byte         // the request, encoded once
 	url              string         // how errors name the call
 }

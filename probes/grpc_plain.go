@@ -65,10 +65,7 @@ func newGRPC(addr, service string, src netip.Addr) (*GRPC, error) {
 	g.headers = block.Bytes()
 	g.message = append(binary.BigEndian.AppendUint32([]byte{0}, uint32(len(msg))), msg...)
 	if ap, err := netip.ParseAddrPort(addr); err == nil {
-		g.raddr, g.dial = ap, probeDialer
-		if src.IsValid() {
-			g.laddr = netip.AddrPortFrom(src, 0)
-		}
+		g.raddr = ap
 	}
 	return g, nil
 }
@@ -124,13 +121,7 @@ func (g *GRPC) Probe(ctx context.Context) health.Result {
 		}
 		return Fail(ctx, &url.Error{Op: "Post", URL: g.url, Err: err})
 	}
-	var conn net.Conn
-	var err error
-	if g.raddr.IsValid() {
-		conn, err = g.dial.DialTCP(ctx, "tcp", g.laddr, g.raddr)
-	} else {
-		conn, err = g.dial.DialContext(ctx, "tcp", g.Addr)
-	}
+	conn, err := dialProbe(ctx, g.dial, g.Addr, g.raddr, g.src)
 	if err != nil {
 		return fail(err)
 	}

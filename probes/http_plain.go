@@ -31,13 +31,14 @@ import (
 type plainHTTP struct {
 	dial *net.Dialer
 	addr string
-	// the addresses parsed, when addr is an IP address and port, as it is
-	// for an instance's network.ip: dialed without the resolver
-	raddr, laddr netip.AddrPort
-	wire         []byte        // the request as sent
-	req          *http.Request // for ReadResponse (its method: a HEAD has no body); no body
-	op           string        // how errors name the request: Get "http://…" as http.Client's do
-	url          string
+	// addr parsed, when it is an IP address and port, as it is for an
+	// instance's network.ip: dialed without the resolver; and the source
+	raddr netip.AddrPort
+	src   netip.Addr
+	wire  []byte        // the request as sent
+	req   *http.Request // for ReadResponse (its method: a HEAD has no body); no body
+	op    string        // how errors name the request: Get "http://…" as http.Client's do
+	url   string
 }
 
 func newPlainHTTP(addr string, src netip.Addr, h *HTTP) (*plainHTTP, error) {
@@ -57,10 +58,7 @@ func newPlainHTTP(addr string, src netip.Addr, h *HTTP) (*plainHTTP, error) {
 	p := &plainHTTP{dial: dialer(src), addr: addr, wire: wire.Bytes(), req: req,
 		op: op[:1] + strings.ToLower(op[1:]), url: h.url}
 	if ap, err := netip.ParseAddrPort(addr); err == nil {
-		p.raddr, p.dial = ap, probeDialer
-		if src.IsValid() {
-			p.laddr = netip.AddrPortFrom(src, 0)
-		}
+		p.raddr, p.src = ap, src
 	}
 	return p, nil
 }
@@ -120,13 +118,7 @@ func (p *plainHTTP) probe(ctx context.Context, h *HTTP) health.Result {
 		f.Phases = phases
 		return f
 	}
-	var conn net.Conn
-	var err error
-	if p.raddr.IsValid() {
-		conn, err = p.dial.DialTCP(ctx, "tcp", p.laddr, p.raddr)
-	} else {
-		conn, err = p.dial.DialContext(ctx, "tcp", p.addr)
-	}
+	conn, err := dialProbe(ctx, p.dial, p.addr, p.raddr, p.src)
 	if err != nil {
 		return fail(err)
 	}

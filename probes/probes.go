@@ -134,8 +134,33 @@ func dialer(src netip.Addr) *net.Dialer {
 	if !src.IsValid() {
 		return probeDialer
 	}
-	return &net.Dialer{KeepAlive: -1, LocalAddr: &net.TCPAddr{IP: src.AsSlice()}}
+	return &net.Dialer{KeepAlive: -1, LocalAddr: &net.TCPAddr{IP: src.AsSlice()}, Control: bindNoPort}
 }
+
+// dialProbe opens a probe's connection with d, to ap when it is set (an IP
+// address and port: no resolver, and from src, or from any address when
+// src is not set), else to addr. The bind a dial to an address makes takes
+// the address alone and leaves the port to the connect (bindNoPort): a
+// bind to port 0 reserves a port for every destination, where the
+// connect's own choice shares one among destinations, and a prober closing
+// thousands of connections a second would have the kernel search for a
+// free port through its TIME_WAIT sockets on every dial, until none is
+// left.
+func dialProbe(ctx context.Context, d *net.Dialer, addr string, ap netip.AddrPort, src netip.Addr) (net.Conn, error) {
+	if !ap.IsValid() {
+		return d.DialContext(ctx, "tcp", addr)
+	}
+	if !src.IsValid() {
+		d = anySourceDialer
+	}
+	return d.DialTCP(ctx, "tcp", netip.AddrPortFrom(src, 0), ap)
+}
+
+// anySourceDialer dials from any local address: DialTCP always binds, to
+// the unspecified address when there is no source, so it must not take a
+// port there (bindNoPort). Through the net package, this costs less than
+// a dial that resolves its address, even a literal one.
+var anySourceDialer = &net.Dialer{KeepAlive: -1, Control: bindNoPort}
 
 // probeDialer opens probe connections without TCP keep-alive: a probe's
 // connection lives for one request, and enabling keep-alive costs three

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -187,6 +188,16 @@ func boundSocket(family int, src netip.Addr) (int, error) {
 		return -1, os.NewSyscallError("bind "+src.String(), errno)
 	}
 	return fd, nil
+}
+
+// bindNoPort is a Dialer's Control for a source address: the bind before
+// the connect takes the address alone, and the connect chooses the port
+// (IP_BIND_ADDRESS_NO_PORT, as boundSocket does). An optimization only: its
+// failure is not the dial's.
+func bindNoPort(_, _ string, c syscall.RawConn) error {
+	return c.Control(func(fd uintptr) {
+		_ = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
+	})
 }
 
 // lingerReset is linger on, for 0 seconds: close sends a reset. Read only.

@@ -3,6 +3,7 @@ package probes
 import (
 	"context"
 	"net"
+	"net/netip"
 	"strconv"
 	"testing"
 	"time"
@@ -86,4 +87,30 @@ func TestTCPProbeWithAZoneDialsThroughTheNetPackage(t *testing.T) {
 	require.NoError(t, l.Close())
 	r = (&TCP{Addr: net.JoinHostPort("::1%nosuchif0", strconv.Itoa(port))}).Probe(ctx)
 	assert.Equal(t, health.Failure, r.Outcome, "an unknown zone fails the probe: %s", r.Message)
+}
+
+// A probe's dial to an address binds (DialTCP always does, to the
+// unspecified address without a source) but leaves the port to the
+// connect: a bind to port 0 would reserve a port per connection, and a
+// prober closing thousands a second would exhaust them among its TIME_WAIT
+// sockets (10 000 hung HTTP targets stalled probing so).
+func TestProbeDialsLeaveThePortToTheConnect(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	ap := l.Addr().(*net.TCPAddr).AddrPort()
+	for _, src := range []netip.Addr{{}, netip.MustParseAddr("127.0.0.1")} {
+		c, err := dialProbe(context.Background(), dialer(src), ap.String(), ap, src)
+		require.NoError(t, err, "source %v", src)
+		raw, err := c.(*net.TCPConn).SyscallConn()
+		require.NoError(t, err)
+		var noPort int
+		var gerr error
+		require.NoError(t, raw.Control(func(fd uintptr) {
+			noPort, gerr = unix.GetsockoptInt(int(fd), unix.SOL_IP, unix.IP_BIND_ADDRESS_NO_PORT)
+		}))
+		require.NoError(t, gerr)
+		assert.Equal(t, 1, noPort, "source %v: IP_BIND_ADDRESS_NO_PORT", src)
+		_ = c.Close()
+	}
 }
