@@ -50,18 +50,30 @@ func newPlainHTTP(addr string, src netip.Addr, h *HTTP) (*plainHTTP, error) {
 	if err := req.Write(&wire); err != nil {
 		return nil, fmt.Errorf("probes: http request: %w", err)
 	}
-	req.Body, req.GetBody = nil, nil // written; ReadResponse needs only the method
 	op := h.method
 	if op == "" {
 		op = http.MethodGet
 	}
-	p := &plainHTTP{dial: dialer(src), addr: addr, wire: wire.Bytes(), req: req,
+	p := &plainHTTP{dial: dialer(src), addr: addr, wire: wire.Bytes(), req: methodOnly(req.Method),
 		op: op[:1] + strings.ToLower(op[1:]), url: h.url}
 	if ap, err := netip.ParseAddrPort(addr); err == nil {
 		p.raddr, p.src = ap, src
 	}
 	return p, nil
 }
+
+// methodOnly is a request with the method m and nothing else, one per
+// method, read only: what ReadResponse needs of the request it answers,
+// without an instance's headers and URL kept for it.
+func methodOnly(m string) *http.Request {
+	if r, ok := methodRequests.Load(m); ok {
+		return r.(*http.Request)
+	}
+	r, _ := methodRequests.LoadOrStore(m, &http.Request{Method: m})
+	return r.(*http.Request)
+}
+
+var methodRequests sync.Map // method → *http.Request
 
 // errHeadersTooLarge ends a response whose headers run past
 // MaxResponseHeaders.
