@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -40,6 +41,8 @@ type serveConfig struct {
 	incidents  health.IncidentRules
 	// probeSource is --probe-source-ip, checked by check
 	probeSource string
+	// pprofListen is --pprof-listen: Go's profiles, on loopback only
+	pprofListen string
 }
 
 func serve(args []string, stdout, stderr io.Writer) int {
@@ -60,10 +63,12 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		"an incident opens when this fraction of the node's active instances turns unhealthy together")
 	incMin := cmd.Int("incident-min", "VIGIL_INCIDENT_MIN", health.DefaultIncidentRules.Min, "... and at least this many")
 	incWindow := cmd.Duration("incident-window", "VIGIL_INCIDENT_WINDOW", health.DefaultIncidentRules.Window, "... within this window")
+	pprofListen := cmd.String("pprof-listen", "VIGIL_PPROF_LISTEN", "", "HOST:PORT",
+		"serve Go's profiles (net/http/pprof, /debug/pprof/) on this loopback address, without authentication")
 	if err := cmd.parse(args, stdout, stderr); err != nil {
 		return exit(err)
 	}
-	cfg := serveConfig{listen: *listen, dataDir: *dataDir, budget: *budget, token: *token, insecure: *insecure,
+	cfg := serveConfig{pprofListen: *pprofListen, listen: *listen, dataDir: *dataDir, budget: *budget, token: *token, insecure: *insecure,
 		node: *node, peerListen: *peerListen, peerToken: *peerToken,
 		incidents: health.IncidentRules{Fraction: *incFraction, Min: *incMin, Window: *incWindow}}
 	cfg.probeSource = *probeSource
@@ -95,6 +100,12 @@ func (c serveConfig) check() error {
 	}
 	if err := checkListen(c); err != nil {
 		return err
+	}
+	if c.pprofListen != "" {
+		ap, err := netip.ParseAddrPort(c.pprofListen)
+		if err != nil || !ap.Addr().IsLoopback() {
+			return fmt.Errorf("--pprof-listen must be a loopback address and port, as 127.0.0.1:6060 (got %q): profiles are not for the network", c.pprofListen)
+		}
 	}
 	if c.probeSource != "" && !localAddr(c.probeSource) {
 		return fmt.Errorf("--probe-source-ip must be an IPv4 or IPv6 address of this host (got %q)", c.probeSource)
@@ -272,6 +283,16 @@ func serveUntilSignal(log zerolog.Logger, c serveConfig) error {
 	log.Info().Str("listen", listenAddr(l)).Str("data_dir", c.dataDir).Bool("auth", c.token != "").Str("version", version).Msg("serving")
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(api.JSONErrors(l)) }()
+	if c.pprofListen != "" {
+		addr, stopProfiles, err := serveProfiles(c.pprofListen)
+		if err != nil {
+			_ = srv.Close()
+			_ = sched.Close(ctx)
+			return err
+		}
+		defer stopProfiles()
+		log.Info().Str("listen", addr).Msg("serving_profiles")
+	}
 	sd := startNotify(log, reg.Ready, sched)
 	defer sd.stop()
 
@@ -305,6 +326,24 @@ func serveUntilSignal(log zerolog.Logger, c serveConfig) error {
 	}
 	log.Info().Dur("took", time.Since(began)).Msg("stopped")
 	return nil
+}
+
+// serveProfiles serves net/http/pprof's handlers on addr until the returned
+// func is called; it returns the address it listens on.
+func serveProfiles(addr string) (string, func(), error) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", nil, fmt.Errorf("--pprof-listen: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(l) }()
+	return l.Addr().String(), func() { _ = srv.Close() }, nil
 }
 
 // How long a stop may take: requests in flight get httpStopTimeout, then

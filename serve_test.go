@@ -481,3 +481,39 @@ func TestServeConsoleLogs(t *testing.T) {
 		assert.Regexp(t, logTimeRe, ts, "line %d starts with the time: %q", i, line)
 	}
 }
+
+// --pprof-listen serves Go's profiles on a loopback address for as long as
+// vigil serves, and is refused anywhere else.
+func TestServeProfilesOnLoopbackOnly(t *testing.T) {
+	for _, addr := range []string{"0.0.0.0:6060", "localhost:6060", "6060"} {
+		code, stderr := runServeToExit(t, serveEnv(), "--data-dir", t.TempDir(), "--pprof-listen", addr)
+		assert.Equal(t, 2, code, addr)
+		assert.Contains(t, stderr, "--pprof-listen must be a loopback address", addr)
+	}
+
+	p := startServe(t, serveEnv(), "--listen", "127.0.0.1:0", "--data-dir", t.TempDir(), "--pprof-listen", "127.0.0.1:0")
+	var profiles string
+	for _, line := range p.stderr() {
+		var l struct{ Message, Listen string }
+		if json.Unmarshal([]byte(line), &l) == nil && l.Message == "serving_profiles" {
+			profiles = l.Listen
+		}
+	}
+	require.NotEmpty(t, profiles, "a serving_profiles line before serving:\n%s", strings.Join(p.stderr(), "\n"))
+	resp, err := http.Get("http://" + profiles + "/debug/pprof/goroutine?debug=1")
+	require.NoError(t, err)
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(t, err)
+	assert.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Contains(t, string(body), "goroutine profile: total")
+	// the API is not served there
+	resp, err = http.Get("http://" + profiles + "/v1/instances")
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusNotFound, resp.StatusCode)
+
+	assert.Equal(t, 0, p.stop(t, syscall.SIGTERM))
+	_, err = net.DialTimeout("tcp", profiles, time.Second)
+	assert.Error(t, err, "the profiles are not served once vigil has stopped")
+}
