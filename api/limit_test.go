@@ -137,7 +137,7 @@ func TestRequestCapAnswers503AndLeavesUnmeteredRoutesAlone(t *testing.T) {
 		return resp.StatusCode == http.StatusServiceUnavailable
 	}, 5*time.Second, 10*time.Millisecond, "with both slots held, a metered request is turned away")
 
-	for _, path := range []string{"/v1/summary", "/v1/instances"} {
+	for _, path := range []string{"/v1/summary", "/v1/instances", "/v1/incidents", "/v1/silences", "/v1/notifiers", "/v1/nodes"} {
 		began := time.Now()
 		resp, b := answer(t, http.MethodGet, srv.URL+path)
 		assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, path)
