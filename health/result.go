@@ -170,16 +170,47 @@ func TailUTF8(s string, n int) string {
 // compactly — times as integers, outcome and reason as codes, without
 // pointers — because every instance holds one and the garbage collector
 // scans them all. The texts of results that carry any (a message, output, a
-// reason outside the known codes; an HTTP probe's phases and certificate
-// expiry with them) live in one array beside the ring,
-// allocated only when needed and never changed once shared: a History
-// copied into a snapshot keeps the texts it had. Adding a plain result to a
-// history without texts allocates nothing.
+// reason outside the known codes, a certificate's expiry; an HTTP probe's
+// phases with them) live in one array beside the ring; an HTTP probe's
+// phases alone, as most of its results have, in another, packed into a
+// word each. Both are allocated only when needed and never changed once
+// shared: a History copied into a snapshot keeps what it had. Adding a
+// plain result to a history without texts or phases allocates nothing; a
+// result with phases alone, the one array.
 type History struct {
-	buf   [HistorySize]entry
-	texts *[HistorySize]*entryText // nil when no held result has text
-	next  uint8
-	n     uint8
+	buf    [HistorySize]entry
+	texts  *[HistorySize]*entryText   // nil when no held result has text
+	phases *[HistorySize]packedPhases // nil when no held result has packed phases
+	next   uint8
+	n      uint8
+}
+
+// packedPhases is a result's phases in microseconds, 21 bits each (up to
+// 2.097151 s): connect, TLS, first byte from the low bits. 0: none.
+type packedPhases uint64
+
+const (
+	phaseBits = 21
+	phaseMax  = 1<<phaseBits - 1 // µs
+)
+
+// packPhases packs p, reporting false when a phase does not fit: negative,
+// not whole microseconds, or longer than phaseMax.
+func packPhases(p Phases) (packedPhases, bool) {
+	var q packedPhases
+	for i, d := range [3]time.Duration{p.Connect, p.TLS, p.FirstByte} {
+		us := d / time.Microsecond
+		if d < 0 || d%time.Microsecond != 0 || us > phaseMax {
+			return 0, false
+		}
+		q |= packedPhases(us) << (i * phaseBits)
+	}
+	return q, true
+}
+
+func (q packedPhases) unpack() Phases {
+	at := func(i int) time.Duration { return time.Duration(q>>(i*phaseBits)&phaseMax) * time.Microsecond }
+	return Phases{Connect: at(0), TLS: at(1), FirstByte: at(2)}
 }
 
 // entry is one result as History keeps it (24 bytes).
@@ -222,7 +253,9 @@ func codeOf[T comparable](codes []T, v T) (uint8, bool) {
 	return 0, false
 }
 
-func pack(r *Result) (entry, *entryText) {
+// pack is r as History keeps it: the entry, and either its text or its
+// packed phases (or neither).
+func pack(r *Result) (entry, *entryText, packedPhases) {
 	e := entry{dur: int64(r.Duration), http: int16(min(max(r.HTTPStatus, 0), math.MaxInt16))}
 	if !r.Start.IsZero() {
 		e.start = r.Start.UnixNano()
@@ -237,8 +270,10 @@ func pack(r *Result) (entry, *entryText) {
 	if !known {
 		e.reason = otherReason
 	}
-	if known && r.Message == "" && r.Output == "" && !r.Truncated && r.CertNotAfter.IsZero() && r.Phases.IsZero() {
-		return e, nil
+	if known && r.Message == "" && r.Output == "" && !r.Truncated && r.CertNotAfter.IsZero() {
+		if q, fits := packPhases(r.Phases); fits {
+			return e, nil, q
+		}
 	}
 	x := &entryText{message: r.Message, output: r.Output, truncated: r.Truncated, phases: r.Phases}
 	if !r.CertNotAfter.IsZero() {
@@ -247,10 +282,10 @@ func pack(r *Result) (entry, *entryText) {
 	if !known {
 		x.reason = r.Reason
 	}
-	return e, x
+	return e, x, 0
 }
 
-func (e *entry) unpack(x *entryText) Result {
+func (e *entry) unpack(x *entryText, q packedPhases) Result {
 	r := Result{Duration: Duration(e.dur), HTTPStatus: int(e.http), Outcome: outcomeCodes[e.outcome&^hasExit]}
 	if e.start != 0 {
 		r.Start = time.Unix(0, e.start).UTC()
@@ -261,6 +296,9 @@ func (e *entry) unpack(x *entryText) Result {
 	}
 	if e.reason != otherReason {
 		r.Reason = reasonCodes[e.reason]
+	}
+	if q != 0 {
+		r.Phases = q.unpack()
 	}
 	if x != nil {
 		if e.reason == otherReason {
@@ -282,11 +320,31 @@ func (h *History) text(i int) *entryText {
 	return h.texts[i]
 }
 
+// phasesAt are the packed phases of the result in slot i, if any.
+func (h *History) phasesAt(i int) packedPhases {
+	if h.phases == nil {
+		return 0
+	}
+	return h.phases[i]
+}
+
 // Add records r, dropping the oldest result when full.
 func (h *History) Add(r Result) {
-	e, x := pack(&r)
+	e, x, q := pack(&r)
 	i := int(h.next)
 	h.buf[i] = e
+	if q != 0 || h.phasesAt(i) != 0 {
+		// copy on write, as the texts
+		phases := new([HistorySize]packedPhases)
+		if h.phases != nil {
+			*phases = *h.phases
+		}
+		phases[i] = q
+		h.phases = phases
+		if *phases == ([HistorySize]packedPhases{}) {
+			h.phases = nil
+		}
+	}
 	if x != nil || h.text(i) != nil {
 		// copy on write: a copy of this History may share the array
 		texts := new([HistorySize]*entryText)
@@ -314,7 +372,7 @@ func (h *History) Results() []Result {
 	start := (int(h.next) - int(h.n) + HistorySize) % HistorySize
 	for i := 0; i < int(h.n); i++ {
 		j := (start + i) % HistorySize
-		out = append(out, h.buf[j].unpack(h.text(j)))
+		out = append(out, h.buf[j].unpack(h.text(j), h.phasesAt(j)))
 	}
 	return out
 }
@@ -325,7 +383,7 @@ func (h *History) Last() (Result, bool) {
 		return Result{}, false
 	}
 	j := (int(h.next) - 1 + HistorySize) % HistorySize
-	return h.buf[j].unpack(h.text(j)), true
+	return h.buf[j].unpack(h.text(j), h.phasesAt(j)), true
 }
 
 // MarshalJSON writes the results oldest first.

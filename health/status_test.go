@@ -329,7 +329,45 @@ func TestHistoryKeepsEveryFieldCompactly(t *testing.T) {
 	assert.Len(t, h.Results(), HistorySize)
 	assert.Nil(t, h.texts, "no text left once plain results replaced those with text")
 	assert.Equal(t, 0.0, testing.AllocsPerRun(100, func() { h.Add(in[0]) }), "a plain result allocates nothing")
-	assert.LessOrEqual(t, unsafe.Sizeof(h), uintptr(256), "24 bytes a result")
+	assert.LessOrEqual(t, unsafe.Sizeof(h), uintptr(264), "24 bytes a result, and the two arrays beside")
+}
+
+// An HTTP probe's phases alone are packed into a word a result, in an array
+// beside the ring; phases that do not fit (longer than 2.097151 s, or not
+// whole microseconds) go with the texts. Either way they read back as added.
+func TestHistoryPacksAnHTTPProbesPhases(t *testing.T) {
+	ok := Result{Outcome: Success, Start: t0, HTTPStatus: 200,
+		Phases: Phases{Connect: 120 * time.Microsecond, TLS: 2097151 * time.Microsecond, FirstByte: time.Millisecond}}
+	in := []Result{
+		ok,
+		{Outcome: Success, Phases: Phases{Connect: 2097152 * time.Microsecond}},            // too long to pack
+		{Outcome: Success, Phases: Phases{FirstByte: 1500 * time.Nanosecond}},              // not whole µs
+		{Outcome: Failure, Reason: ReasonTimeout, Message: "timed out", Phases: ok.Phases}, // with a text
+		{Outcome: Success, HTTPStatus: 204},
+	}
+	var h History
+	for _, r := range in {
+		h.Add(r)
+	}
+	assert.Equal(t, in, h.Results())
+	for range HistorySize {
+		h.Add(ok)
+	}
+	assert.Nil(t, h.texts, "phases alone take no text")
+	assert.NotNil(t, h.phases)
+	assert.Equal(t, 1.0, testing.AllocsPerRun(100, func() { h.Add(ok) }), "the phases' array alone, copied on write")
+	for range HistorySize {
+		h.Add(Result{Outcome: Success})
+	}
+	assert.Nil(t, h.phases, "no phases left once results without them replaced those with")
+
+	h.Add(ok)
+	snapshot := h // as a snapshot copies the state
+	for range HistorySize {
+		h.Add(Result{Outcome: Success, Phases: Phases{Connect: time.Microsecond}})
+	}
+	rs := snapshot.Results()
+	assert.Equal(t, ok.Phases, rs[len(rs)-1].Phases, "the copy's phases did not change under it")
 }
 
 func TestHistoryCopiesKeepTheirTexts(t *testing.T) {
