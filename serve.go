@@ -272,7 +272,7 @@ func serveUntilSignal(log zerolog.Logger, c serveConfig) error {
 	}
 	stopping := make(chan struct{})
 	handler := api.New(reg, api.Options{Log: log.With().Str("component", "api").Logger(), Token: c.token,
-		Metrics: metrics, Shutdown: stopping, Notifiers: notifiers, Silences: silences, UI: ui.Handler()})
+		Metrics: metrics, Shutdown: stopping, Behind: sched.Behind, Notifiers: notifiers, Silences: silences, UI: ui.Handler()})
 	srv := api.NewServer(handler)
 	srv.RegisterOnShutdown(func() { close(stopping) })
 	l, err := api.Listen(c.listen)

@@ -801,7 +801,14 @@ func (a *instanceActor) finishProbe(ctx actor.Context, r health.Result, waited t
 		a.steady = true
 		delay -= health.Phase(a.inst.ID, delay)
 	}
-	if late := a.late + max(waited-a.s.opt.waitFloor, 0); r.Outcome != health.Skipped && late > 0 {
+	late := a.late + max(waited-a.s.opt.waitFloor, 0)
+	switch {
+	case r.Outcome != health.Skipped:
+		a.s.late.observe(a.s.opt.clock.Mono(), late)
+	case r.Reason == health.ReasonBudgetFull: // not started at all: as late as can be
+		a.s.late.observe(a.s.opt.clock.Mono(), max(late, BehindLate+1))
+	}
+	if r.Outcome != health.Skipped && late > 0 {
 		// the host started this probe late (a stall, a burst): the instance
 		// keeps its own cadence instead of taking the stall's, so instances
 		// delayed together do not stay bunched and delayed together again

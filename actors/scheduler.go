@@ -234,6 +234,7 @@ type Scheduler struct {
 	batchMu sync.Mutex
 
 	counts [5]atomic.Int64 // by status, indexed like health.Statuses
+	late   lateness        // how late probes start, for Behind
 
 	subsMu sync.Mutex
 	subs   map[*Subscription]struct{}
@@ -745,6 +746,11 @@ func (s *Scheduler) Ready() bool {
 
 // InFlight is the number of probes holding a budget slot.
 func (s *Scheduler) InFlight() int { return s.budget.inFlight(s.opt.budget) }
+
+// Behind reports whether probing runs behind its schedule: over the last
+// second, more than BehindShare of the probes started more than BehindLate
+// after they were due (a stall, a burst, a host busy with other work).
+func (s *Scheduler) Behind() bool { return s.late.behind(s.opt.clock.Mono()) }
 
 func (s *Scheduler) count(st health.Status, d int64) {
 	for i, v := range health.Statuses {

@@ -119,6 +119,12 @@ type Options struct {
 	// beside the probes: the Go scheduler gives a runnable goroutine its
 	// turn in order, so thousands of running handlers delay every timer.
 	MaxRequests int
+	// Behind, when set, reports whether probing runs behind its schedule
+	// (actors.Scheduler.Behind). While it does, the requests MaxRequests
+	// counts are worked on one at a time, the others waiting QueueWait
+	// for their turn, then a 503: the probes' lateness, not a fixed cap,
+	// says when the API must give way.
+	Behind func() bool
 	// BodyReadTimeout bounds reading a request body (default 30s) and
 	// WriteTimeout writing a response (default 30s; not the event stream's).
 	BodyReadTimeout time.Duration
@@ -207,7 +213,7 @@ func New(reg Registry, opt Options) *echo.Echo {
 	}
 	h := &handlers{reg: reg, opt: opt, slots: make(chan struct{}, opt.MaxActorQueries),
 		streams: make(chan struct{}, opt.MaxStreams), batches: make(chan struct{}, opt.MaxBatches),
-		work: make(chan struct{}, opt.MaxRequests)}
+		work: make(chan struct{}, opt.MaxRequests), behind: make(chan struct{}, 1)}
 	e.Use(h.admit)
 	h.fleet, _ = reg.(Fleet)
 	// every GET route answers HEAD too: the same headers, no body
@@ -335,12 +341,17 @@ func (h *handlers) hold(slots chan struct{}, busy string) echo.MiddlewareFunc {
 var unmetered = map[string]bool{"/healthz": true, "/readyz": true, "/metrics": true, "/v1/events": true,
 	"/v1/instances/:id/probe": true, "/v1/openapi.json": true, "/ui": true, "/ui/*": true}
 
-// admit holds one of MaxRequests for the request, waiting up to QueueWait.
+// admit holds one of MaxRequests for the request, waiting up to QueueWait;
+// while probing is behind (Options.Behind), the one slot of those times.
 func (h *handlers) admit(next echo.HandlerFunc) echo.HandlerFunc {
 	held := h.hold(h.work, "too many requests at once; retry")(next)
+	yielding := h.hold(h.behind, "probing is behind schedule: the API gives way; retry")(held)
 	return func(c echo.Context) error {
-		if unmetered[c.Path()] {
+		switch {
+		case unmetered[c.Path()]:
 			return next(c)
+		case h.opt.Behind != nil && h.opt.Behind():
+			return yielding(c)
 		}
 		return held(c)
 	}
@@ -354,6 +365,7 @@ type handlers struct {
 	streams chan struct{} // semaphore of event streams
 	batches chan struct{} // semaphore of batch registrations
 	work    chan struct{} // semaphore of requests worked on
+	behind  chan struct{} // the one request worked on at a time while probing is behind
 }
 
 func (h *handlers) ready(c echo.Context) error {

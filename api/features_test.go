@@ -108,6 +108,7 @@ func TestMetricsExposeProbesStatusesAndTransitions(t *testing.T) {
 		`vigil_instances{status="healthy"} 1`,
 		`vigil_instances{status="unhealthy"} 0`,
 		`vigil_probes_in_flight 0`,
+		`vigil_probing_behind 0`,
 		`go_goroutines`,
 	} {
 		assert.Contains(t, text, want)

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -168,4 +169,61 @@ func TestRequestCapAnswers503AndLeavesUnmeteredRoutesAlone(t *testing.T) {
 	assert.Equal(t, float64(2), out["total"])
 	code, _ = call(t, http.MethodGet, srv.URL+"/v1/instances/vm-2", "", "")
 	assert.Equal(t, http.StatusOK, code)
+}
+
+// While probing is behind (Options.Behind), the metered requests are worked
+// on one at a time: with one in progress, the next waits its turn and gets
+// a 503 saying why, though MaxRequests has room; the unmetered routes are
+// not held; once probing has caught up, the cap is MaxRequests again.
+func TestBehindProbingTheAPIWorksOneRequestAtATime(t *testing.T) {
+	const queueWait = 100 * time.Millisecond
+	var behind atomic.Bool
+	behind.Store(true)
+	reg := stalled{entered: make(chan struct{}, 1), release: make(chan struct{})}
+	srv, _ := server(t, Options{MaxRequests: 8, QueueWait: queueWait, Metrics: NewMetrics(), Behind: behind.Load},
+		func(s *actors.Scheduler) Registry { reg.Registry = s; return reg })
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			close(reg.release)
+		}
+	}
+	t.Cleanup(release)
+	register(t, srv.URL, "vm-1", tcpTarget(t))
+
+	read := make(chan int, 1)
+	go func() {
+		resp, err := http.Get(srv.URL + "/v1/instances/vm-1")
+		if err != nil {
+			read <- 0
+			return
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		read <- resp.StatusCode
+	}()
+	select {
+	case <-reg.entered:
+	case <-time.After(5 * time.Second):
+		require.FailNow(t, "the GET never reached the registry")
+	}
+	resp, b := answer(t, http.MethodGet, srv.URL+"/v1/summary")
+	assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+	assert.Equal(t, "1", resp.Header.Get("Retry-After"))
+	var e ErrorBody
+	require.NoError(t, json.Unmarshal(b, &e), string(b))
+	assert.Equal(t, "unavailable", e.Error.Code)
+	assert.Contains(t, e.Error.Message, "probing is behind schedule")
+	for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
+		code, out := call(t, http.MethodGet, srv.URL+path, "", "")
+		assert.Equal(t, http.StatusOK, code, "%s %v", path, out)
+	}
+
+	// caught up: the one read still in progress leaves room for others
+	behind.Store(false)
+	code, out := call(t, http.MethodGet, srv.URL+"/v1/summary", "", "")
+	assert.Equal(t, http.StatusOK, code, "%v", out)
+	release()
+	assert.Equal(t, http.StatusOK, <-read)
 }

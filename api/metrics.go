@@ -93,19 +93,29 @@ type registryCollector struct {
 	reg       Registry
 	instances *prometheus.Desc
 	inFlight  *prometheus.Desc
+	behind    *prometheus.Desc
 }
 
 func newRegistryCollector(reg Registry) *registryCollector {
 	return &registryCollector{reg: reg,
 		instances: prometheus.NewDesc("vigil_instances", "Registered instances by health status.", []string{"status"}, nil),
 		inFlight:  prometheus.NewDesc("vigil_probes_in_flight", "Probes holding a slot of the probe budget.", nil, nil),
+		behind: prometheus.NewDesc("vigil_probing_behind",
+			"1 while probing runs behind its schedule (over 1 % of the last second's probes started over 50 ms late); the API then works on one request at a time.", nil, nil),
 	}
 }
 
 func (c *registryCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.instances
 	ch <- c.inFlight
+	if _, ok := c.reg.(behindReporter); ok {
+		ch <- c.behind
+	}
 }
+
+// behindReporter is a Registry that says when probing runs behind
+// (actors.Scheduler).
+type behindReporter interface{ Behind() bool }
 
 func (c *registryCollector) Collect(ch chan<- prometheus.Metric) {
 	counts := c.reg.Summary()
@@ -113,4 +123,11 @@ func (c *registryCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.instances, prometheus.GaugeValue, float64(counts[st]), string(st))
 	}
 	ch <- prometheus.MustNewConstMetric(c.inFlight, prometheus.GaugeValue, float64(c.reg.InFlight()))
+	if b, ok := c.reg.(behindReporter); ok {
+		v := 0.0
+		if b.Behind() {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(c.behind, prometheus.GaugeValue, v)
+	}
 }

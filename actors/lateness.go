@@ -1,0 +1,64 @@
+package actors
+
+import (
+	"sync/atomic"
+	"time"
+)
+
+// Probing is behind when more than BehindShare of the probes started in
+// the last second (and at least behindMin of them) started more than
+// BehindLate after they were due: its p99 lag is over BehindLate. The API
+// then works on its requests one at a time (api.Options.Behind), so that a
+// flood of clients cannot take the CPU the probes are late for.
+const (
+	BehindLate  = 50 * time.Millisecond
+	BehindShare = 0.01
+	behindMin   = 10
+)
+
+// lateness counts, per quarter of a second of the monotonic clock, the
+// probes started and those started more than BehindLate late, over the
+// last four quarters. Counts are approximate at a quarter's turn (a count
+// may land in the quarter just reset): it is a signal, not a measure.
+//
+// Concurrency contract: safe for concurrent use.
+type lateness struct {
+	quarters [4]quarter
+}
+
+type quarter struct {
+	epoch       atomic.Int64 // which quarter-second of the monotonic clock this one counts
+	total, late atomic.Int64
+}
+
+const quarterLen = 250 * time.Millisecond
+
+// observe counts a probe started at mono (a reading of the monotonic clock),
+// late after it was due.
+func (l *lateness) observe(mono, late time.Duration) {
+	epoch := int64(mono / quarterLen)
+	q := &l.quarters[epoch%int64(len(l.quarters))]
+	if old := q.epoch.Load(); old != epoch && q.epoch.CompareAndSwap(old, epoch) {
+		q.total.Store(0)
+		q.late.Store(0)
+	}
+	q.total.Add(1)
+	if late > BehindLate {
+		q.late.Add(1)
+	}
+}
+
+// behind reports whether probing was behind over the last second, as of
+// mono.
+func (l *lateness) behind(mono time.Duration) bool {
+	now := int64(mono / quarterLen)
+	var total, late int64
+	for i := range l.quarters {
+		q := &l.quarters[i]
+		if e := q.epoch.Load(); e <= now && e > now-int64(len(l.quarters)) {
+			total += q.total.Load()
+			late += q.late.Load()
+		}
+	}
+	return late >= behindMin && float64(late) > BehindShare*float64(total)
+}
