@@ -1,6 +1,7 @@
 package actors
 
 import (
+	"slices"
 	"sync"
 	"time"
 
@@ -32,29 +33,38 @@ type probeJob struct {
 
 // workers runs probes on long-lived goroutines. A probe descends through the
 // network stack; a fresh goroutine per probe grew its stack there and paid for
-// its creation every time. A worker waits for its next job for idle, then
-// exits, so an idle host keeps no goroutines.
+// its creation every time. A job goes to the worker that became idle last
+// (a stack, not a queue), so the workers a burst called up and steady load
+// does not need get no job, wait for idle and exit: handed in turn, every
+// one of them would be kept alive by a job now and then, and the pool would
+// stay at its peak, thousands of goroutines and their stacks. An idle host
+// keeps no goroutines.
 //
 // Concurrency contract: do and close may be called from any goroutine; do
 // after close runs nothing.
 type workers struct {
-	jobs chan probeJob
 	idle time.Duration
 	exec func(probeJob)
 
 	mu      sync.Mutex
 	closed  bool
+	ready   []*worker      // idle workers, the last to become idle last
+	live    int            // worker goroutines
 	pending sync.WaitGroup // jobs not yet finished
 	running sync.WaitGroup // worker goroutines
 	done    chan struct{}
 }
 
+// worker is one idle worker's hand: a job is put there while the worker
+// is on ready, and only then (so it never blocks).
+type worker struct{ jobs chan probeJob }
+
 func newWorkers(idle time.Duration, exec func(probeJob)) *workers {
-	return &workers{jobs: make(chan probeJob), idle: idle, exec: exec, done: make(chan struct{})}
+	return &workers{idle: idle, exec: exec, done: make(chan struct{})}
 }
 
-// do runs j on an idle worker, or on a new one when none is waiting. It
-// reports false once the pool is closed.
+// do runs j on the worker idle the shortest time, or on a new one when none
+// is. It reports false once the pool is closed.
 func (w *workers) do(j probeJob) bool {
 	w.mu.Lock()
 	if w.closed {
@@ -62,37 +72,62 @@ func (w *workers) do(j probeJob) bool {
 		return false
 	}
 	w.pending.Add(1)
-	w.mu.Unlock()
-	select {
-	case w.jobs <- j:
-	default:
-		w.running.Add(1)
-		go w.work(j)
+	if n := len(w.ready); n > 0 {
+		wk := w.ready[n-1]
+		w.ready[n-1] = nil
+		w.ready = w.ready[:n-1]
+		wk.jobs <- j
+		w.mu.Unlock()
+		return true
 	}
+	w.live++
+	w.running.Add(1)
+	w.mu.Unlock()
+	go w.work(j)
 	return true
+}
+
+// size is the number of worker goroutines.
+func (w *workers) size() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.live
 }
 
 func (w *workers) work(j probeJob) {
 	defer w.running.Done()
+	wk := &worker{jobs: make(chan probeJob, 1)}
 	t := time.NewTimer(w.idle)
 	defer t.Stop()
 	for {
 		w.exec(j)
 		w.pending.Done()
 		j = probeJob{} // hold nothing while idle
-		select {
-		case j = <-w.jobs:
-			continue
-		default:
+		w.mu.Lock()
+		if w.closed {
+			w.live--
+			w.mu.Unlock()
+			return
 		}
+		w.ready = append(w.ready, wk)
+		w.mu.Unlock()
 		t.Reset(w.idle)
 		select {
-		case j = <-w.jobs:
+		case j = <-wk.jobs:
+			continue
 		case <-t.C:
-			return
 		case <-w.done:
+		}
+		// leaving, unless a job was handed meanwhile
+		w.mu.Lock()
+		if i := slices.Index(w.ready, wk); i >= 0 {
+			w.ready = slices.Delete(w.ready, i, i+1)
+			w.live--
+			w.mu.Unlock()
 			return
 		}
+		w.mu.Unlock()
+		j = <-wk.jobs
 	}
 }
 
