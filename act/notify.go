@@ -11,6 +11,7 @@
 package act
 
 import (
+	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -163,6 +164,7 @@ type Notifiers struct {
 	cancel   context.CancelFunc
 	newEvent chan struct{} // closed and replaced when an event arrives
 	sub      *actors.Subscription
+	rendered renderedEvents
 }
 
 // notifier is one notifier's delivery: its goroutine owns pos and the
@@ -172,6 +174,10 @@ type notifier struct {
 	spec NotifierSpec
 	stop chan struct{}
 	done chan struct{}
+	// ctx ends when the notifier stops (or all of them do): an attempt in
+	// flight is abandoned
+	ctx    context.Context
+	cancel context.CancelFunc
 	// live events as the log publishes them: a notifier that is caught up
 	// takes the next one from here instead of reading the store; one that
 	// finds a gap (it fell behind, this overflowed) reads the log
@@ -276,7 +282,8 @@ func (n *Notifiers) waitEvent() <-chan struct{} {
 }
 
 func (n *Notifiers) start(name string, spec NotifierSpec, pos uint64) {
-	nt := &notifier{name: name, spec: spec, stop: make(chan struct{}), done: make(chan struct{}), posted: pos,
+	ctx, cancel := context.WithCancel(n.ctx)
+	nt := &notifier{name: name, spec: spec, stop: make(chan struct{}), done: make(chan struct{}), posted: pos, ctx: ctx, cancel: cancel,
 		live: make(chan actors.Event, liveBuffer),
 		view: NotifierView{Name: name, URL: spec.URL, SecretSet: spec.Secret != "", Match: spec.Match, Position: pos}}
 	n.mu.Lock()
@@ -340,6 +347,7 @@ func (n *Notifiers) Delete(ctx context.Context, name string) error {
 
 func (n *Notifiers) stopOne(nt *notifier) {
 	close(nt.stop)
+	nt.cancel()
 	<-nt.done
 }
 
@@ -534,7 +542,7 @@ func (n *Notifiers) setError(nt *notifier, err error) {
 // exponentially with jitter from RetryFirst to RetryMax; it returns false
 // when the notifier stops first.
 func (n *Notifiers) send(nt *notifier, ev actors.Event, id string) bool {
-	body, err := CloudEvent(ev, id, n.node)
+	body, err := n.render(ev, id)
 	if err != nil {
 		n.lg.Error().Err(err).Str("notifier", nt.name).Uint64("seq", ev.Seq).Msg("notifier_event_skipped")
 		return true
@@ -572,16 +580,9 @@ func (n *Notifiers) send(nt *notifier, ev actors.Event, id string) bool {
 }
 
 func (n *Notifiers) post(nt *notifier, body []byte) error {
-	ctx, cancel := context.WithTimeout(n.ctx, AttemptTimeout)
+	ctx, cancel := context.WithTimeout(nt.ctx, AttemptTimeout)
 	defer cancel()
-	go func() {
-		select {
-		case <-nt.stop:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, nt.spec.URL, strings.NewReader(string(body)))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, nt.spec.URL, bytes.NewReader(body))
 	if err != nil {
 		return err
 	}
@@ -599,6 +600,55 @@ func (n *Notifiers) post(nt *notifier, body []byte) error {
 		return fmt.Errorf("the receiver answered %s", resp.Status)
 	}
 	return nil
+}
+
+// render is the CloudEvent of ev with the id id. An event of the log is
+// the same for every notifier (its id is the node and its seq), so it is
+// rendered once and kept for the others, which read the log at much the
+// same place: the last renderedKept of them, by seq.
+func (n *Notifiers) render(ev actors.Event, id string) ([]byte, error) {
+	if ev.Seq == 0 || ev.Kind == "reset" {
+		return CloudEvent(ev, id, n.node)
+	}
+	r := &n.rendered
+	r.mu.Lock()
+	body, ok := r.bySeq[ev.Seq]
+	r.mu.Unlock()
+	if ok {
+		return body, nil
+	}
+	body, err := CloudEvent(ev, id, n.node)
+	if err != nil {
+		return nil, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.bySeq == nil {
+		r.bySeq = make(map[uint64][]byte, renderedKept)
+	}
+	if _, ok := r.bySeq[ev.Seq]; !ok {
+		if len(r.order) == renderedKept {
+			delete(r.bySeq, r.order[r.next])
+			r.order[r.next] = ev.Seq
+			r.next = (r.next + 1) % renderedKept
+		} else {
+			r.order = append(r.order, ev.Seq)
+		}
+		r.bySeq[ev.Seq] = body
+	}
+	return body, nil
+}
+
+// renderedKept bounds the rendered events kept for the other notifiers.
+const renderedKept = 4096
+
+// renderedEvents are the last events rendered, by seq; the bodies are
+// read only once kept.
+type renderedEvents struct {
+	mu    sync.Mutex
+	bySeq map[uint64][]byte
+	order []uint64 // the seqs kept, a ring once full; next is the oldest
+	next  int
 }
 
 // Sign is the signature of a body: sha256=<hex of HMAC-SHA256(secret, body)>.
