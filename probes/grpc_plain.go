@@ -72,10 +72,14 @@ func newGRPC(addr, service string, src netip.Addr) (*GRPC, error) {
 
 // grpcSession is what a probe needs to speak HTTP/2 on one connection:
 // buffers both ways and a framer over them. Pooled: a session goes back
-// only after a call that ended cleanly, with its HPACK table emptied.
+// only after a call that ended cleanly, with its HPACK table emptied, and
+// its buffers are emptied as it is taken again — what the last target sent
+// after the end of its call (a PING, a GOAWAY, a reset), or an error its
+// writer kept, belong to that connection, not the next.
 type grpcSession struct {
 	conn    net.Conn
 	left    int // bytes still to be read
+	br      *bufio.Reader
 	bw      *bufio.Writer
 	fr      *http2.Framer
 	hdec    *hpack.Decoder
@@ -96,7 +100,11 @@ func (s *grpcSession) Write(p []byte) (int, error) { return s.conn.Write(p) }
 var grpcSessions = sync.Pool{New: func() any {
 	s := &grpcSession{message: make([]byte, 0, 64)}
 	s.bw = bufio.NewWriterSize(s, 1<<10)
-	s.fr = http2.NewFramer(s.bw, bufio.NewReaderSize(s, 4<<10))
+	s.br = bufio.NewReaderSize(s, 4<<10)
+	s.fr = http2.NewFramer(s.bw, s.br)
+	// the protocol's default: we never offer more, and the framer sizes a
+	// frame's buffer by the length the peer declares
+	s.fr.SetMaxReadFrameSize(16 << 10)
 	s.hdec = hpack.NewDecoder(4096, nil)
 	s.fr.ReadMetaHeaders = s.hdec
 	s.fr.MaxHeaderListSize = 16 << 10
@@ -134,6 +142,8 @@ func (g *GRPC) Probe(ctx context.Context) health.Result {
 
 	s := grpcSessions.Get().(*grpcSession)
 	s.conn, s.left, s.message = conn, grpcReadLimit, s.message[:0]
+	s.br.Reset(s)
+	s.bw.Reset(s)
 	ans, err := g.call(s)
 	if err == nil && cap(s.message) <= 4<<10 {
 		s.conn = nil

@@ -1,18 +1,24 @@
 package probes
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
+	"io"
 	"net"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	grpchealth "google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/vigilhq/vigil/health"
 )
@@ -107,4 +113,83 @@ func (b *blockingHealth) Check(ctx context.Context, _ *healthpb.HealthCheckReque
 	case <-ctx.Done():
 	}
 	return nil, status.Error(codes.Canceled, "released")
+}
+
+// h2Target answers every call SERVING, in one write with whatever extra
+// frames after the call's end (a reset of the stream, a PING), as a target
+// may; it returns the address.
+func h2Target(t *testing.T, extra func(fr *http2.Framer)) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = l.Close() })
+	msg, err := proto.Marshal(&healthpb.HealthCheckResponse{Status: healthpb.HealthCheckResponse_SERVING})
+	require.NoError(t, err)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				if _, err := io.ReadFull(c, make([]byte, len(http2.ClientPreface))); err != nil {
+					return
+				}
+				var out bytes.Buffer
+				fr := http2.NewFramer(&out, c)
+				for {
+					f, err := fr.ReadFrame()
+					if err != nil {
+						return
+					}
+					if f.Header().StreamID == 1 && f.Header().Flags.Has(http2.FlagDataEndStream) {
+						break
+					}
+				}
+				var block bytes.Buffer
+				enc := hpack.NewEncoder(&block)
+				field := func(k, v string) { _ = enc.WriteField(hpack.HeaderField{Name: k, Value: v}) }
+				_ = fr.WriteSettings()
+				field(":status", "200")
+				field("content-type", "application/grpc")
+				_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block.Bytes(), EndHeaders: true})
+				_ = fr.WriteData(1, false, append(binary.BigEndian.AppendUint32([]byte{0}, uint32(len(msg))), msg...))
+				block.Reset()
+				field("grpc-status", "0")
+				_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block.Bytes(), EndHeaders: true, EndStream: true})
+				extra(fr)
+				_, _ = c.Write(out.Bytes()) // the call and what follows it, together
+				_, _ = io.Copy(io.Discard, c)
+			}()
+		}
+	}()
+	return l.Addr().String()
+}
+
+// What a target sends after its call's end stays with its connection: a
+// reset of the stream or a PING in the same read as the trailers does not
+// reach the next probe on the pooled session, whatever target that has.
+func TestGRPCSessionsStartClean(t *testing.T) {
+	healthy := grpcServer(t, func(s *grpc.Server) { healthpb.RegisterHealthServer(s, grpchealth.NewServer()) })
+	for name, extra := range map[string]func(*http2.Framer){
+		"a reset":  func(fr *http2.Framer) { _ = fr.WriteRSTStream(1, http2.ErrCodeCancel) },
+		"a ping":   func(fr *http2.Framer) { _ = fr.WritePing(false, [8]byte{1}) },
+		"a goaway": func(fr *http2.Framer) { _ = fr.WriteGoAway(1, http2.ErrCodeEnhanceYourCalm, []byte("bye")) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			noisy, err := New(instance(t, h2Target(t, extra), `{"grpc":{"port":PORT}}`))
+			require.NoError(t, err)
+			next, err := New(instance(t, healthy, `{"grpc":{"port":PORT}}`))
+			require.NoError(t, err)
+			for i := range 20 {
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				r := noisy.Probe(ctx)
+				require.Equal(t, health.Success, r.Outcome, "noisy %d: %s", i, r.Message)
+				r = next.Probe(ctx)
+				cancel()
+				require.Equal(t, health.Success, r.Outcome, "the probe after it %d: %s", i, r.Message)
+			}
+		})
+	}
 }
