@@ -602,7 +602,7 @@ func (a *instanceActor) startProbe(ctx actor.Context) {
 	// what the observer is told: the due time on the wall clock, as far
 	// before the start as the probe is late
 	job := probeJob{self: ctx.Self(), token: token, id: a.inst.ID, policy: a.cfg.Policy,
-		prober: a.prober, due: now.Wall.Add(-a.late), start: now.Wall, startMono: now.Mono,
+		prober: a.prober, due: now.Wall.Add(-a.late), late: a.late, start: now.Wall, startMono: now.Mono,
 		urgent: a.st.Status == health.StatusStarting || a.st.ConsecutiveFailures > 0}
 	if a.startInline(ctx, &job) {
 		return
@@ -634,6 +634,7 @@ func (a *instanceActor) startInline(ctx actor.Context, j *probeJob) bool {
 		return false
 	}
 	clk, ob := a.s.opt.clock, a.s.opt.observer
+	a.s.late.observe(j.startMono, j.late)
 	if ob != nil {
 		ob.ProbeStarted(j.id, j.policy.Type, j.due, j.start)
 	}
@@ -734,12 +735,15 @@ func runProbe(r *health.Result, j *probeJob, s *Scheduler) time.Duration {
 				*r = health.Result{Outcome: health.Skipped, Reason: health.ReasonCanceled, Start: clk.Now()}
 				return 0
 			}
+			// not started at all: as late as a probe can be
+			s.late.observe(clk.Mono(), max(j.late+time.Since(j.handed), BehindLate+1))
 			*r = health.Result{Outcome: health.Skipped, Reason: health.ReasonBudgetFull, Start: clk.Now(),
 				Message: fmt.Sprintf("probe budget full: no slot within %s", p.Timeout)}
 			return 0
 		}
 		waited = time.Since(j.handed)
 		start, startMono = clk.Now(), clk.Mono()
+		s.late.observe(startMono, j.late+max(waited-s.opt.waitFloor, 0))
 		if ob := s.opt.observer; ob != nil {
 			ob.ProbeStarted(j.id, p.Type, j.due, start)
 		}
@@ -802,12 +806,6 @@ func (a *instanceActor) finishProbe(ctx actor.Context, r health.Result, waited t
 		delay -= health.Phase(a.inst.ID, delay)
 	}
 	late := a.late + max(waited-a.s.opt.waitFloor, 0)
-	switch {
-	case r.Outcome != health.Skipped:
-		a.s.late.observe(a.s.opt.clock.Mono(), late)
-	case r.Reason == health.ReasonBudgetFull: // not started at all: as late as can be
-		a.s.late.observe(a.s.opt.clock.Mono(), max(late, BehindLate+1))
-	}
 	if r.Outcome != health.Skipped && late > 0 {
 		// the host started this probe late (a stall, a burst): the instance
 		// keeps its own cadence instead of taking the stall's, so instances

@@ -38,9 +38,19 @@ const quarterLen = 250 * time.Millisecond
 func (l *lateness) observe(mono, late time.Duration) {
 	epoch := int64(mono / quarterLen)
 	q := &l.quarters[epoch%int64(len(l.quarters))]
-	if old := q.epoch.Load(); old != epoch && q.epoch.CompareAndSwap(old, epoch) {
-		q.total.Store(0)
-		q.late.Store(0)
+	for {
+		old := q.epoch.Load()
+		if old > epoch {
+			return // a reading of a quarter already turned over
+		}
+		if old == epoch {
+			break
+		}
+		if q.epoch.CompareAndSwap(old, epoch) {
+			q.total.Store(0)
+			q.late.Store(0)
+			break
+		}
 	}
 	q.total.Add(1)
 	if late > BehindLate {

@@ -20,8 +20,9 @@ type probeJob struct {
 	id     string
 	policy *health.Policy
 	prober probes.Prober
-	due    time.Time // for the observer: start minus how late it was
-	handed time.Time // when the actor handed it over (monotonic)
+	due    time.Time     // for the observer: start minus how late it was
+	late   time.Duration // how late after its due time the actor handed it over
+	handed time.Time     // when the actor handed it over (monotonic)
 	// a probe the actor started (holding a budget slot): when, on the wall
 	// clock (shown) and the monotonic one (its timeout and duration), and
 	// what is left to do

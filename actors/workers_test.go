@@ -35,19 +35,30 @@ func TestWorkersTheBurstCalledUpLeaveUnderSteadyLoad(t *testing.T) {
 	assert.Equal(t, burst, w.size(), "a worker for each job of the burst")
 	close(hold)
 
-	// a job every millisecond for three idle times: each of the burst's
-	// workers would get one every 100 ms, in turn
-	for end := time.Now().Add(3 * idle); time.Now().Before(end); {
+	// a job about every millisecond for three idle times: each of the
+	// burst's workers would get one every 100 ms or so, in turn
+	trickled := int64(0)
+	for end := time.Now().Add(3 * idle); time.Now().Before(end); trickled++ {
 		require.True(t, w.do(probeJob{token: 2}))
 		time.Sleep(time.Millisecond)
 	}
+	require.Greater(t, trickled, int64(2*burst), "the trickle outnumbered the burst's workers")
 	assert.LessOrEqual(t, w.size(), 10, "the burst's workers left")
-	assert.Positive(t, w.size(), "the workers the trickle needs stay")
 
-	require.True(t, w.close(nil))
+	require.True(t, w.close(closeWithin(t, 10*time.Second)))
 	assert.Zero(t, w.size(), "closed: every worker gone")
 	assert.False(t, w.do(probeJob{}), "closed: no more jobs")
-	assert.GreaterOrEqual(t, ran.Load(), int64(burst+100))
+	assert.Equal(t, int64(burst)+trickled, ran.Load(), "every job ran")
+}
+
+// closeWithin is a stop for workers.close that ends the wait after d: a
+// lost job fails the test instead of hanging it.
+func closeWithin(t *testing.T, d time.Duration) <-chan struct{} {
+	t.Helper()
+	stop := make(chan struct{})
+	timer := time.AfterFunc(d, func() { close(stop) })
+	t.Cleanup(func() { timer.Stop() })
+	return stop
 }
 
 // A worker whose idle time ends as a job is handed to it runs the job.
@@ -61,7 +72,7 @@ func TestWorkersRaceOfIdleAndHandOffLosesNoJob(t *testing.T) {
 			time.Sleep(time.Microsecond)
 		}
 	}
-	require.True(t, w.close(nil))
+	require.True(t, w.close(closeWithin(t, 10*time.Second)), "every job finished")
 	assert.EqualValues(t, n, ran.Load())
 	assert.Zero(t, w.size())
 }

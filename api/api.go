@@ -248,7 +248,7 @@ func New(reg Registry, opt Options) *echo.Echo {
 	get("/v1/events", h.events)
 	get("/v1/openapi.json", func(c echo.Context) error { return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, openAPI) })
 	if opt.Metrics != nil {
-		opt.Metrics.Register(newRegistryCollector(reg))
+		opt.Metrics.Register(newRegistryCollector(reg, opt.Behind))
 		get("/metrics", echo.WrapHandler(opt.Metrics.Handler()))
 	}
 	if opt.UI != nil {
@@ -342,17 +342,36 @@ var unmetered = map[string]bool{"/healthz": true, "/readyz": true, "/metrics": t
 	"/v1/instances/:id/probe": true, "/v1/openapi.json": true, "/ui": true, "/ui/*": true}
 
 // admit holds one of MaxRequests for the request, waiting up to QueueWait;
-// while probing is behind (Options.Behind), the one slot of those times.
+// while probing is behind (Options.Behind), first the one slot of those
+// times. A request that waited that out is served as any other if probing
+// has caught up meanwhile.
 func (h *handlers) admit(next echo.HandlerFunc) echo.HandlerFunc {
 	held := h.hold(h.work, "too many requests at once; retry")(next)
-	yielding := h.hold(h.behind, "probing is behind schedule: the API gives way; retry")(held)
 	return func(c echo.Context) error {
-		switch {
-		case unmetered[c.Path()]:
+		if unmetered[c.Path()] {
 			return next(c)
-		case h.opt.Behind != nil && h.opt.Behind():
-			return yielding(c)
 		}
+		if h.opt.Behind == nil || !h.opt.Behind() {
+			return held(c)
+		}
+		select {
+		case h.behind <- struct{}{}:
+		default:
+			t := time.NewTimer(h.opt.QueueWait)
+			defer t.Stop()
+			select {
+			case h.behind <- struct{}{}:
+			case <-t.C:
+				if !h.opt.Behind() {
+					return held(c)
+				}
+				c.Response().Header().Set("Retry-After", "1")
+				return fail(http.StatusServiceUnavailable, "unavailable", "probing is behind schedule: the API gives way; retry", "")
+			case <-c.Request().Context().Done():
+				return fail(http.StatusServiceUnavailable, "unavailable", "request canceled while waiting", "")
+			}
+		}
+		defer func() { <-h.behind }()
 		return held(c)
 	}
 }

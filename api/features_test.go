@@ -83,7 +83,7 @@ func TestMetricsExposeProbesStatusesAndTransitions(t *testing.T) {
 	m := NewMetrics()
 	s, err := actors.New(context.Background(), actors.WithObserver(m))
 	require.NoError(t, err)
-	srv := httptest.NewServer(New(s, Options{Metrics: m}))
+	srv := httptest.NewServer(New(s, Options{Metrics: m, Behind: s.Behind}))
 	defer func() { srv.Close(); require.NoError(t, s.Close(context.Background())) }()
 	port := tcpTarget(t)
 	code, _ := call(t, "PUT", srv.URL+"/v1/instances/vm-1", "application/json", `{"state":"Running","network":{"ip":"127.0.0.1"},"health_check":{"tcp":{"port":`+port+`}}}`)

@@ -220,8 +220,21 @@ func TestBehindProbingTheAPIWorksOneRequestAtATime(t *testing.T) {
 		assert.Equal(t, http.StatusOK, code, "%s %v", path, out)
 	}
 
+	// a request waiting its turn when probing catches up is served
+	queued := make(chan int, 1)
+	go func() {
+		resp, err := http.Get(srv.URL + "/v1/summary")
+		if err != nil {
+			queued <- 0
+			return
+		}
+		resp.Body.Close()
+		queued <- resp.StatusCode
+	}()
+	time.Sleep(queueWait / 2)
 	// caught up: the one read still in progress leaves room for others
 	behind.Store(false)
+	assert.Equal(t, http.StatusOK, <-queued, "served once its wait was over")
 	code, out := call(t, http.MethodGet, srv.URL+"/v1/summary", "", "")
 	assert.Equal(t, http.StatusOK, code, "%v", out)
 	release()

@@ -91,13 +91,14 @@ func (m *Metrics) Transitioned(ev actors.Event) {
 // registryCollector reads the gauges that the Registry keeps at scrape time.
 type registryCollector struct {
 	reg       Registry
+	isBehind  func() bool // Options.Behind; nil without it
 	instances *prometheus.Desc
 	inFlight  *prometheus.Desc
 	behind    *prometheus.Desc
 }
 
-func newRegistryCollector(reg Registry) *registryCollector {
-	return &registryCollector{reg: reg,
+func newRegistryCollector(reg Registry, behind func() bool) *registryCollector {
+	return &registryCollector{reg: reg, isBehind: behind,
 		instances: prometheus.NewDesc("vigil_instances", "Registered instances by health status.", []string{"status"}, nil),
 		inFlight:  prometheus.NewDesc("vigil_probes_in_flight", "Probes holding a slot of the probe budget.", nil, nil),
 		behind: prometheus.NewDesc("vigil_probing_behind",
@@ -108,14 +109,10 @@ func newRegistryCollector(reg Registry) *registryCollector {
 func (c *registryCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.instances
 	ch <- c.inFlight
-	if _, ok := c.reg.(behindReporter); ok {
+	if c.isBehind != nil {
 		ch <- c.behind
 	}
 }
-
-// behindReporter is a Registry that says when probing runs behind
-// (actors.Scheduler).
-type behindReporter interface{ Behind() bool }
 
 func (c *registryCollector) Collect(ch chan<- prometheus.Metric) {
 	counts := c.reg.Summary()
@@ -123,9 +120,9 @@ func (c *registryCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.instances, prometheus.GaugeValue, float64(counts[st]), string(st))
 	}
 	ch <- prometheus.MustNewConstMetric(c.inFlight, prometheus.GaugeValue, float64(c.reg.InFlight()))
-	if b, ok := c.reg.(behindReporter); ok {
+	if c.isBehind != nil {
 		v := 0.0
-		if b.Behind() {
+		if c.isBehind() {
 			v = 1
 		}
 		ch <- prometheus.MustNewConstMetric(c.behind, prometheus.GaugeValue, v)
