@@ -42,6 +42,29 @@ func (s stalled) Get(ctx context.Context, id string) (actors.Info, error) {
 	return s.Registry.Get(ctx, id)
 }
 
+// stalledGet starts a GET of url that reg holds in its Get, and returns once
+// it is held; the channel gets its status when it is answered (0: no answer).
+func stalledGet(t *testing.T, url string, reg stalled) <-chan int {
+	t.Helper()
+	read := make(chan int, 1)
+	go func() {
+		resp, err := http.Get(url)
+		if err != nil {
+			read <- 0
+			return
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		read <- resp.StatusCode
+	}()
+	select {
+	case <-reg.entered:
+	case <-time.After(5 * time.Second):
+		require.FailNow(t, "the GET never reached the registry")
+	}
+	return read
+}
+
 // slowPut starts a PUT of id over its own connection and sends only the
 // start of its body, so the server is still reading it; finish sends the
 // rest and returns the answer's status.
@@ -110,22 +133,7 @@ func TestRequestCapAnswers503AndLeavesUnmeteredRoutesAlone(t *testing.T) {
 	register(t, srv.URL, "vm-1", tcpTarget(t))
 
 	// slot one: a GET whose registry read waits
-	read := make(chan int, 1)
-	go func() {
-		resp, err := http.Get(srv.URL + "/v1/instances/vm-1")
-		if err != nil {
-			read <- 0
-			return
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		read <- resp.StatusCode
-	}()
-	select {
-	case <-reg.entered:
-	case <-time.After(5 * time.Second):
-		require.FailNow(t, "the GET never reached the registry")
-	}
+	read := stalledGet(t, srv.URL+"/v1/instances/vm-1", reg)
 	// slot two: a PUT whose body has not all arrived
 	finish := slowPut(t, srv.Listener.Addr().String(), "vm-2")
 	require.Eventually(t, func() bool {
@@ -192,22 +200,7 @@ func TestBehindProbingTheAPIWorksOneRequestAtATime(t *testing.T) {
 	t.Cleanup(release)
 	register(t, srv.URL, "vm-1", tcpTarget(t))
 
-	read := make(chan int, 1)
-	go func() {
-		resp, err := http.Get(srv.URL + "/v1/instances/vm-1")
-		if err != nil {
-			read <- 0
-			return
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		read <- resp.StatusCode
-	}()
-	select {
-	case <-reg.entered:
-	case <-time.After(5 * time.Second):
-		require.FailNow(t, "the GET never reached the registry")
-	}
+	read := stalledGet(t, srv.URL+"/v1/instances/vm-1", reg)
 	resp, b := answer(t, http.MethodGet, srv.URL+"/v1/summary")
 	assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
 	assert.Equal(t, "1", resp.Header.Get("Retry-After"))

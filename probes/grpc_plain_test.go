@@ -120,51 +120,38 @@ func (b *blockingHealth) Check(ctx context.Context, _ *healthpb.HealthCheckReque
 // may; it returns the address.
 func h2Target(t *testing.T, extra func(fr *http2.Framer)) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = l.Close() })
 	msg, err := proto.Marshal(&healthpb.HealthCheckResponse{Status: healthpb.HealthCheckResponse_SERVING})
 	require.NoError(t, err)
-	go func() {
+	return eachConn(t, func(c net.Conn) {
+		if _, err := io.ReadFull(c, make([]byte, len(http2.ClientPreface))); err != nil {
+			return
+		}
+		var out bytes.Buffer
+		fr := http2.NewFramer(&out, c)
 		for {
-			c, err := l.Accept()
+			f, err := fr.ReadFrame()
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				if _, err := io.ReadFull(c, make([]byte, len(http2.ClientPreface))); err != nil {
-					return
-				}
-				var out bytes.Buffer
-				fr := http2.NewFramer(&out, c)
-				for {
-					f, err := fr.ReadFrame()
-					if err != nil {
-						return
-					}
-					if f.Header().StreamID == 1 && f.Header().Flags.Has(http2.FlagDataEndStream) {
-						break
-					}
-				}
-				var block bytes.Buffer
-				enc := hpack.NewEncoder(&block)
-				field := func(k, v string) { _ = enc.WriteField(hpack.HeaderField{Name: k, Value: v}) }
-				_ = fr.WriteSettings()
-				field(":status", "200")
-				field("content-type", "application/grpc")
-				_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block.Bytes(), EndHeaders: true})
-				_ = fr.WriteData(1, false, append(binary.BigEndian.AppendUint32([]byte{0}, uint32(len(msg))), msg...))
-				block.Reset()
-				field("grpc-status", "0")
-				_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block.Bytes(), EndHeaders: true, EndStream: true})
-				extra(fr)
-				_, _ = c.Write(out.Bytes()) // the call and what follows it, together
-				_, _ = io.Copy(io.Discard, c)
-			}()
+			if f.Header().StreamID == 1 && f.Header().Flags.Has(http2.FlagDataEndStream) {
+				break
+			}
 		}
-	}()
-	return l.Addr().String()
+		var block bytes.Buffer
+		enc := hpack.NewEncoder(&block)
+		field := func(k, v string) { _ = enc.WriteField(hpack.HeaderField{Name: k, Value: v}) }
+		_ = fr.WriteSettings()
+		field(":status", "200")
+		field("content-type", "application/grpc")
+		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block.Bytes(), EndHeaders: true})
+		_ = fr.WriteData(1, false, append(binary.BigEndian.AppendUint32([]byte{0}, uint32(len(msg))), msg...))
+		block.Reset()
+		field("grpc-status", "0")
+		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block.Bytes(), EndHeaders: true, EndStream: true})
+		extra(fr)
+		_, _ = c.Write(out.Bytes()) // the call and what follows it, together
+		_, _ = io.Copy(io.Discard, c)
+	})
 }
 
 // What a target sends after its call's end stays with its connection: a

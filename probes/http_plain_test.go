@@ -19,10 +19,29 @@ import (
 // request's head; it records the request it read last.
 func scriptedTarget(t *testing.T, answer func(c net.Conn)) (addr string, requests <-chan *http.Request) {
 	t.Helper()
+	reqs := make(chan *http.Request, 16)
+	addr = eachConn(t, func(c net.Conn) {
+		req, err := http.ReadRequest(bufio.NewReader(c))
+		if err != nil {
+			return
+		}
+		select {
+		case reqs <- req:
+		default:
+		}
+		answer(c)
+	})
+	return addr, reqs
+}
+
+// eachConn is a loopback listener that runs handle on each connection it
+// accepts, on a goroutine of its own, and closes the connection after; it
+// returns the address.
+func eachConn(t *testing.T, handle func(c net.Conn)) string {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = l.Close() })
-	reqs := make(chan *http.Request, 16)
 	go func() {
 		for {
 			c, err := l.Accept()
@@ -31,19 +50,11 @@ func scriptedTarget(t *testing.T, answer func(c net.Conn)) (addr string, request
 			}
 			go func() {
 				defer c.Close()
-				req, err := http.ReadRequest(bufio.NewReader(c))
-				if err != nil {
-					return
-				}
-				select {
-				case reqs <- req:
-				default:
-				}
-				answer(c)
+				handle(c)
 			}()
 		}
 	}()
-	return l.Addr().String(), reqs
+	return l.Addr().String()
 }
 
 // TestPlainHTTPResponses runs the plain http path against targets that
