@@ -19,6 +19,9 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	jsonv2 "github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 )
 
 // Type is the kind of probe a policy runs.
@@ -255,6 +258,12 @@ func (p *Policy) Spec() PolicySpec {
 
 // MarshalJSON writes the normalized policy in the PolicySpec shape.
 func (p Policy) MarshalJSON() ([]byte, error) { return json.Marshal(p.Spec()) }
+
+// MarshalJSONTo writes the normalized policy as MarshalJSON does, for json
+// v2 (the store's encoder).
+func (p Policy) MarshalJSONTo(enc *jsontext.Encoder) error {
+	return jsonv2.MarshalEncode(enc, p.Spec())
+}
 
 // UnmarshalJSON reads a PolicySpec and normalizes it.
 func (p *Policy) UnmarshalJSON(b []byte) error {

@@ -8,6 +8,9 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	jsonv2 "github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 )
 
 // Restart policies (hypeman's restart_policy vocabulary).
@@ -349,6 +352,12 @@ func MatchLabels(labels, want map[string]string) bool {
 
 // MarshalJSON writes the normalized policy in its written shape.
 func (p RestartPolicy) MarshalJSON() ([]byte, error) { return json.Marshal(p.Spec()) }
+
+// MarshalJSONTo writes the normalized policy as MarshalJSON does, for json
+// v2 (the store's encoder).
+func (p RestartPolicy) MarshalJSONTo(enc *jsontext.Encoder) error {
+	return jsonv2.MarshalEncode(enc, p.Spec())
+}
 
 // UnmarshalJSON reads a written policy and normalizes it.
 func (p *RestartPolicy) UnmarshalJSON(b []byte) error {

@@ -4,8 +4,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"strconv"
 	"time"
 	"unicode/utf8"
+
+	jsonv2 "github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 )
 
 // Outcome is how one probe ended.
@@ -65,7 +69,14 @@ const (
 type Duration time.Duration
 
 // MarshalJSON writes "1.5s".
-func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return strconv.AppendQuote(nil, time.Duration(d).String()), nil
+}
+
+// MarshalJSONTo writes "1.5s", for json v2 (the store's encoder).
+func (d Duration) MarshalJSONTo(enc *jsontext.Encoder) error {
+	return enc.WriteToken(jsontext.String(time.Duration(d).String()))
+}
 
 // UnmarshalJSON reads "1.5s".
 func (d *Duration) UnmarshalJSON(b []byte) error {
@@ -388,6 +399,23 @@ func (h *History) Last() (Result, bool) {
 
 // MarshalJSON writes the results oldest first.
 func (h History) MarshalJSON() ([]byte, error) { return json.Marshal(h.Results()) }
+
+// MarshalJSONTo writes the results oldest first, for json v2 (the store's
+// encoder), one at a time as they are unpacked.
+func (h History) MarshalJSONTo(enc *jsontext.Encoder) error {
+	if err := enc.WriteToken(jsontext.BeginArray); err != nil {
+		return err
+	}
+	start := (int(h.next) - int(h.n) + HistorySize) % HistorySize
+	for i := 0; i < int(h.n); i++ {
+		j := (start + i) % HistorySize
+		r := h.buf[j].unpack(h.text(j), h.phasesAt(j))
+		if err := jsonv2.MarshalEncode(enc, &r); err != nil {
+			return err
+		}
+	}
+	return enc.WriteToken(jsontext.EndArray)
+}
 
 // UnmarshalJSON reads results oldest first, keeping the newest HistorySize.
 func (h *History) UnmarshalJSON(b []byte) error {

@@ -1,0 +1,62 @@
+package persistence
+
+import (
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/vigilhq/vigil/actors"
+	"github.com/vigilhq/vigil/health"
+)
+
+// The store writes its records through json v2 with encoding/json's
+// semantics: byte for byte what encoding/json writes, for records with
+// every kind of field set — so what an older vigil wrote and what this one
+// writes read back the same.
+func TestRecordsAreWrittenAsEncodingJSONWrites(t *testing.T) {
+	var spec health.InstanceSpec
+	require.NoError(t, json.Unmarshal([]byte(`{"state":"Running","started_at":"2026-11-30T10:00:00Z",
+		"labels":{"tenant":"t1","service":"web","zone":"a"},
+		"network":{"ip":"127.0.0.1","source_ip":"127.0.0.2"},
+		"health_check":{"http":{"port":8080,"path":"/healthz","method":"POST","body":"{}","headers":{"X-B":"2","X-A":"1"},
+			"expected_status":"200-299","body_regex":"ok","condition":"status == 200"},
+			"interval":"2.5s","timeout":"1s","start_period":"0s","failure_threshold":2},
+		"restart_policy":{"policy":"on_unhealthy","url":"http://127.0.0.1:9/restart","backoff":"5s","max_attempts":3}}`), &spec))
+	in, err := spec.Normalize("vm-1")
+	require.NoError(t, err)
+	in.Written = &spec
+
+	at := time.Date(2026, 12, 1, 2, 3, 4, 567891000, time.UTC)
+	code := 3
+	snap := &actors.Snapshot{Version: SchemaVersion, ID: "vm-1", Lifecycle: health.Running, StartedAt: at, Policy: in.HealthCheck,
+		State: health.State{Status: health.StatusUnhealthy, Since: at, ConsecutiveFailures: 2, LastError: "timed out \"quoted\" \u00e9"},
+		NextCheckAt: at.Add(2 * time.Second)}
+	for _, r := range []health.Result{
+		{Outcome: health.Success, Start: at, Duration: health.Duration(1500 * time.Microsecond), HTTPStatus: 200,
+			Phases: health.Phases{Connect: 120 * time.Microsecond, FirstByte: 900 * time.Microsecond}},
+		{Outcome: health.Failure, Reason: health.ReasonTimeout, Message: "deadline <exceeded> & more", Start: at.Add(time.Second),
+			Duration: health.Duration(time.Second), Phases: health.Phases{Connect: 3 * time.Second}},
+		{Outcome: health.Failure, Reason: health.ReasonExitNonzero, Start: at, ExitCode: &code, Output: "line\n", Truncated: true,
+			CertNotAfter: at.Add(24 * time.Hour)},
+		{Outcome: health.Skipped, Reason: health.ReasonBudgetFull},
+	} {
+		snap.State.History.Add(r)
+	}
+	ev := eventRecord{V: SchemaVersion, Event: actors.Event{Seq: 7, InstanceID: "vm-1", Kind: "", Labels: in.Labels,
+		Transition: health.Transition{From: health.StatusHealthy, To: health.StatusUnhealthy, At: at, Reason: health.ReasonTimeout},
+		Details: map[string]any{"b": 1, "a": []any{"x"}}}}
+	for name, v := range map[string]any{
+		"snapshot": snap,
+		"event":    ev,
+		"instance": instanceRecord{V: SchemaVersion, Instance: in, Spec: in.Written},
+	} {
+		want, err := json.Marshal(v)
+		require.NoError(t, err, name)
+		got, err := encode(v)
+		require.NoError(t, err, name)
+		assert.Equal(t, string(want), string(got), name)
+	}
+}
