@@ -491,6 +491,11 @@ func TestManyFailingTogetherOpenOneIncident(t *testing.T) {
 		require.NoError(t, err)
 	}
 	require.Eventually(t, func() bool { return n.sched.Summary()[health.StatusHealthy] == 300 }, 10*time.Second, 20*time.Millisecond)
+	// what the start published is delivered before the failures are counted
+	require.Eventually(t, func() bool {
+		v, ok := n.notifiers.Get("all")
+		return ok && v.Position >= n.sched.LastSeq()
+	}, 30*time.Second, 20*time.Millisecond, "the start's transitions delivered")
 	before := len(rcv.events())
 	tg.down()
 	require.Eventually(t, func() bool { return n.sched.Summary()[health.StatusUnhealthy] == 300 }, 10*time.Second, 20*time.Millisecond)
