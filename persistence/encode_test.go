@@ -32,7 +32,7 @@ func TestRecordsAreWrittenAsEncodingJSONWrites(t *testing.T) {
 	at := time.Date(2026, 12, 1, 2, 3, 4, 567891000, time.UTC)
 	code := 3
 	snap := &actors.Snapshot{Version: SchemaVersion, ID: "vm-1", Lifecycle: health.Running, StartedAt: at, Policy: in.HealthCheck,
-		State: health.State{Status: health.StatusUnhealthy, Since: at, ConsecutiveFailures: 2, LastError: "timed out \"quoted\" \u00e9"},
+		State:       health.State{Status: health.StatusUnhealthy, Since: at, ConsecutiveFailures: 2, LastError: "timed out \"quoted\" \u00e9"},
 		NextCheckAt: at.Add(2 * time.Second)}
 	for _, r := range []health.Result{
 		{Outcome: health.Success, Start: at, Duration: health.Duration(1500 * time.Microsecond), HTTPStatus: 200,
@@ -47,7 +47,7 @@ func TestRecordsAreWrittenAsEncodingJSONWrites(t *testing.T) {
 	}
 	ev := eventRecord{V: SchemaVersion, Event: actors.Event{Seq: 7, InstanceID: "vm-1", Kind: "", Labels: in.Labels,
 		Transition: health.Transition{From: health.StatusHealthy, To: health.StatusUnhealthy, At: at, Reason: health.ReasonTimeout},
-		Details: map[string]any{"b": 1, "a": []any{"x"}}}}
+		Details:    map[string]any{"b": 1, "a": []any{"x"}}}}
 	for name, v := range map[string]any{
 		"snapshot": snap,
 		"event":    ev,
