@@ -280,19 +280,19 @@ func serveUntilSignal(log zerolog.Logger, c serveConfig) error {
 		_ = sched.Close(ctx)
 		return err
 	}
-	log.Info().Str("listen", listenAddr(l)).Str("data_dir", c.dataDir).Bool("auth", c.token != "").Str("version", version).Msg("serving")
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(api.JSONErrors(l)) }()
 	if c.pprofListen != "" {
 		addr, stopProfiles, err := serveProfiles(c.pprofListen)
 		if err != nil {
-			_ = srv.Close()
+			_ = l.Close()
 			_ = sched.Close(ctx)
 			return err
 		}
 		defer stopProfiles()
 		log.Info().Str("listen", addr).Msg("serving_profiles")
 	}
+	log.Info().Str("listen", listenAddr(l)).Str("data_dir", c.dataDir).Bool("auth", c.token != "").Str("version", version).Msg("serving")
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(api.JSONErrors(l)) }()
 	sd := startNotify(log, reg.Ready, sched)
 	defer sd.stop()
 
