@@ -805,8 +805,7 @@ func (a *instanceActor) finishProbe(ctx actor.Context, r health.Result, waited t
 		a.steady = true
 		delay -= health.Phase(a.inst.ID, delay)
 	}
-	late := a.late + max(waited-a.s.opt.waitFloor, 0)
-	if r.Outcome != health.Skipped && late > 0 {
+	if late := a.late + max(waited-a.s.opt.waitFloor, 0); r.Outcome != health.Skipped && late > 0 {
 		// the host started this probe late (a stall, a burst): the instance
 		// keeps its own cadence instead of taking the stall's, so instances
 		// delayed together do not stay bunched and delayed together again

@@ -317,23 +317,37 @@ func (h *handlers) limit(next echo.HandlerFunc) echo.HandlerFunc {
 func (h *handlers) hold(slots chan struct{}, busy string) echo.MiddlewareFunc {
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
-			select {
-			case slots <- struct{}{}:
-			default:
-				t := time.NewTimer(h.opt.QueueWait)
-				defer t.Stop()
-				select {
-				case slots <- struct{}{}:
-				case <-t.C:
-					c.Response().Header().Set("Retry-After", "1")
-					return fail(http.StatusServiceUnavailable, "unavailable", busy, "")
-				case <-c.Request().Context().Done():
-					return fail(http.StatusServiceUnavailable, "unavailable", "request canceled while waiting", "")
-				}
+			if _, err := h.take(c, slots, busy, nil); err != nil {
+				return err
 			}
 			defer func() { <-slots }()
 			return next(c)
 		}
+	}
+}
+
+// take holds one of slots for the request, waiting up to QueueWait; a wait
+// that runs out is a 503 (busy says why), unless waive, when set, says by
+// then that the slot is not needed (taken false, no error).
+func (h *handlers) take(c echo.Context, slots chan struct{}, busy string, waive func() bool) (taken bool, err error) {
+	select {
+	case slots <- struct{}{}:
+		return true, nil
+	default:
+	}
+	t := time.NewTimer(h.opt.QueueWait)
+	defer t.Stop()
+	select {
+	case slots <- struct{}{}:
+		return true, nil
+	case <-t.C:
+		if waive != nil && waive() {
+			return false, nil
+		}
+		c.Response().Header().Set("Retry-After", "1")
+		return false, fail(http.StatusServiceUnavailable, "unavailable", busy, "")
+	case <-c.Request().Context().Done():
+		return false, fail(http.StatusServiceUnavailable, "unavailable", "request canceled while waiting", "")
 	}
 }
 
@@ -354,24 +368,14 @@ func (h *handlers) admit(next echo.HandlerFunc) echo.HandlerFunc {
 		if h.opt.Behind == nil || !h.opt.Behind() {
 			return held(c)
 		}
-		select {
-		case h.behind <- struct{}{}:
-		default:
-			t := time.NewTimer(h.opt.QueueWait)
-			defer t.Stop()
-			select {
-			case h.behind <- struct{}{}:
-			case <-t.C:
-				if !h.opt.Behind() {
-					return held(c)
-				}
-				c.Response().Header().Set("Retry-After", "1")
-				return fail(http.StatusServiceUnavailable, "unavailable", "probing is behind schedule: the API gives way; retry", "")
-			case <-c.Request().Context().Done():
-				return fail(http.StatusServiceUnavailable, "unavailable", "request canceled while waiting", "")
-			}
+		caughtUp := func() bool { return !h.opt.Behind() }
+		taken, err := h.take(c, h.behind, "probing is behind schedule: the API gives way; retry", caughtUp)
+		if err != nil {
+			return err
 		}
-		defer func() { <-h.behind }()
+		if taken {
+			defer func() { <-h.behind }()
+		}
 		return held(c)
 	}
 }

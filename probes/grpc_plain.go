@@ -11,10 +11,8 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
-	"os"
 	"strconv"
 	"sync"
-	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -121,24 +119,13 @@ type grpcAnswer struct {
 
 // Probe calls Health/Check and closes.
 func (g *GRPC) Probe(ctx context.Context) health.Result {
-	fail := func(err error) health.Result {
-		if ce := ctx.Err(); ce != nil {
-			err = ce
-		} else if dl, ok := ctx.Deadline(); ok && errors.Is(err, os.ErrDeadlineExceeded) && !time.Now().Before(dl) {
-			err = context.DeadlineExceeded
-		}
-		return Fail(ctx, &url.Error{Op: "Post", URL: g.url, Err: err})
-	}
+	fail := func(err error) health.Result { return connFailure(ctx, "Post", g.url, err) }
 	conn, err := dialProbe(ctx, g.dial, g.Addr, g.raddr, g.src)
 	if err != nil {
 		return fail(err)
 	}
 	defer conn.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		_ = conn.SetDeadline(dl)
-	}
-	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
+	defer bindToContext(ctx, conn)()
 
 	s := grpcSessions.Get().(*grpcSession)
 	s.conn, s.left, s.message = conn, grpcReadLimit, s.message[:0]

@@ -10,8 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"net/url"
-	"os"
 	"strings"
 	"sync"
 	"time"
@@ -119,14 +117,7 @@ func (p *plainHTTP) probe(ctx context.Context, h *HTTP) health.Result {
 	began := time.Now()
 	var phases health.Phases
 	fail := func(err error) health.Result {
-		// the deadline or the probe canceled, as the client says it (the
-		// connection's deadline is the context's, and may come first)
-		if ce := ctx.Err(); ce != nil {
-			err = ce
-		} else if dl, ok := ctx.Deadline(); ok && errors.Is(err, os.ErrDeadlineExceeded) && !time.Now().Before(dl) {
-			err = context.DeadlineExceeded
-		}
-		f := Fail(ctx, &url.Error{Op: p.op, URL: p.url, Err: err})
+		f := connFailure(ctx, p.op, p.url, err)
 		f.Phases = phases
 		return f
 	}
@@ -136,11 +127,7 @@ func (p *plainHTTP) probe(ctx context.Context, h *HTTP) health.Result {
 	}
 	defer conn.Close()
 	phases.Connect = since(began)
-	if dl, ok := ctx.Deadline(); ok {
-		_ = conn.SetDeadline(dl)
-	}
-	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
+	defer bindToContext(ctx, conn)()
 	if _, err := conn.Write(p.wire); err != nil {
 		return fail(err)
 	}

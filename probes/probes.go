@@ -13,9 +13,11 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	neturl "net/url"
 	"os"
 	"strconv"
 	"syscall"
+	"time"
 
 	"github.com/vigilhq/vigil/health"
 	"github.com/vigilhq/vigil/probes/condition"
@@ -154,6 +156,29 @@ func dialProbe(ctx context.Context, d *net.Dialer, addr string, ap netip.AddrPor
 		d = anySourceDialer
 	}
 	return d.DialTCP(ctx, "tcp", netip.AddrPortFrom(src, 0), ap)
+}
+
+// bindToContext makes ctx's deadline conn's, and ctx's end (the actor
+// aborting the probe) end conn's reads and writes at once; stop releases
+// the watch.
+func bindToContext(ctx context.Context, conn net.Conn) (stop func() bool) {
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(dl)
+	}
+	return context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+}
+
+// connFailure is the failure of a request (op and url, as http.Client's
+// errors name them) on a connection bound to ctx: a deadline the
+// connection hit is the probe's timeout, as the client says it (the
+// connection's deadline is the context's, and may come first).
+func connFailure(ctx context.Context, op, url string, err error) health.Result {
+	if ce := ctx.Err(); ce != nil {
+		err = ce
+	} else if dl, ok := ctx.Deadline(); ok && errors.Is(err, os.ErrDeadlineExceeded) && !time.Now().Before(dl) {
+		err = context.DeadlineExceeded
+	}
+	return Fail(ctx, &neturl.Error{Op: op, URL: url, Err: err})
 }
 
 // anySourceDialer dials from any local address: DialTCP always binds, to
