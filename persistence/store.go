@@ -619,7 +619,7 @@ func (s *Store) commit() {
 		s.metrics.commits.Inc()
 		s.metrics.specs.Add(float64(len(specs)))
 		s.metrics.events.Add(float64(len(transitions)))
-		s.metrics.snapshots.Add(float64(len(writing)))
+		s.metrics.snapshots.Add(float64(len(snaps)))
 		s.mu.Lock()
 		s.seq = seq
 		s.writing = nil
