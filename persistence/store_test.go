@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -353,10 +354,17 @@ func TestOutageBacklogKeepsEveryTransitionAndOneSnapshot(t *testing.T) {
 			mu.Unlock()
 		})
 	}
-	time.Sleep(50 * time.Millisecond) // commits fail meanwhile
-	s.mu.Lock()
-	queuedSnaps, queuedEvents := len(s.snaps), len(s.transitions)
-	s.mu.Unlock()
+	// commits fail meanwhile; between a failed commit taking the backlog and
+	// putting it back the queues are empty, so look when none is in flight
+	failed := func() float64 { return testutil.ToFloat64(s.metrics.failures) }
+	require.Eventually(t, func() bool { return failed() >= 3 }, 5*time.Second, time.Millisecond, "commits fail")
+	var queuedSnaps, queuedEvents int
+	require.Eventually(t, func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		queuedSnaps, queuedEvents = len(s.snaps), len(s.transitions)
+		return s.writing == nil
+	}, 5*time.Second, time.Millisecond, "a moment between commits")
 	assert.Equal(t, 2, queuedSnaps, "one snapshot per instance waits")
 	assert.Equal(t, n, queuedEvents, "every transition waits")
 	snap, err := s.Snapshot("a")
