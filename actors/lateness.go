@@ -5,13 +5,17 @@ import (
 	"time"
 )
 
-// Probing is behind when more than BehindShare of the probes started in
-// the last second (and at least behindMin of them) started more than
-// BehindLate after they were due: its p99 lag is over BehindLate. The API
-// then works on its requests one at a time (api.Options.Behind), so that a
-// flood of clients cannot take the CPU the probes are late for.
+// Probing is behind when, in any quarter of a second within the last
+// second, more than BehindShare of the probes started (and at least
+// behindMin of them) started more than BehindLate after they were due. The
+// API then works on its requests one at a time (api.Options.Behind), so that
+// a flood of clients cannot take the CPU the probes are late for. BehindLate
+// is half the 50 ms a probe may be late by, and a quarter is enough to see
+// it, so the API gives way before the lag reaches that; one quarter holds it
+// for a second, so that it does not take back the CPU as soon as the probes
+// have it.
 const (
-	BehindLate  = 50 * time.Millisecond
+	BehindLate  = 25 * time.Millisecond
 	BehindShare = 0.01
 	behindMin   = 10
 )
@@ -58,17 +62,17 @@ func (l *lateness) observe(mono, late time.Duration) {
 	}
 }
 
-// behind reports whether probing was behind over the last second, as of
-// mono.
+// behind reports whether probing was behind in a quarter of the last
+// second, as of mono.
 func (l *lateness) behind(mono time.Duration) bool {
 	now := int64(mono / quarterLen)
-	var total, late int64
 	for i := range l.quarters {
 		q := &l.quarters[i]
 		if e := q.epoch.Load(); e <= now && e > now-int64(len(l.quarters)) {
-			total += q.total.Load()
-			late += q.late.Load()
+			if late := q.late.Load(); late >= behindMin && float64(late) > BehindShare*float64(q.total.Load()) {
+				return true
+			}
 		}
 	}
-	return late >= behindMin && float64(late) > BehindShare*float64(total)
+	return false
 }

@@ -14,7 +14,7 @@ import (
 	"github.com/vigilhq/vigil/probes"
 )
 
-func TestLatenessIsTheShareOfLateProbesInTheLastSecond(t *testing.T) {
+func TestLatenessIsTheShareOfLateProbesInAQuarterOfTheLastSecond(t *testing.T) {
 	at := func(ms int) time.Duration { return time.Hour + time.Duration(ms)*time.Millisecond }
 	var l lateness
 	assert.False(t, l.behind(at(0)), "no probes: not behind")
@@ -25,23 +25,43 @@ func TestLatenessIsTheShareOfLateProbesInTheLastSecond(t *testing.T) {
 
 	l = lateness{}
 	for i := range 1990 {
-		l.observe(at(i/2), 10*time.Millisecond)
+		l.observe(at(i/10), 10*time.Millisecond)
 	}
 	for range 15 {
-		l.observe(at(995), time.Second)
+		l.observe(at(200), time.Second)
 	}
-	l.observe(at(995), BehindLate) // at the bound: on time
-	assert.False(t, l.behind(at(999)), "15 late of 2 006: under 1 %")
+	l.observe(at(200), BehindLate) // at the bound: on time
+	assert.False(t, l.behind(at(249)), "15 late of 2 006: under 1 %")
 	for range 10 {
-		l.observe(at(999), BehindLate+time.Nanosecond)
+		l.observe(at(249), BehindLate+time.Nanosecond)
 	}
-	assert.True(t, l.behind(at(999)), "25 late of 2 016: over 1 %")
+	assert.True(t, l.behind(at(249)), "25 late of 2 016: over 1 %")
 
-	// a second later, with probes on time since, probing has caught up
-	for i := range 1000 {
+	// held for a second by that quarter, though every probe since is on time
+	for i := range 750 {
+		l.observe(at(250+i), 0)
+	}
+	assert.True(t, l.behind(at(999)), "the late quarter is within the last second")
+	for i := range 10 {
 		l.observe(at(1000+i), 0)
 	}
-	assert.False(t, l.behind(at(1999)), "the late quarters have turned over")
+	assert.False(t, l.behind(at(1010)), "the late quarter has turned over")
+
+	// a slip within one quarter shows though the whole second's share is
+	// under 1 %: 12 late of 1 012 in it, 12 of 4 012 over the second
+	l = lateness{}
+	for i := range 3000 {
+		l.observe(at(i/4), 0)
+	}
+	for i := range 1000 {
+		l.observe(at(750+i/4), 0)
+	}
+	assert.False(t, l.behind(at(999)))
+	for range 12 {
+		l.observe(at(999), time.Second)
+	}
+	assert.True(t, l.behind(at(999)), "12 late of 1 012 in the last quarter")
+
 	// a long quiet spell: the quarters left hold counts of long ago
 	for i := range 20 {
 		l.observe(at(5000+i), time.Second)

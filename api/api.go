@@ -125,6 +125,8 @@ type Options struct {
 	// for their turn, then a 503: the probes' lateness, not a fixed cap,
 	// says when the API must give way.
 	Behind func() bool
+	// giveWayMax is maxGiveWay unless a test sets it.
+	giveWayMax time.Duration
 	// BodyReadTimeout bounds reading a request body (default 30s) and
 	// WriteTimeout writing a response (default 30s; not the event stream's).
 	BodyReadTimeout time.Duration
@@ -202,6 +204,9 @@ func New(reg Registry, opt Options) *echo.Echo {
 	}
 	if opt.WriteTimeout <= 0 {
 		opt.WriteTimeout = DefaultWriteTimeout
+	}
+	if opt.giveWayMax <= 0 {
+		opt.giveWayMax = maxGiveWay
 	}
 	log := opt.Log
 	e := echo.New()
@@ -357,7 +362,8 @@ var unmetered = map[string]bool{"/healthz": true, "/readyz": true, "/metrics": t
 
 // admit holds one of MaxRequests for the request, waiting up to QueueWait;
 // while probing is behind (Options.Behind), first the one slot of those
-// times. A request that waited that out is served as any other if probing
+// times, which the request keeps after it is done for as long again as it
+// took. A request that waited that out is served as any other if probing
 // has caught up meanwhile.
 func (h *handlers) admit(next echo.HandlerFunc) echo.HandlerFunc {
 	held := h.hold(h.work, "too many requests at once; retry")(next)
@@ -373,12 +379,21 @@ func (h *handlers) admit(next echo.HandlerFunc) echo.HandlerFunc {
 		if err != nil {
 			return err
 		}
-		if taken {
-			defer func() { <-h.behind }()
+		if !taken {
+			return held(c)
 		}
+		// the one slot stays taken after the request for as long again as
+		// the request took: while probing is behind, the API's requests
+		// have at most half of one CPU
+		began := time.Now()
+		defer func() { time.AfterFunc(min(time.Since(began), h.opt.giveWayMax), func() { <-h.behind }) }()
 		return held(c)
 	}
 }
+
+// maxGiveWay bounds how long a request worked on while probing is behind
+// keeps the one slot after it is done (Options.giveWayMax).
+const maxGiveWay = 100 * time.Millisecond
 
 type handlers struct {
 	reg     Registry
@@ -708,6 +723,7 @@ func (h *handlers) summary(c echo.Context) error {
 }
 
 func errorHandler(log zerolog.Logger) echo.HTTPErrorHandler {
+	unavailable := log.Sample(&zerolog.BurstSampler{Burst: 1, Period: 10 * time.Second})
 	return func(err error, c echo.Context) {
 		if c.Response().Committed {
 			return
@@ -716,7 +732,12 @@ func errorHandler(log zerolog.Logger) echo.HTTPErrorHandler {
 		if status == http.StatusServiceUnavailable && c.Response().Header().Get("Retry-After") == "" {
 			c.Response().Header().Set("Retry-After", "1") // every 503 says when to come back
 		}
-		if status >= 500 {
+		switch {
+		case status == http.StatusServiceUnavailable:
+			// a flood is answered with many of these: one line in a while
+			// says so, and the request log at info has each of them
+			unavailable.Warn().Err(err).Str("path", c.Request().URL.Path).Str("code", detail.Code).Msg("requests_unavailable")
+		case status >= 500:
 			log.Error().Err(err).Str("path", c.Request().URL.Path).Msg("request_failed")
 		}
 		_ = c.JSON(status, ErrorBody{Error: detail})

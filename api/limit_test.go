@@ -233,3 +233,32 @@ func TestBehindProbingTheAPIWorksOneRequestAtATime(t *testing.T) {
 	release()
 	assert.Equal(t, http.StatusOK, <-read)
 }
+
+// While probing is behind, a request keeps the one slot after it is done
+// for as long again as it took: the API's requests have at most half of
+// one CPU. Once that is over, the next is served.
+func TestBehindProbingARequestKeepsTheSlotAsLongAgain(t *testing.T) {
+	const queueWait = 100 * time.Millisecond
+	var behind atomic.Bool
+	behind.Store(true)
+	reg := stalled{entered: make(chan struct{}, 1), release: make(chan struct{})}
+	srv, _ := server(t, Options{MaxRequests: 8, QueueWait: queueWait, Behind: behind.Load, giveWayMax: 5 * time.Second},
+		func(s *actors.Scheduler) Registry { reg.Registry = s; return reg })
+	register(t, srv.URL, "vm-1", tcpTarget(t))
+
+	began := time.Now()
+	read := stalledGet(t, srv.URL+"/v1/instances/vm-1", reg)
+	time.Sleep(600 * time.Millisecond)
+	close(reg.release)
+	require.Equal(t, http.StatusOK, <-read)
+	took := time.Since(began)
+
+	resp, b := answer(t, http.MethodGet, srv.URL+"/v1/summary")
+	assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, "the slot is kept: %s", b)
+	assert.Contains(t, string(b), "probing is behind schedule")
+	require.Eventually(t, func() bool {
+		code, _ := call(t, http.MethodGet, srv.URL+"/v1/summary", "", "")
+		return code == http.StatusOK
+	}, 5*time.Second, 20*time.Millisecond)
+	assert.GreaterOrEqual(t, time.Since(began), 2*took-queueWait, "kept about as long again as the request took")
+}
