@@ -25,6 +25,11 @@ func (k *MemoryKV) PutMeta(_ context.Context, key string, value []byte) error {
 	return nil
 }
 
+// QueueMeta stores a record (at once: there is no commit to wait for).
+func (k *MemoryKV) QueueMeta(key string, value []byte) {
+	_ = k.PutMeta(context.Background(), key, value)
+}
+
 // DeleteMeta deletes a record.
 func (k *MemoryKV) DeleteMeta(_ context.Context, key string) error {
 	k.mu.Lock()

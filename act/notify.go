@@ -19,6 +19,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"math/rand/v2"
 	"net/http"
 	"net/url"
@@ -53,6 +54,9 @@ const (
 // KV is the durable records act keeps (persistence.Store has them).
 type KV interface {
 	PutMeta(ctx context.Context, key string, value []byte) error
+	// QueueMeta stores a record with the store's next commit, without
+	// waiting for it (a position whose loss only repeats deliveries).
+	QueueMeta(key string, value []byte)
 	DeleteMeta(ctx context.Context, key string) error
 	Meta(prefix string, fn func(key string, value []byte) error) error
 }
@@ -185,6 +189,17 @@ type notifier struct {
 	mu     sync.Mutex
 	view   NotifierView
 	posted uint64 // position made durable
+	// the signature's HMAC, reset for each body: the delivering
+	// goroutine's own
+	mac hash.Hash
+}
+
+// transport is net/http's default one without asking for gzip: a
+// receiver's answer is read for its status only.
+func transport() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.DisableCompression = true
+	return t
 }
 
 // liveBuffer bounds how far a caught-up notifier's live events may run ahead.
@@ -200,7 +215,7 @@ const (
 func NewNotifiers(kv KV, log Log, node string, lg zerolog.Logger, opts ...Option) (*Notifiers, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	n := &Notifiers{retryFirst: RetryFirst, retryMax: RetryMax, kv: kv, log: log, node: node, lg: lg.With().Str("component", "notify").Logger(),
-		http:   &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
+		http:   &http.Client{Transport: transport(), CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
 		byName: map[string]*notifier{}, ctx: ctx, cancel: cancel, newEvent: make(chan struct{})}
 	cursors := map[string]uint64{}
 	err := kv.Meta(keyCursor, func(key string, value []byte) error {
@@ -405,6 +420,7 @@ func (n *Notifiers) Close() {
 	n.cancel()
 	n.sub.Close()
 	n.wg.Wait()
+	n.http.CloseIdleConnections()
 }
 
 // deliver is one notifier's loop: read the log after its position, send
@@ -426,7 +442,10 @@ func (n *Notifiers) deliver(nt *notifier, pos uint64) {
 		nt.view.Position = pos
 		nt.mu.Unlock()
 		if time.Since(lastSaved) >= cursorEvery {
-			n.savePosition(nt, pos)
+			// rides on the store's next commit: while events flow, keeping
+			// the position costs no commit (and sync) of its own; idle and
+			// stop save it and wait
+			n.kv.QueueMeta(keyCursor+nt.name, strconv.AppendUint(nil, pos, 10))
 			lastSaved = time.Now()
 		}
 		return true
@@ -586,10 +605,11 @@ func (n *Notifiers) post(nt *notifier, body []byte) error {
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Content-Type", ContentTypeEvent)
-	req.Header.Set("User-Agent", "vigil-notifier/1")
+	// canonical keys, values shared by every request (net/http only reads
+	// them)
+	req.Header = http.Header{"Content-Type": contentTypeEvent, "User-Agent": userAgent}
 	if nt.spec.Secret != "" {
-		req.Header.Set(SignatureHeader, Sign(nt.spec.Secret, body))
+		req.Header[SignatureHeader] = []string{nt.sign(body)}
 	}
 	resp, err := n.http.Do(req)
 	if err != nil {
@@ -649,6 +669,26 @@ type renderedEvents struct {
 	bySeq map[uint64][]byte
 	order []uint64 // the seqs kept, a ring once full; next is the oldest
 	next  int
+}
+
+var (
+	contentTypeEvent = []string{ContentTypeEvent}
+	userAgent        = []string{"vigil-notifier/1"}
+)
+
+// sign is Sign(nt.spec.Secret, body) with the notifier's HMAC, reset for
+// each body; only the delivering goroutine calls it.
+func (nt *notifier) sign(body []byte) string {
+	if nt.mac == nil {
+		nt.mac = hmac.New(sha256.New, []byte(nt.spec.Secret))
+	}
+	nt.mac.Reset()
+	nt.mac.Write(body)
+	var sum [sha256.Size]byte
+	var out [len("sha256=") + 2*sha256.Size]byte
+	copy(out[:], "sha256=")
+	hex.Encode(out[len("sha256="):], nt.mac.Sum(sum[:0]))
+	return string(out[:])
 }
 
 // Sign is the signature of a body: sha256=<hex of HMAC-SHA256(secret, body)>.

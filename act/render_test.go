@@ -44,3 +44,11 @@ func TestAnEventIsRenderedOnceForEveryNotifier(t *testing.T) {
 	kept, _ := n.render(ev(5), "n1-5")
 	assert.NotContains(t, string(kept), "reset")
 }
+
+// A notifier's reused HMAC signs each body as a fresh one would.
+func TestNotifierSignsEachBodyAfresh(t *testing.T) {
+	nt := &notifier{spec: NotifierSpec{Secret: "s3cret"}}
+	for _, body := range []string{`{"a":1}`, ``, `{"b":2}`, `{"a":1}`} {
+		assert.Equal(t, Sign("s3cret", []byte(body)), nt.sign([]byte(body)), "%q", body)
+	}
+}

@@ -131,7 +131,8 @@ type specOp struct {
 	rec  []byte // put's record, encoded by the caller (off the writer's goroutine)
 	del  string
 	meta *metaOp
-	// done receives the commit's error; several ops may share one
+	// done receives the commit's error; several ops may share one; nil
+	// for a record queued without a wait (QueueMeta)
 	done chan error
 }
 
@@ -414,6 +415,24 @@ func (s *Store) PutMeta(ctx context.Context, key string, value []byte) error {
 	return s.spec(ctx, specOp{meta: &metaOp{key: key, value: value}, done: make(chan error, 1)})
 }
 
+// QueueMeta stores a record under key with the next commit — the writer's
+// next flush, within FlushInterval — without waking the writer or waiting:
+// for a record whose loss in a crash only repeats work (a notifier's
+// position), so that keeping it costs no commit of its own. A commit that
+// fails drops it; a later QueueMeta or PutMeta of the key writes a newer
+// value.
+func (s *Store) QueueMeta(key string, value []byte) {
+	if value == nil {
+		value = []byte{}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	s.specs = append(s.specs, specOp{meta: &metaOp{key: key, value: value}})
+}
+
 // DeleteMeta deletes the record under key, and returns once that is synced.
 func (s *Store) DeleteMeta(ctx context.Context, key string) error {
 	return s.spec(ctx, specOp{meta: &metaOp{key: key}, done: make(chan error, 1)})
@@ -636,7 +655,9 @@ func (s *Store) commit() {
 		}
 	}
 	for _, op := range specs {
-		op.done <- err
+		if op.done != nil { // a queued record has no one waiting
+			op.done <- err
+		}
 	}
 	for _, ch := range flushes {
 		ch <- err
