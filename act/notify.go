@@ -434,7 +434,7 @@ func (n *Notifiers) deliver(nt *notifier, pos uint64) {
 	lastSaved := time.Now()
 	// one, the next: false when the notifier stops
 	one := func(ev actors.Event) bool {
-		if nt.spec.Match.matches(&ev) && !n.send(nt, ev, fmt.Sprintf("%s-%d", n.node, ev.Seq)) {
+		if nt.spec.Match.matches(&ev) && !n.send(nt, ev, "") {
 			return false
 		}
 		pos = ev.Seq
@@ -622,7 +622,8 @@ func (n *Notifiers) post(nt *notifier, body []byte) error {
 	return nil
 }
 
-// render is the CloudEvent of ev with the id id. An event of the log is
+// render is the CloudEvent of ev with the id id (for an event of the log,
+// empty: its node and seq, made only when it is rendered). An event of the log is
 // the same for every notifier (its id is the node and its seq), so it is
 // rendered once and kept for the others, which read the log at much the
 // same place: the last renderedKept of them, by seq.
@@ -636,6 +637,9 @@ func (n *Notifiers) render(ev actors.Event, id string) ([]byte, error) {
 	r.mu.Unlock()
 	if ok {
 		return body, nil
+	}
+	if id == "" {
+		id = n.node + "-" + strconv.FormatUint(ev.Seq, 10)
 	}
 	body, err := CloudEvent(ev, id, n.node)
 	if err != nil {
