@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"iter"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -186,6 +187,35 @@ type BatchResult struct {
 	ID      string
 	Created bool
 	Err     error
+}
+
+// PutBatchWhenAvailable is PutBatch, tried again while the server answers
+// 503 (its batches in progress at their limit, probing behind schedule, its
+// store refusing writes) for up to within: after the Retry-After it sent
+// (1 s when it sent none or more than 5 s), spread over half to one and a
+// half times that, so that batches refused together come back apart. A
+// batch is idempotent, so trying it again is safe.
+func (c *Client) PutBatchWhenAvailable(ctx context.Context, items []BatchItem, within time.Duration) ([]BatchResult, error) {
+	deadline := time.Now().Add(within)
+	for {
+		results, err := c.PutBatch(ctx, items)
+		var e *Error
+		if !errors.As(err, &e) || e.Status != http.StatusServiceUnavailable || time.Now().After(deadline) {
+			return results, err
+		}
+		wait := e.RetryAfter
+		if wait <= 0 || wait > 5*time.Second {
+			wait = time.Second
+		}
+		wait = wait/2 + rand.N(wait)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+	}
 }
 
 // PutBatch creates or replaces up to MaxBatch instances in one request.

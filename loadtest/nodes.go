@@ -566,29 +566,10 @@ func registerRange(ctx context.Context, c *client.Client, f *fleet, cfg Config, 
 	return first
 }
 
-// putBatch registers one batch as a VM manager would: a 503 (the server's
-// batches in progress at their limit, or its store refusing writes) is
-// tried again after the Retry-After it sent, for up to a minute.
+// putBatch registers one batch as a VM manager would: a 503 is tried again
+// after the Retry-After it sent, for up to a minute.
 func putBatch(ctx context.Context, c *client.Client, items []client.BatchItem) ([]client.BatchResult, error) {
-	deadline := time.Now().Add(time.Minute)
-	for {
-		results, err := c.PutBatch(ctx, items)
-		var e *client.Error
-		if !errors.As(err, &e) || e.Status != http.StatusServiceUnavailable || time.Now().After(deadline) {
-			return results, err
-		}
-		wait := e.RetryAfter
-		if wait <= 0 || wait > 5*time.Second {
-			wait = time.Second
-		}
-		// spread the retries: batches refused together come back apart
-		wait = wait/2 + rand.N(wait)
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(wait):
-		}
-	}
+	return c.PutBatchWhenAvailable(ctx, items, time.Minute)
 }
 
 // clientSpec is a registration in the client's types (the same JSON).
