@@ -319,7 +319,7 @@ func serveUntilSignal(log zerolog.Logger, c serveConfig) error {
 	// the actors have a budget of their own: stopping 100 000 of them, each
 	// saving what changed since its last snapshot, takes seconds on a busy
 	// host, whatever the requests took
-	stopCtx, cancelStop := context.WithTimeout(ctx, actorStopTimeout)
+	stopCtx, cancelStop := context.WithTimeout(ctx, actorStopBudget(sched.Len()))
 	defer cancelStop()
 	if err := sched.Close(stopCtx); err != nil {
 		return err
@@ -347,12 +347,20 @@ func serveProfiles(addr string) (string, func(), error) {
 }
 
 // How long a stop may take: requests in flight get httpStopTimeout, then
-// the actors actorStopTimeout, within systemd's TimeoutStopSec (30 s in
+// the actors actorStopTimeout and actorStopEach for each of them, at most
+// actorStopMax: within systemd's TimeoutStopSec (90 s in
 // deploy/vigil.service).
 const (
 	httpStopTimeout  = 8 * time.Second
 	actorStopTimeout = 20 * time.Second
+	actorStopEach    = 40 * time.Microsecond
+	actorStopMax     = 75 * time.Second
 )
+
+// actorStopBudget is how long stopping n actors may take.
+func actorStopBudget(n int) time.Duration {
+	return min(actorStopTimeout+time.Duration(n)*actorStopEach, actorStopMax)
+}
 
 // listenAddr is the listener's address as --listen writes it.
 func listenAddr(l net.Listener) string {

@@ -517,3 +517,20 @@ func TestServeProfilesOnLoopbackOnly(t *testing.T) {
 	_, err = net.DialTimeout("tcp", profiles, time.Second)
 	assert.Error(t, err, "the profiles are not served once vigil has stopped")
 }
+
+// A stop's budget grows with the instances to stop, and the whole of it
+// fits in the systemd unit's TimeoutStopSec, so systemd never kills a stop
+// that vigil still gives time to.
+func TestStopBudgetFitsTheUnitsTimeout(t *testing.T) {
+	assert.Equal(t, actorStopTimeout, actorStopBudget(0))
+	assert.Equal(t, actorStopTimeout+4*time.Second, actorStopBudget(100_000))
+	assert.Equal(t, 60*time.Second, actorStopBudget(1_000_000))
+	assert.Equal(t, actorStopMax, actorStopBudget(10_000_000))
+	unit, err := os.ReadFile("deploy/vigil.service")
+	require.NoError(t, err)
+	m := regexp.MustCompile(`(?m)^TimeoutStopSec=(\d+)s$`).FindSubmatch(unit)
+	require.NotNil(t, m, "TimeoutStopSec in seconds")
+	secs, err := strconv.Atoi(string(m[1]))
+	require.NoError(t, err)
+	assert.Less(t, httpStopTimeout+actorStopMax, time.Duration(secs)*time.Second)
+}
