@@ -202,6 +202,16 @@ func serveUntilSignal(log zerolog.Logger, c serveConfig) error {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
+	if c.pprofListen != "" {
+		// from the start: a slow start (opening the store, loading the
+		// instances) is what one may want to profile
+		addr, stopProfiles, err := serveProfiles(c.pprofListen)
+		if err != nil {
+			return err
+		}
+		defer stopProfiles()
+		log.Info().Str("listen", addr).Msg("serving_profiles")
+	}
 	badgerLog := log.With().Str("component", "badger").Logger()
 	store, err := persistence.Open(c.dataDir, persistence.Options{Logger: log.With().Str("component", "store").Logger(),
 		BadgerLogger: &badgerLog})
@@ -279,16 +289,6 @@ func serveUntilSignal(log zerolog.Logger, c serveConfig) error {
 	if err != nil {
 		_ = sched.Close(ctx)
 		return err
-	}
-	if c.pprofListen != "" {
-		addr, stopProfiles, err := serveProfiles(c.pprofListen)
-		if err != nil {
-			_ = l.Close()
-			_ = sched.Close(ctx)
-			return err
-		}
-		defer stopProfiles()
-		log.Info().Str("listen", addr).Msg("serving_profiles")
 	}
 	log.Info().Str("listen", listenAddr(l)).Str("data_dir", c.dataDir).Bool("auth", c.token != "").Str("version", version).Msg("serving")
 	errc := make(chan error, 1)
