@@ -154,3 +154,23 @@ func BenchmarkRestart100k(b *testing.B) {
 		require.NoError(b, st.Close())
 	}
 }
+
+// BenchmarkDecodeRecords decodes an instance record and its snapshot as a
+// start does, for every stored instance.
+func BenchmarkDecodeRecords(b *testing.B) {
+	in := inst(b, "vm-000001")
+	rec, err := encode(instanceRecord{V: SchemaVersion, Instance: in, Spec: in.Written})
+	require.NoError(b, err)
+	snap, err := encode(snapOf(in, health.StatusHealthy, 3))
+	require.NoError(b, err)
+	b.ReportAllocs()
+	for b.Loop() {
+		var r instanceRecord
+		if err := decode(rec, &r); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := decodeSnapshot(snap); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -60,3 +60,38 @@ func TestRecordsAreWrittenAsEncodingJSONWrites(t *testing.T) {
 		assert.Equal(t, string(want), string(got), name)
 	}
 }
+
+// The store reads its records through json v2 with encoding/json's
+// semantics: what encoding/json decodes, it decodes, and what encoding/json
+// refuses, it refuses — for records as written and for damaged ones.
+func TestRecordsAreReadAsEncodingJSONReads(t *testing.T) {
+	in := inst(t, "vm-1")
+	rec, err := encode(instanceRecord{V: SchemaVersion, Instance: in, Spec: in.Written})
+	require.NoError(t, err)
+	snap, err := encode(snapOf(in, health.StatusUnhealthy, 2))
+	require.NoError(t, err)
+	records := []string{string(rec), string(snap),
+		`{"V":1,"ID":"vm-1"}`,                            // names in another case
+		`{"v":1,"id":"vm-1","unknown":{"a":[1,2]}}`,      // members it does not know
+		`{"v":1,"id":"vm-1","id":"vm-2"}`,                // a name twice
+		"{\"v\":1,\"id\":\"vm-\xff\"}",                   // invalid UTF-8
+		`{"v":1,"id":"vm-1","state":{"status":"bogus"}}`, // a state the machine cannot drive
+		`{"v":1,"id":"vm-1","state":{"consecutive_failures":-1}}`,
+		`{"v":"1"}`, `{"v":1,"id":7}`, `null`, `[]`, `{"v":1`, ``, `{"v":1} trailing`,
+		`{"v":1,"policy":{"interval":"fast"}}`, `{"v":1,"id":"vm-1","history":[{"outcome":"success","at":"x"}]}`,
+	}
+	for _, r := range records {
+		var want, got actors.Snapshot
+		wantErr, gotErr := json.Unmarshal([]byte(r), &want), decode([]byte(r), &got)
+		assert.Equal(t, wantErr == nil, gotErr == nil, "%s: %v against %v", r, wantErr, gotErr)
+		if wantErr == nil {
+			assert.Equal(t, want, got, r)
+		}
+		var wantRec, gotRec instanceRecord
+		wantErr, gotErr = json.Unmarshal([]byte(r), &wantRec), decode([]byte(r), &gotRec)
+		assert.Equal(t, wantErr == nil, gotErr == nil, "%s: %v against %v", r, wantErr, gotErr)
+		if wantErr == nil {
+			assert.Equal(t, wantRec, gotRec, r)
+		}
+	}
+}

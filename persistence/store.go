@@ -16,7 +16,6 @@ import (
 	"cmp"
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -806,7 +805,7 @@ func checkVersion(what string, v int) error {
 
 func decodeSnapshot(v []byte) (*actors.Snapshot, error) {
 	var snap actors.Snapshot
-	if err := json.Unmarshal(v, &snap); err != nil {
+	if err := decode(v, &snap); err != nil {
 		return nil, err
 	}
 	if err := checkVersion("snapshot "+snap.ID, snap.Version); err != nil {
@@ -832,7 +831,7 @@ func (s *Store) Load(ctx context.Context, fn func(health.Instance, *actors.Snaps
 			}
 			id := string(it.Item().Key()[len(prefixInstance):])
 			var rec instanceRecord
-			err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &rec) })
+			err := it.Item().Value(func(v []byte) error { return decode(v, &rec) })
 			if err == nil {
 				err = checkVersion("instance "+id, rec.V)
 				if errors.Is(err, ErrNewerSchema) {
@@ -923,7 +922,7 @@ func (s *Store) Events(after uint64, limit int) ([]actors.Event, uint64, error) 
 				continue
 			}
 			var rec eventRecord
-			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &rec) }); err != nil {
+			if err := it.Item().Value(func(v []byte) error { return decode(v, &rec) }); err != nil {
 				s.log.Error().Err(err).Bytes("key", it.Item().Key()).Msg("store_event_skipped")
 				continue
 			}
@@ -972,7 +971,7 @@ func (s *Store) prune() {
 				break
 			}
 			var rec eventRecord
-			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &rec) }); err == nil && rec.At.After(cutoff) {
+			if err := it.Item().Value(func(v []byte) error { return decode(v, &rec) }); err == nil && rec.At.After(cutoff) {
 				break
 			}
 			doomed = append(doomed, it.Item().KeyCopy(nil))
@@ -1070,3 +1069,6 @@ var encodeOptions = jsonv1.DefaultOptionsV1()
 
 // encode is a record as the store writes it.
 func encode(v any) ([]byte, error) { return jsonv2.Marshal(v, encodeOptions) }
+
+// decode reads a record as encoding/json does.
+func decode(b []byte, v any) error { return jsonv2.Unmarshal(b, v, encodeOptions) }
