@@ -2,6 +2,7 @@ package persistence
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"runtime"
@@ -156,21 +157,30 @@ func BenchmarkRestart100k(b *testing.B) {
 }
 
 // BenchmarkDecodeRecords decodes an instance record and its snapshot as a
-// start does, for every stored instance.
+// start does, for every stored instance: the store's decoder, and
+// encoding/json beside it.
 func BenchmarkDecodeRecords(b *testing.B) {
 	in := inst(b, "vm-000001")
 	rec, err := encode(instanceRecord{V: SchemaVersion, Instance: in, Spec: in.Written})
 	require.NoError(b, err)
 	snap, err := encode(snapOf(in, health.StatusHealthy, 3))
 	require.NoError(b, err)
-	b.ReportAllocs()
-	for b.Loop() {
-		var r instanceRecord
-		if err := decode(rec, &r); err != nil {
-			b.Fatal(err)
-		}
-		if _, err := decodeSnapshot(snap); err != nil {
-			b.Fatal(err)
-		}
+	for _, c := range []struct {
+		name   string
+		decode func([]byte, any) error
+	}{{"store", decode}, {"encoding-json", json.Unmarshal}} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				var r instanceRecord
+				var s actors.Snapshot
+				if err := c.decode(rec, &r); err != nil {
+					b.Fatal(err)
+				}
+				if err := c.decode(snap, &s); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

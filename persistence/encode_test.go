@@ -79,6 +79,12 @@ func TestRecordsAreReadAsEncodingJSONReads(t *testing.T) {
 		`{"v":1,"id":"vm-1","state":{"consecutive_failures":-1}}`,
 		`{"v":"1"}`, `{"v":1,"id":7}`, `null`, `[]`, `{"v":1`, ``, `{"v":1} trailing`,
 		`{"v":1,"policy":{"interval":"fast"}}`, `{"v":1,"id":"vm-1","history":[{"outcome":"success","at":"x"}]}`,
+		`{"v":1,"state":null}`, `{"v":1,"policy":null}`, `{"v":1,"state":{"history":null}}`,
+		`{"v":1,"state":{"history":[null]}}`, `{"v":1,"state":{"history":{}}}`, `{"v":1,"state":[]}`,
+		`{"v":1,"policy":{"tcp":{"port":0}}}`, `{"v":1,"policy":{"TCP":{"Port":22},"Interval":"3s"}}`,
+		`{"v":1,"health_check":{"tcp":{"port":22}},"restart_policy":{"policy":"on_unhealthy","url":"http://127.0.0.1:9/"}}`,
+		`{"v":1,"restart_policy":{"policy":"sometimes"}}`, `{"v":1,"restart_policy":null}`,
+		`{"v":1,"state":{"history":[{"outcome":"success","at":"2026-01-01T00:00:00Z","phases":{"connect_ms":1.5}}]}}`,
 	}
 	for _, r := range records {
 		var want, got actors.Snapshot
