@@ -266,18 +266,7 @@ func (p Policy) MarshalJSONTo(enc *jsontext.Encoder) error {
 }
 
 // UnmarshalJSON reads a PolicySpec and normalizes it.
-func (p *Policy) UnmarshalJSON(b []byte) error {
-	var s PolicySpec
-	if err := json.Unmarshal(b, &s); err != nil {
-		return err
-	}
-	n, err := s.Normalize()
-	if err != nil {
-		return err
-	}
-	*p = n
-	return nil
-}
+func (p *Policy) UnmarshalJSON(b []byte) error { return readNormalized[PolicySpec](fromBytes(b), p) }
 
 // Normalize validates the spec and fills in defaults. Field names in errors
 // are prefixed with "health_check.".

@@ -361,14 +361,5 @@ func (p RestartPolicy) MarshalJSONTo(enc *jsontext.Encoder) error {
 
 // UnmarshalJSON reads a written policy and normalizes it.
 func (p *RestartPolicy) UnmarshalJSON(b []byte) error {
-	var s RestartPolicySpec
-	if err := json.Unmarshal(b, &s); err != nil {
-		return err
-	}
-	n, err := s.Normalize()
-	if err != nil {
-		return err
-	}
-	*p = n
-	return nil
+	return readNormalized[RestartPolicySpec](fromBytes(b), p)
 }

@@ -418,9 +418,12 @@ func (h History) MarshalJSONTo(enc *jsontext.Encoder) error {
 }
 
 // UnmarshalJSON reads results oldest first, keeping the newest HistorySize.
-func (h *History) UnmarshalJSON(b []byte) error {
+func (h *History) UnmarshalJSON(b []byte) error { return h.read(fromBytes(b)) }
+
+// read decodes results with read, keeping the newest HistorySize.
+func (h *History) read(read func(any) error) error {
 	var rs []Result
-	if err := json.Unmarshal(b, &rs); err != nil {
+	if err := read(&rs); err != nil {
 		return err
 	}
 	*h = History{}

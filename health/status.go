@@ -1,7 +1,6 @@
 package health
 
 import (
-	"encoding/json"
 	"math"
 	"time"
 )
@@ -129,10 +128,13 @@ type State struct {
 // or one handed over by another node) and refuses one the state machine
 // cannot drive: a status that is none of the statuses, a counter out of
 // range, the flapping ring's position outside the ring.
-func (s *State) UnmarshalJSON(b []byte) error {
+func (s *State) UnmarshalJSON(b []byte) error { return s.read(fromBytes(b)) }
+
+// read decodes a state with read and checks it.
+func (s *State) read(read func(any) error) error {
 	type plain State
 	var v plain
-	if err := json.Unmarshal(b, &v); err != nil {
+	if err := read(&v); err != nil {
 		return err
 	}
 	if err := (*State)(&v).check(); err != nil {
