@@ -42,7 +42,7 @@ const (
 	RetryFirst       = time.Second
 	RetryMax         = 5 * time.Minute
 	AttemptTimeout   = 5 * time.Second
-	cursorEvery      = 200 * time.Millisecond // a delivered position is made durable this often at most
+	cursorEvery      = 200 * time.Millisecond // a delivered position is queued with the store's commits this often at most
 	readPage         = 256
 	maxNotifiers     = 64
 	maxSecret        = 256
@@ -687,19 +687,22 @@ func (nt *notifier) sign(body []byte) string {
 		nt.mac = hmac.New(sha256.New, []byte(nt.spec.Secret))
 	}
 	nt.mac.Reset()
-	nt.mac.Write(body)
+	return signature(nt.mac, body)
+}
+
+// signature is sha256=<hex of mac over body>, for a mac fresh or reset.
+func signature(mac hash.Hash, body []byte) string {
+	mac.Write(body)
 	var sum [sha256.Size]byte
 	var out [len("sha256=") + 2*sha256.Size]byte
 	copy(out[:], "sha256=")
-	hex.Encode(out[len("sha256="):], nt.mac.Sum(sum[:0]))
+	hex.Encode(out[len("sha256="):], mac.Sum(sum[:0]))
 	return string(out[:])
 }
 
 // Sign is the signature of a body: sha256=<hex of HMAC-SHA256(secret, body)>.
 func Sign(secret string, body []byte) string {
-	m := hmac.New(sha256.New, []byte(secret))
-	m.Write(body)
-	return "sha256=" + hex.EncodeToString(m.Sum(nil))
+	return signature(hmac.New(sha256.New, []byte(secret)), body)
 }
 
 // CloudEvent renders an event of the log as a CloudEvents 1.0 structured

@@ -52,3 +52,11 @@ func TestNotifierSignsEachBodyAfresh(t *testing.T) {
 		assert.Equal(t, Sign("s3cret", []byte(body)), nt.sign([]byte(body)), "%q", body)
 	}
 }
+
+// The signature is HMAC-SHA256 as RFC 4231 defines it (its test case 2).
+func TestSignatureIsHMACSHA256(t *testing.T) {
+	const want = "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+	assert.Equal(t, want, Sign("Jefe", []byte("what do ya want for nothing?")))
+	nt := &notifier{spec: NotifierSpec{Secret: "Jefe"}}
+	assert.Equal(t, want, nt.sign([]byte("what do ya want for nothing?")))
+}
