@@ -413,6 +413,9 @@ func TestServeLogs(t *testing.T) {
 	require.Equal(t, "STATE", out["error"].(map[string]any)["field"])
 	code, out = serveCall(t, http.DefaultClient, "GET", base+"/v1/instances/vm-missing", "")
 	require.Equal(t, http.StatusNotFound, code, out)
+	// once ready, the heap the boot left free goes back to the system
+	require.Eventually(t, func() bool { return strings.Contains(strings.Join(p.stderr(), "\n"), `"boot_memory_released"`) },
+		10*time.Second, 20*time.Millisecond, "a boot_memory_released line")
 	require.Equal(t, 0, p.stop(t, syscall.SIGTERM))
 
 	lines := p.stderr()
@@ -435,6 +438,9 @@ func TestServeLogs(t *testing.T) {
 		switch msg {
 		case "badger_log", "protoactor_log":
 			assert.NotEmpty(t, rec["detail"], "line %d: the library's text is the detail: %s", i, line)
+		case "boot_memory_released":
+			assert.IsType(t, float64(0), rec["released_bytes"], "line %d: %s", i, line)
+			assert.Positive(t, rec["heap_in_use_bytes"], "line %d: %s", i, line)
 		case "request":
 			assert.IsType(t, float64(0), rec["duration_ms"], "line %d: duration_ms is a number: %s", i, line)
 			assert.IsType(t, float64(0), rec["status"], "line %d: %s", i, line)
@@ -447,7 +453,7 @@ func TestServeLogs(t *testing.T) {
 			requests[rec["method"].(string)+" "+rec["path"].(string)+" "+strconv.Itoa(int(status))] = rec
 		}
 	}
-	for _, ev := range []string{"serving", "request", "badger_log", "protoactor_log", "shutting_down"} {
+	for _, ev := range []string{"serving", "request", "badger_log", "protoactor_log", "boot_memory_released", "shutting_down"} {
 		assert.Positive(t, events[ev], "a %s line", ev)
 	}
 

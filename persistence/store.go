@@ -12,7 +12,6 @@
 package persistence
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"encoding/binary"
@@ -812,99 +811,6 @@ func decodeSnapshot(v []byte) (*actors.Snapshot, error) {
 		return nil, err
 	}
 	return &snap, nil
-}
-
-// Load calls fn for every stored instance, in id order, with its snapshot.
-// An undecodable record is logged and skipped; a record from a newer schema
-// stops the load with ErrNewerSchema.
-func (s *Store) Load(ctx context.Context, fn func(health.Instance, *actors.Snapshot) error) error {
-	return s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefixInstance, PrefetchValues: true, PrefetchSize: 256})
-		defer it.Close()
-		sit := txn.NewIterator(badger.IteratorOptions{Prefix: prefixSnapshot, PrefetchValues: true, PrefetchSize: 256})
-		defer sit.Close()
-		sit.Rewind()
-		skipped, loaded := 0, 0
-		for it.Rewind(); it.Valid(); it.Next() {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			id := string(it.Item().Key()[len(prefixInstance):])
-			var rec instanceRecord
-			err := it.Item().Value(func(v []byte) error { return decode(v, &rec) })
-			if err == nil {
-				err = checkVersion("instance "+id, rec.V)
-				if errors.Is(err, ErrNewerSchema) {
-					return err
-				}
-			}
-			if err == nil && rec.Instance.ID != id {
-				err = fmt.Errorf("record id %q does not match its key", rec.Instance.ID)
-			}
-			if err == nil {
-				// a stored spec must still be valid: normalize it again, from
-				// what the client wrote when that is kept
-				spec := rec.Instance.Spec()
-				if rec.Spec != nil {
-					spec = *rec.Spec
-				}
-				rec.Instance, err = spec.Normalize(id)
-			}
-			if err != nil {
-				skipped++
-				s.log.Error().Err(err).Str("instance_id", id).Msg("store_record_skipped")
-				continue
-			}
-			var snap *actors.Snapshot
-			skey := key(prefixSnapshot, id)
-			for sit.Valid() && bytes.Compare(sit.Item().Key(), skey) < 0 {
-				sit.Next()
-			}
-			if sit.Valid() && bytes.Equal(sit.Item().Key(), skey) {
-				err := sit.Item().Value(func(v []byte) error {
-					var derr error
-					snap, derr = decodeSnapshot(v)
-					return derr
-				})
-				if errors.Is(err, ErrNewerSchema) {
-					return err
-				}
-				if err != nil {
-					s.log.Error().Err(err).Str("instance_id", id).Msg("store_snapshot_skipped")
-					snap = nil
-				}
-			}
-			s.mu.Lock()
-			s.known[id] = true
-			s.mu.Unlock()
-			loaded++
-			if err := fn(rec.Instance, snap); err != nil {
-				return err
-			}
-		}
-		if skipped > 0 {
-			s.log.Warn().Int("skipped", skipped).Msg("store_load_skipped_records")
-		}
-		s.mu.Lock()
-		s.skipped = skipped
-		s.mu.Unlock()
-		if item, err := txn.Get(keySpecs); err == nil {
-			_ = item.Value(func(v []byte) error {
-				if len(v) == 8 {
-					if want := int(binary.BigEndian.Uint64(v)); want > loaded+skipped {
-						s.mu.Lock()
-						s.missing = want - loaded - skipped
-						s.mu.Unlock()
-						s.log.Error().Int("expected", want).Int("loaded", loaded).Int("skipped", skipped).
-							Int("unreadable", want-loaded-skipped).Str("data_dir", s.dir).
-							Msg("store_records_unreadable")
-					}
-				}
-				return nil
-			})
-		}
-		return nil
-	})
 }
 
 // Events returns up to limit events after the given sequence number, and the
