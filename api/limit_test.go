@@ -106,8 +106,9 @@ func answer(t *testing.T, method, url string) (*http.Response, []byte) {
 }
 
 // TestRequestCapAnswers503AndLeavesUnmeteredRoutesAlone holds every one of
-// MaxRequests with requests in progress — one whose handler waits on the
-// registry, one whose body is still arriving — and checks that one more
+// MaxRequests with requests in progress whose handlers wait on the registry
+// (beside a PUT whose body is still arriving, which holds none while it
+// does) and checks that one more
 // metered request is a 503 with Retry-After and the API's error, that the
 // unmetered routes answer all the same, and that a metered request is served
 // again once the slots are given back.
@@ -132,10 +133,13 @@ func TestRequestCapAnswers503AndLeavesUnmeteredRoutesAlone(t *testing.T) {
 	t.Cleanup(release) // before the server closes, if the test stops early
 	register(t, srv.URL, "vm-1", tcpTarget(t))
 
-	// slot one: a GET whose registry read waits
-	read := stalledGet(t, srv.URL+"/v1/instances/vm-1", reg)
-	// slot two: a PUT whose body has not all arrived
+	// a PUT whose body has not all arrived holds no slot while it arrives
+	// (given the time to take one if it did)
 	finish := slowPut(t, srv.Listener.Addr().String(), "vm-2")
+	time.Sleep(200 * time.Millisecond)
+	// slots one and two: GETs whose registry reads wait
+	read := stalledGet(t, srv.URL+"/v1/instances/vm-1", reg)
+	read2 := stalledGet(t, srv.URL+"/v1/instances/vm-1", reg)
 	require.Eventually(t, func() bool {
 		resp, err := http.Get(srv.URL + "/v1/summary")
 		if err != nil {
@@ -171,7 +175,8 @@ func TestRequestCapAnswers503AndLeavesUnmeteredRoutesAlone(t *testing.T) {
 
 	release()
 	assert.Equal(t, http.StatusOK, <-read, "the held GET is answered")
-	assert.Equal(t, http.StatusCreated, finish(), "the held PUT is answered")
+	assert.Equal(t, http.StatusOK, <-read2, "the held GET is answered")
+	assert.Equal(t, http.StatusCreated, finish(), "the slow PUT is answered")
 	code, out = call(t, http.MethodGet, srv.URL+"/v1/summary", "", "")
 	assert.Equal(t, http.StatusOK, code, "the slots were given back")
 	assert.Equal(t, float64(2), out["total"])
@@ -261,4 +266,23 @@ func TestBehindProbingARequestKeepsTheSlotAsLongAgain(t *testing.T) {
 		return code == http.StatusOK
 	}, 5*time.Second, 20*time.Millisecond)
 	assert.GreaterOrEqual(t, time.Since(began), 2*took-queueWait, "kept about as long again as the request took")
+}
+
+// While probing is behind, a request whose body is still arriving does not
+// hold the one slot left: a request after it is served at once, and the
+// slow one is answered when its body is complete.
+func TestBehindProbingASlowBodyHoldsNoSlot(t *testing.T) {
+	var behind atomic.Bool
+	behind.Store(true)
+	srv, _ := server(t, Options{MaxRequests: 8, QueueWait: 100 * time.Millisecond, Behind: behind.Load, giveWayMax: time.Millisecond})
+	finish := slowPut(t, srv.Listener.Addr().String(), "vm-2")
+	time.Sleep(200 * time.Millisecond) // time to take the slot, if it did
+	for range 3 {
+		code, out := call(t, http.MethodGet, srv.URL+"/v1/summary", "", "")
+		require.Equal(t, http.StatusOK, code, "served beside the slow body: %v", out)
+		time.Sleep(10 * time.Millisecond) // the slot kept after a request
+	}
+	assert.Equal(t, http.StatusCreated, finish())
+	code, _ := call(t, http.MethodGet, srv.URL+"/v1/instances/vm-2", "", "")
+	assert.Equal(t, http.StatusOK, code)
 }
