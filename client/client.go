@@ -32,11 +32,12 @@ import (
 
 // Client talks to one vigil server.
 type Client struct {
-	raw   *ClientWithResponses
-	http  *http.Client
-	base  string
-	token string
-	retry time.Duration
+	raw    *ClientWithResponses
+	http   *http.Client
+	base   string
+	token  string
+	retry  time.Duration
+	within time.Duration // WithRetryUnavailable
 }
 
 // Option configures a Client.
@@ -52,6 +53,17 @@ func WithHTTP(h *http.Client) Option { return func(c *Client) { c.http = h } }
 // WithRetry sets how long the event stream waits before it reconnects
 // (default 500ms).
 func WithRetry(d time.Duration) Option { return func(c *Client) { c.retry = d } }
+
+// WithRetryUnavailable tries a request again while the server answers 503
+// (probing behind schedule, too many requests at once, its store refusing
+// writes) for up to within, after the Retry-After it sent (see
+// PutBatchWhenAvailable): every GET, HEAD, PUT, PATCH and DELETE, which are
+// idempotent (a merge patch applied twice is applied once), but no POST — a
+// silence posted twice is two, and a batch has PutBatchWhenAvailable.
+// Without it, a 503 is the caller's to handle, as an *Error with RetryAfter.
+func WithRetryUnavailable(within time.Duration) Option {
+	return func(c *Client) { c.within = within }
+}
 
 // DefaultRetry is the event stream's default pause before a reconnect.
 const DefaultRetry = 500 * time.Millisecond
@@ -83,6 +95,15 @@ func New(addr string, opts ...Option) (*Client, error) {
 	}
 	if c.http == nil {
 		c.http = &http.Client{}
+	}
+	if c.within > 0 {
+		h := *c.http // the caller's client stays as it was
+		next := h.Transport
+		if next == nil {
+			next = http.DefaultTransport
+		}
+		h.Transport = &retryUnavailable{next: next, within: c.within}
+		c.http = &h
 	}
 	raw, err := NewClientWithResponses(c.base, WithHTTPClient(c.http), WithRequestEditorFn(c.authorize))
 	if err != nil {
@@ -203,17 +224,68 @@ func (c *Client) PutBatchWhenAvailable(ctx context.Context, items []BatchItem, w
 		if !errors.As(err, &e) || e.Status != http.StatusServiceUnavailable || time.Now().After(deadline) {
 			return results, err
 		}
-		wait := e.RetryAfter
-		if wait <= 0 || wait > 5*time.Second {
-			wait = time.Second
+		if err := pause(ctx, retryWait(e.RetryAfter)); err != nil {
+			return nil, err
 		}
-		wait = wait/2 + rand.N(wait)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil, ctx.Err()
-		case <-t.C:
+	}
+}
+
+// retryWait is how long to wait before trying a request the server answered
+// 503 again: its Retry-After (1 s when it sent none or more than 5 s), spread
+// over half to one and a half times that, so that requests refused together
+// come back apart.
+func retryWait(retryAfter time.Duration) time.Duration {
+	if retryAfter <= 0 || retryAfter > 5*time.Second {
+		retryAfter = time.Second
+	}
+	return retryAfter/2 + rand.N(retryAfter)
+}
+
+// pause waits d, or until ctx ends.
+func pause(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// retryUnavailable is the transport of WithRetryUnavailable.
+type retryUnavailable struct {
+	next   http.RoundTripper
+	within time.Duration
+}
+
+func (r *retryUnavailable) RoundTrip(req *http.Request) (*http.Response, error) {
+	switch req.Method {
+	case http.MethodGet, http.MethodHead, http.MethodPut, http.MethodPatch, http.MethodDelete:
+	default:
+		return r.next.RoundTrip(req)
+	}
+	deadline := time.Now().Add(r.within)
+	for try := req; ; {
+		resp, err := r.next.RoundTrip(try)
+		if err != nil || resp.StatusCode != http.StatusServiceUnavailable || (req.Body != nil && req.GetBody == nil) {
+			return resp, err
+		}
+		after, _ := strconv.Atoi(resp.Header.Get("Retry-After"))
+		wait := retryWait(time.Duration(after) * time.Second)
+		if time.Now().Add(wait).After(deadline) {
+			return resp, nil
+		}
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		_ = resp.Body.Close()
+		if err := pause(req.Context(), wait); err != nil {
+			return nil, err
+		}
+		try = req.Clone(req.Context())
+		if req.GetBody != nil {
+			if try.Body, err = req.GetBody(); err != nil {
+				return nil, err
+			}
 		}
 	}
 }
