@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -42,17 +43,19 @@ func cappedAPI(t *testing.T) (*httptest.Server, *actors.Scheduler) {
 }
 
 // holdTheSlot takes cappedAPI's one request slot with a PUT whose body has
-// not all arrived, and returns once the API turns other requests away;
-// finish sends the rest of the body and returns the PUT's status.
+// not all arrived — past the first 64 KiB, which the API reads before the
+// request takes a slot — and returns once the API turns other requests
+// away; finish sends the rest of the body and returns the PUT's status.
 func holdTheSlot(t *testing.T, srv *httptest.Server) (finish func() (int, error)) {
 	t.Helper()
-	body := `{"state":"Stopped","network":{"ip":"127.0.0.1"},"health_check":{"tcp":{"port":9}}}`
+	body := `{"state":"Stopped",` + strings.Repeat(" ", 80<<10) + `"network":{"ip":"127.0.0.1"},"health_check":{"tcp":{"port":9}}}`
+	sent := len(body) - 10
 	c, err := net.Dial("tcp", srv.Listener.Addr().String())
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = c.Close() })
 	require.NoError(t, c.SetDeadline(time.Now().Add(10*time.Second)))
 	_, err = io.WriteString(c, "PUT /v1/instances/held HTTP/1.1\r\nHost: vigil\r\nContent-Type: application/json\r\n"+
-		"Content-Length: "+strconv.Itoa(len(body))+"\r\n\r\n"+body[:10])
+		"Content-Length: "+strconv.Itoa(len(body))+"\r\n\r\n"+body[:sent])
 	require.NoError(t, err)
 	probe := &http.Client{Transport: &http.Transport{}}
 	t.Cleanup(probe.CloseIdleConnections)
@@ -66,7 +69,7 @@ func holdTheSlot(t *testing.T, srv *httptest.Server) (finish func() (int, error)
 		return resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get("Retry-After") == "1"
 	}, 5*time.Second, 10*time.Millisecond, "the slow PUT holds the only slot")
 	return func() (int, error) {
-		if _, err := io.WriteString(c, body[10:]); err != nil {
+		if _, err := io.WriteString(c, body[sent:]); err != nil {
 			return 0, err
 		}
 		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
