@@ -220,7 +220,17 @@ func serveUntilSignal(log zerolog.Logger, c serveConfig) error {
 	if err != nil {
 		return err
 	}
-	defer store.Close()
+	defer func() {
+		// the last of a stop, after the scheduler's: Badger flushes its
+		// memtables and ends its compactions
+		began := time.Now()
+		err := store.Close()
+		ev := log.Info()
+		if err != nil {
+			ev = log.Error().Err(err)
+		}
+		ev.Dur("took", time.Since(began)).Msg("store_closed")
+	}()
 	metrics := api.NewMetrics()
 	metrics.Register(store.Collectors()...)
 	ctx := context.Background()

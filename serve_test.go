@@ -438,6 +438,12 @@ func TestServeLogs(t *testing.T) {
 		switch msg {
 		case "badger_log", "protoactor_log":
 			assert.NotEmpty(t, rec["detail"], "line %d: the library's text is the detail: %s", i, line)
+		case "scheduler_closed":
+			for _, f := range []string{"actors_ms", "probes_ms", "flush_ms", "took"} {
+				assert.IsType(t, float64(0), rec[f], "line %d: %s is a number: %s", i, f, line)
+			}
+		case "store_closed":
+			assert.IsType(t, float64(0), rec["took"], "line %d: %s", i, line)
 		case "boot_memory_released":
 			assert.IsType(t, float64(0), rec["released_bytes"], "line %d: %s", i, line)
 			assert.Positive(t, rec["heap_in_use_bytes"], "line %d: %s", i, line)
@@ -453,7 +459,7 @@ func TestServeLogs(t *testing.T) {
 			requests[rec["method"].(string)+" "+rec["path"].(string)+" "+strconv.Itoa(int(status))] = rec
 		}
 	}
-	for _, ev := range []string{"serving", "request", "badger_log", "protoactor_log", "boot_memory_released", "shutting_down"} {
+	for _, ev := range []string{"serving", "request", "badger_log", "protoactor_log", "boot_memory_released", "shutting_down", "scheduler_closed", "store_closed"} {
 		assert.Positive(t, events[ev], "a %s line", ev)
 	}
 
