@@ -104,7 +104,7 @@ func TestScaleRegisterAndRestart(t *testing.T) {
 	stopped := time.Now()
 	require.NoError(t, p.cmd.Process.Signal(syscall.SIGTERM))
 	require.NoError(t, <-p.done)
-	t.Logf("stopped in %v", time.Since(stopped).Round(time.Millisecond))
+	t.Logf("stopped in %v: %s", time.Since(stopped).Round(time.Millisecond), strings.Join(p.phases, " "))
 	p = startQuiet(t, dir)
 	t.Logf("restarted: ready in %v (serving after %v), RSS %s", p.ready.Round(time.Millisecond), p.serving.Round(time.Millisecond), p.rss(t))
 
@@ -162,6 +162,7 @@ type quiet struct {
 	url            string
 	done           chan error
 	serving, ready time.Duration // from the start
+	phases         []string      // a stop's phases as serve logged them; read after done
 }
 
 func startQuiet(t *testing.T, dir string) *quiet {
@@ -184,8 +185,11 @@ func startQuiet(t *testing.T, dir string) *quiet {
 		sc.Buffer(make([]byte, 1<<20), 1<<20)
 		for sc.Scan() {
 			line := sc.Bytes()
-			if strings.Contains(string(line), `"message":"serving"`) {
+			switch {
+			case strings.Contains(string(line), `"message":"serving"`):
 				serving <- time.Since(began)
+			case strings.Contains(string(line), `"message":"scheduler_closed"`), strings.Contains(string(line), `"message":"store_closed"`):
+				q.phases = append(q.phases, string(line))
 			}
 			_, _ = logf.Write(append(line, '\n'))
 		}

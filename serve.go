@@ -220,11 +220,19 @@ func serveUntilSignal(log zerolog.Logger, c serveConfig) error {
 	if err != nil {
 		return err
 	}
+	var stopBy time.Time // set when a stop begins: the whole stop's bound
 	defer func() {
 		// the last of a stop, after the scheduler's: Badger flushes its
 		// memtables and ends its compactions
 		began := time.Now()
-		err := store.Close()
+		err, done := closeBy(store.Close, stopBy, storeCloseFloor)
+		if !done {
+			// what was acknowledged is synced (the scheduler's flush came
+			// first); Badger recovers the rest at the next start as after a
+			// crash, which is better than systemd's SIGKILL
+			log.Error().Dur("took", time.Since(began)).Msg("store_close_abandoned")
+			return
+		}
 		ev := log.Info()
 		if err != nil {
 			ev = log.Error().Err(err)
@@ -320,6 +328,7 @@ func serveUntilSignal(log zerolog.Logger, c serveConfig) error {
 	}
 	sd.stopping()
 	began := time.Now()
+	stopBy = began.Add(stopTimeout)
 	httpCtx, cancel := context.WithTimeout(ctx, httpStopTimeout)
 	defer cancel()
 	if err := srv.Shutdown(httpCtx); err != nil {
@@ -360,15 +369,37 @@ func serveProfiles(addr string) (string, func(), error) {
 }
 
 // How long a stop may take: requests in flight get httpStopTimeout, then
-// the actors actorStopTimeout and actorStopEach for each of them, at most
-// actorStopMax: within systemd's TimeoutStopSec (90 s in
-// deploy/vigil.service).
+// the actors and the store's flush actorStopTimeout and actorStopEach for
+// each actor, at most actorStopMax; Badger's close what remains of
+// stopTimeout, at least storeCloseFloor. The whole is within systemd's
+// TimeoutStopSec (90 s in deploy/vigil.service).
 const (
 	httpStopTimeout  = 8 * time.Second
 	actorStopTimeout = 20 * time.Second
 	actorStopEach    = 40 * time.Microsecond
-	actorStopMax     = 75 * time.Second
+	actorStopMax     = 70 * time.Second
+	stopTimeout      = 85 * time.Second
+	storeCloseFloor  = 5 * time.Second
 )
+
+// closeBy calls close and waits for it until by, and at least floor; a zero
+// by waits as long as it takes. done is false when it stopped waiting.
+func closeBy(close func() error, by time.Time, floor time.Duration) (err error, done bool) {
+	closed := make(chan error, 1)
+	go func() { closed <- close() }()
+	var wait <-chan time.Time
+	if !by.IsZero() {
+		t := time.NewTimer(max(time.Until(by), floor))
+		defer t.Stop()
+		wait = t.C
+	}
+	select {
+	case err := <-closed:
+		return err, true
+	case <-wait:
+		return nil, false
+	}
+}
 
 // actorStopBudget is how long stopping n actors may take.
 func actorStopBudget(n int) time.Duration {

@@ -544,5 +544,29 @@ func TestStopBudgetFitsTheUnitsTimeout(t *testing.T) {
 	require.NotNil(t, m, "TimeoutStopSec in seconds")
 	secs, err := strconv.Atoi(string(m[1]))
 	require.NoError(t, err)
-	assert.Less(t, httpStopTimeout+actorStopMax, time.Duration(secs)*time.Second)
+	assert.LessOrEqual(t, httpStopTimeout+actorStopMax+storeCloseFloor, stopTimeout, "Badger's close has its floor within the whole")
+	assert.Less(t, stopTimeout, time.Duration(secs)*time.Second)
+}
+
+// Badger's close is waited for until the stop's bound, at least the floor,
+// and as long as it takes when no stop bounds it.
+func TestCloseByWaitsUntilTheStopsBound(t *testing.T) {
+	slow := func(d time.Duration, err error) func() error {
+		return func() error { time.Sleep(d); return err }
+	}
+	boom := errors.New("boom")
+	err, done := closeBy(slow(10*time.Millisecond, boom), time.Now().Add(time.Minute), time.Millisecond)
+	assert.True(t, done)
+	assert.Equal(t, boom, err)
+	began := time.Now()
+	_, done = closeBy(slow(time.Minute, nil), time.Now().Add(50*time.Millisecond), time.Millisecond)
+	assert.False(t, done, "past the bound")
+	assert.Less(t, time.Since(began), 5*time.Second)
+	began = time.Now()
+	_, done = closeBy(slow(time.Minute, nil), time.Now().Add(-time.Hour), 50*time.Millisecond)
+	assert.False(t, done, "the bound long past: the floor")
+	assert.GreaterOrEqual(t, time.Since(began), 50*time.Millisecond)
+	err, done = closeBy(slow(100*time.Millisecond, nil), time.Time{}, time.Millisecond)
+	assert.True(t, done, "no bound")
+	assert.NoError(t, err)
 }

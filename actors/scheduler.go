@@ -220,6 +220,9 @@ type Scheduler struct {
 	system  *actor.ActorSystem
 	root    *actor.RootContext
 	parent  *actor.PID
+	// closed once the parent has stopped: every instance actor has stopped
+	// (and queued what it saves) before it
+	parentStopped chan struct{}
 	budget  *budget
 	workers *workers     // probes in flight run here
 	props   *actor.Props // of every instance actor
@@ -326,7 +329,8 @@ func New(ctx context.Context, opts ...Option) (*Scheduler, error) {
 	s.root = s.system.Root
 	strategy := &restartStrategy{base: 100 * time.Millisecond, max: 10 * time.Second, limit: 10, window: time.Minute,
 		log: o.log, stopped: s.childGaveUp}
-	parent, err := s.root.SpawnNamed(actor.PropsFromProducer(func() actor.Actor { return &parentActor{} },
+	s.parentStopped = make(chan struct{})
+	parent, err := s.root.SpawnNamed(actor.PropsFromProducer(func() actor.Actor { return &parentActor{stopped: s.parentStopped} },
 		actor.WithSupervisor(strategy)), "instances")
 	if err != nil {
 		s.shutdownSystem()
@@ -872,10 +876,16 @@ func (s *Scheduler) Close(ctx context.Context) error {
 		return nil
 	}
 	// stopping the parent stops each instance actor; an instance actor stops
-	// its timer and cancels its probe when it is told to stop.
+	// its timer, cancels its probe and queues what it saves when it is told
+	// to stop. The wait is the caller's budget (a million actors take longer
+	// than protoactor's own stop future waits), so that the flush below
+	// covers every actor's last snapshot.
 	began := time.Now()
-	if err := s.root.StopFuture(s.parent).Wait(); err != nil {
-		s.log.Warn().Err(err).Msg("stop_actors")
+	s.root.Stop(s.parent)
+	select {
+	case <-s.parentStopped:
+	case <-ctx.Done():
+		s.log.Warn().Err(ctx.Err()).Msg("stop_actors")
 	}
 	actorsStopped := time.Now()
 	if !s.workers.close(ctx.Done()) {
@@ -1219,7 +1229,9 @@ func (s *Scheduler) Ping(ctx context.Context) error {
 }
 
 // parentActor spawns and supervises the instance actors.
-type parentActor struct{}
+type parentActor struct {
+	stopped chan struct{} // closed when it has stopped, after its children
+}
 
 type ping struct{}
 
@@ -1243,5 +1255,7 @@ func (p *parentActor) Receive(ctx actor.Context) {
 		ctx.Respond(out)
 	case *ping:
 		ctx.Respond(m)
+	case *actor.Stopped:
+		close(p.stopped)
 	}
 }

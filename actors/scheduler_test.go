@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/vigilhq/vigil/clock"
 	"github.com/vigilhq/vigil/health"
 	"github.com/vigilhq/vigil/internal/tcptest"
 	"github.com/vigilhq/vigil/probes"
@@ -457,6 +459,70 @@ func TestCloseIsIdempotentAndRejectsCalls(t *testing.T) {
 	assert.False(t, ok)
 	assert.ErrorIs(t, sub.Err(), ErrClosed)
 	assert.False(t, h.s.Ready())
+}
+
+// slowClosingProber takes d to release what it pools, one at a time across
+// all of them: stopping many actors takes their sum.
+type slowClosingProber struct {
+	mu     *sync.Mutex
+	closed *int
+	d      time.Duration
+}
+
+func (slowClosingProber) Probe(context.Context) health.Result { return health.Result{Outcome: health.Success} }
+func (p slowClosingProber) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	time.Sleep(p.d)
+	*p.closed++
+	return nil
+}
+
+// flushCounting is a store that notes how many actors had stopped when it
+// was flushed.
+type flushCounting struct {
+	*MemoryStore
+	mu        *sync.Mutex
+	closed    *int
+	atFlush   int
+	flushedAt time.Time
+}
+
+func (f *flushCounting) Flush(ctx context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.atFlush, f.flushedAt = *f.closed, time.Now()
+	return f.MemoryStore.Flush(ctx)
+}
+
+// TestCloseFlushesAfterTheLastActorHasStopped: actors that take longer to
+// stop together than protoactor's own stop wait (10 s) are all stopped —
+// and have queued what they save — before Close flushes the store; the wait
+// is the caller's budget.
+func TestCloseFlushesAfterTheLastActorHasStopped(t *testing.T) {
+	const n = 300
+	var mu sync.Mutex
+	closed := 0
+	store := &flushCounting{MemoryStore: NewMemoryStore(), mu: &mu, closed: &closed}
+	s, err := New(context.Background(), WithClock(clock.NewFake(t0)), WithStore(store), withWaitFloor(time.Hour),
+		WithProberFactory(func(health.Instance) (probes.Prober, error) {
+			return slowClosingProber{mu: &mu, closed: &closed, d: 36 * time.Millisecond}, nil // 10.8 s in all
+		}))
+	require.NoError(t, err)
+	spec := health.InstanceSpec{State: health.Running, Network: &health.Network{IP: "127.0.0.1"},
+		HealthCheck: &health.PolicySpec{TCP: &health.TCPSpec{Port: 1}}}
+	for i := range n {
+		_, _, err := s.Put(context.Background(), "vm-"+strconv.Itoa(i), spec)
+		require.NoError(t, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	began := time.Now()
+	require.NoError(t, s.Close(ctx))
+	mu.Lock()
+	defer mu.Unlock()
+	assert.Equal(t, n, store.atFlush, "every actor stopped before the flush")
+	assert.Greater(t, store.flushedAt.Sub(began), 10*time.Second, "the stop took longer than protoactor waits")
 }
 
 // closingProber counts how often the actor releases what it pools.

@@ -18,10 +18,10 @@ type Snapshot struct {
 	Version     int              `json:"v"`
 	ID          string           `json:"id"`
 	Lifecycle   health.Lifecycle `json:"lifecycle"`
-	StartedAt   time.Time        `json:"started_at"`
+	StartedAt   time.Time        `json:"started_at,omitzero"`
 	Policy      *health.Policy   `json:"policy,omitempty"`
 	State       health.State     `json:"state"`
-	NextCheckAt time.Time        `json:"next_check_at"`
+	NextCheckAt time.Time        `json:"next_check_at,omitzero"`
 }
 
 // Config is the configuration the snapshot was computed under.

@@ -19,15 +19,19 @@ func FlapWindow(interval time.Duration) time.Duration { return FlapIntervals * i
 // window is measured on the monotonic clock: each change's reading is kept
 // beside its wall time, which is what a snapshot stores.
 type Flap struct {
-	Changes  [FlapChanges]int64 `json:"changes"` // unix nanoseconds; 0 for none
-	Next     int                `json:"next"`
-	Flapping bool               `json:"flapping"`
+	Changes  [FlapChanges]int64 `json:"changes,omitzero"` // unix nanoseconds; 0 for none
+	Next     int                `json:"next,omitzero"`
+	Flapping bool               `json:"flapping,omitzero"`
 
 	// the monotonic readings of Changes; live once set (a decoded Flap is
 	// placed on the monotonic clock by the first Instant it is given)
 	mono [FlapChanges]time.Duration
 	live bool
 }
+
+// IsZero reports whether no change has been recorded: a stored state
+// leaves it out then (the monotonic readings alone are not a record).
+func (f Flap) IsZero() bool { return f.Changes == [FlapChanges]int64{} && f.Next == 0 && !f.Flapping }
 
 // resume places a decoded ring's changes on the monotonic clock, by their
 // wall distance from now.

@@ -127,15 +127,15 @@ func (p *RestartPolicy) Spec() RestartPolicySpec {
 // attempt recorded (Pending) and makes it again with the same number, so no
 // attempt is skipped and none is added inside the backoff.
 type RestartState struct {
-	Attempts      int       `json:"attempts"`
-	LastAttemptAt time.Time `json:"last_attempt_at"`
-	NextAttemptAt time.Time `json:"next_attempt_at"` // the earliest the next may be
-	Blocked       string    `json:"blocked_reason"`
+	Attempts      int       `json:"attempts,omitzero"`
+	LastAttemptAt time.Time `json:"last_attempt_at,omitzero"`
+	NextAttemptAt time.Time `json:"next_attempt_at,omitzero"` // the earliest the next may be
+	Blocked       string    `json:"blocked_reason,omitzero"`
 	// Pending is an attempt recorded and not yet delivered to the VM
 	// manager; Reason and LastError are what it tells.
-	Pending   bool   `json:"pending"`
-	Reason    Reason `json:"reason"`
-	LastError string `json:"last_error"`
+	Pending   bool   `json:"pending,omitzero"`
+	Reason    Reason `json:"reason,omitzero"`
+	LastError string `json:"last_error,omitzero"`
 
 	// the monotonic reading of NextAttemptAt, on which the backoff is
 	// measured; live once set (a decoded state is placed on the monotonic
@@ -252,6 +252,13 @@ type RestartView struct {
 	LastAttemptAt *time.Time `json:"last_attempt_at"`
 	NextAttemptAt *time.Time `json:"next_attempt_at"`
 	BlockedReason string     `json:"blocked_reason,omitempty"`
+}
+
+// IsZero reports whether nothing has been recorded: a stored state leaves
+// it out then (its monotonic reading alone is not a record).
+func (r RestartState) IsZero() bool {
+	return r.Attempts == 0 && r.LastAttemptAt.IsZero() && r.NextAttemptAt.IsZero() && r.Blocked == "" && !r.Pending &&
+		r.Reason == "" && r.LastError == ""
 }
 
 // View renders the state for readers.

@@ -99,22 +99,25 @@ type Transition struct {
 
 // State is the runtime health state of one instance.
 type State struct {
-	Window               uint64    `json:"window"`       // generation of the health window
-	WindowStart          time.Time `json:"window_start"` // origin of the start-period grace
-	Eval                 Status    `json:"eval"`         // starting, healthy or unhealthy, before masking
-	Status               Status    `json:"status"`       // shown status
-	Since                time.Time `json:"since"`
-	GraceOver            bool      `json:"grace_over"`
-	ConsecutiveSuccesses int       `json:"consecutive_successes"`
-	ConsecutiveFailures  int       `json:"consecutive_failures"`
-	LastCheckedAt        time.Time `json:"last_checked_at"`
-	LastSuccessAt        time.Time `json:"last_success_at"`
-	LastFailureAt        time.Time `json:"last_failure_at"`
-	LastError            string    `json:"last_error"`
-	History              History   `json:"history"`
+	// every member is left out of a record when zero (a zero time, an
+	// empty history, no restart yet): a record reads back the same either
+	// way, and a snapshot, which every instance writes, is smaller
+	Window               uint64    `json:"window,omitzero"`       // generation of the health window
+	WindowStart          time.Time `json:"window_start,omitzero"` // origin of the start-period grace
+	Eval                 Status    `json:"eval,omitzero"`         // starting, healthy or unhealthy, before masking
+	Status               Status    `json:"status,omitzero"`       // shown status
+	Since                time.Time `json:"since,omitzero"`
+	GraceOver            bool      `json:"grace_over,omitzero"`
+	ConsecutiveSuccesses int       `json:"consecutive_successes,omitzero"`
+	ConsecutiveFailures  int       `json:"consecutive_failures,omitzero"`
+	LastCheckedAt        time.Time `json:"last_checked_at,omitzero"`
+	LastSuccessAt        time.Time `json:"last_success_at,omitzero"`
+	LastFailureAt        time.Time `json:"last_failure_at,omitzero"`
+	LastError            string    `json:"last_error,omitzero"`
+	History              History   `json:"history,omitzero"`
 	// acting on health: the restart bookkeeping and the flapping detector
-	Restart RestartState `json:"restart"`
-	Flap    Flap         `json:"flap"`
+	Restart RestartState `json:"restart,omitzero"`
+	Flap    Flap         `json:"flap,omitzero"`
 
 	// the monotonic readings of WindowStart and Since, on which the grace
 	// and the restart rules are measured; live once they are set (a state

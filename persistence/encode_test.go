@@ -101,3 +101,46 @@ func TestRecordsAreReadAsEncodingJSONReads(t *testing.T) {
 		}
 	}
 }
+
+// A snapshot leaves out what is zero — no restart yet, no failure, no
+// flapping, an unknown start — and reads back as the same state; a snapshot
+// an older vigil wrote with every member reads back as the same state too.
+func TestSnapshotLeavesOutWhatIsZeroAndReadsBackTheSame(t *testing.T) {
+	in := inst(t, "vm-1")
+	snap := snapOf(in, health.StatusHealthy, 3)
+	snap.Version = SchemaVersion
+	b, err := encode(snap)
+	require.NoError(t, err)
+	for _, absent := range []string{`"started_at"`, `"restart"`, `"flap"`, `"last_failure_at"`, `"last_error"`,
+		`"consecutive_failures"`, `"grace_over"`, `"last_checked_at"`} {
+		assert.NotContains(t, string(b), absent)
+	}
+	for _, present := range []string{`"status":"healthy"`, `"consecutive_successes":3`, `"history":[`, `"next_check_at"`} {
+		assert.Contains(t, string(b), present)
+	}
+	full := `{"v":1,"id":"vm-1","lifecycle":"Running","started_at":"0001-01-01T00:00:00Z",` +
+		`"policy":` + string(mustEncode(t, snap.Policy)) + `,"state":{"window":1,"window_start":"0001-01-01T00:00:00Z",` +
+		`"eval":"healthy","status":"healthy","since":"` + t0.Format(time.RFC3339Nano) + `","grace_over":false,` +
+		`"consecutive_successes":3,"consecutive_failures":0,"last_checked_at":"0001-01-01T00:00:00Z",` +
+		`"last_success_at":"0001-01-01T00:00:00Z","last_failure_at":"0001-01-01T00:00:00Z","last_error":"",` +
+		`"history":[{"outcome":"success","start":"` + t0.Format(time.RFC3339Nano) + `","duration":"0s","output":"ok"}],` +
+		`"restart":{"attempts":0,"last_attempt_at":"0001-01-01T00:00:00Z","next_attempt_at":"0001-01-01T00:00:00Z",` +
+		`"blocked_reason":"","pending":false,"reason":"","last_error":""},"flap":{"changes":[0,0,0,0,0,0],"next":0,"flapping":false}},` +
+		`"next_check_at":"` + snap.NextCheckAt.Format(time.RFC3339Nano) + `"}`
+	compact, err := decodeSnapshot(b)
+	require.NoError(t, err)
+	older, err := decodeSnapshot([]byte(full))
+	require.NoError(t, err)
+	assert.Equal(t, older, compact)
+	again, err := encode(older)
+	require.NoError(t, err)
+	assert.Equal(t, string(b), string(again), "an older snapshot is written compact once read")
+	assert.Less(t, len(b), len(full)*2/3)
+}
+
+func mustEncode(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := encode(v)
+	require.NoError(t, err)
+	return b
+}
