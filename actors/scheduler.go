@@ -215,19 +215,19 @@ type Info struct {
 
 // Scheduler runs one supervised actor per instance. Build it with New.
 type Scheduler struct {
-	opt     options
-	log     zerolog.Logger
-	system  *actor.ActorSystem
-	root    *actor.RootContext
-	parent  *actor.PID
+	opt    options
+	log    zerolog.Logger
+	system *actor.ActorSystem
+	root   *actor.RootContext
+	parent *actor.PID
 	// closed once the parent has stopped: every instance actor has stopped
 	// (and queued what it saves) before it
 	parentStopped chan struct{}
-	budget  *budget
-	workers *workers     // probes in flight run here
-	props   *actor.Props // of every instance actor
-	closed  atomic.Bool
-	shared  *clock.Shared // the default clock, closed with the scheduler
+	budget        *budget
+	workers       *workers     // probes in flight run here
+	props         *actor.Props // of every instance actor
+	closed        atomic.Bool
+	shared        *clock.Shared // the default clock, closed with the scheduler
 
 	mu      sync.RWMutex
 	entries map[string]*entry

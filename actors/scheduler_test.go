@@ -469,7 +469,9 @@ type slowClosingProber struct {
 	d      time.Duration
 }
 
-func (slowClosingProber) Probe(context.Context) health.Result { return health.Result{Outcome: health.Success} }
+func (slowClosingProber) Probe(context.Context) health.Result {
+	return health.Result{Outcome: health.Success}
+}
 func (p slowClosingProber) Close() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
