@@ -230,14 +230,14 @@ func serveUntilSignal(log zerolog.Logger, c serveConfig) error {
 			// what was acknowledged is synced (the scheduler's flush came
 			// first); Badger recovers the rest at the next start as after a
 			// crash, which is better than systemd's SIGKILL
-			log.Error().Dur("took", time.Since(began)).Msg("store_close_abandoned")
+			log.Error().Dur("took_ms", time.Since(began)).Msg("store_close_abandoned")
 			return
 		}
 		ev := log.Info()
 		if err != nil {
 			ev = log.Error().Err(err)
 		}
-		ev.Dur("took", time.Since(began)).Msg("store_closed")
+		ev.Dur("took_ms", time.Since(began)).Msg("store_closed")
 	}()
 	metrics := api.NewMetrics()
 	metrics.Register(store.Collectors()...)
@@ -346,7 +346,7 @@ func serveUntilSignal(log zerolog.Logger, c serveConfig) error {
 	if err := sched.Close(stopCtx); err != nil {
 		return err
 	}
-	log.Info().Dur("took", time.Since(began)).Msg("stopped")
+	log.Info().Dur("took_ms", time.Since(began)).Msg("stopped")
 	return nil
 }
 

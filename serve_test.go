@@ -439,11 +439,11 @@ func TestServeLogs(t *testing.T) {
 		case "badger_log", "protoactor_log":
 			assert.NotEmpty(t, rec["detail"], "line %d: the library's text is the detail: %s", i, line)
 		case "scheduler_closed":
-			for _, f := range []string{"actors_ms", "probes_ms", "flush_ms", "took"} {
+			for _, f := range []string{"actors_ms", "probes_ms", "flush_ms", "took_ms"} {
 				assert.IsType(t, float64(0), rec[f], "line %d: %s is a number: %s", i, f, line)
 			}
 		case "store_closed":
-			assert.IsType(t, float64(0), rec["took"], "line %d: %s", i, line)
+			assert.IsType(t, float64(0), rec["took_ms"], "line %d: %s", i, line)
 		case "boot_memory_released":
 			assert.IsType(t, float64(0), rec["released_bytes"], "line %d: %s", i, line)
 			assert.Positive(t, rec["heap_in_use_bytes"], "line %d: %s", i, line)

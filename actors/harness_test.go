@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/vigilhq/vigil/clock"
@@ -197,4 +198,45 @@ func TestCheckpointsProgressSoonAndEvidenceLater(t *testing.T) {
 	}
 	require.Eventually(t, func() bool { return stored().State.ConsecutiveFailures == 1 || stored().State.LastFailureAt.After(t0) },
 		5*time.Second, time.Millisecond, "the failure was checkpointed within 30 s")
+}
+
+// A stop saves what changed since the last snapshot. On a host of more
+// instances than WithStopEvidenceUpTo, it saves progress alone: an instance
+// whose evidence alone changed keeps its last snapshot (as after a crash),
+// one with a failure not yet stored is saved; on a smaller host, both are.
+func TestStopSavesEvidenceOnlyOnAHostOfFewInstances(t *testing.T) {
+	for _, lean := range []bool{true, false} {
+		t.Run(map[bool]string{true: "progress alone", false: "evidence too"}[lean], func(t *testing.T) {
+			upTo := 2
+			if lean {
+				upTo = 1
+			}
+			h := newHarness(t, WithCheckpoint(time.Hour), WithStopEvidenceUpTo(upTo))
+			good, bad := newTarget(t), newTarget(t)
+			h.put("steady", good.policy(`,"interval":"10s","start_period":"0s"`))
+			h.put("failing", bad.policy(`,"interval":"10s","start_period":"0s"`))
+			h.advance(0)
+			h.results("steady", 1)
+			h.results("failing", 1) // both healthy: stored with the transition
+			bad.code.Store(http.StatusInternalServerError)
+			h.advance(10 * time.Second)
+			h.results("steady", 2)          // evidence only
+			info := h.results("failing", 2) // a failure below the threshold: progress
+			require.Equal(t, 1, info.Health.ConsecutiveFailures)
+			require.NoError(t, h.s.Close(context.Background()))
+
+			steady, err := h.store.Snapshot("steady")
+			require.NoError(t, err)
+			failing, err := h.store.Snapshot("failing")
+			require.NoError(t, err)
+			assert.Equal(t, 1, failing.State.ConsecutiveFailures, "progress is saved by every stop")
+			if lean {
+				assert.Equal(t, 1, steady.State.ConsecutiveSuccesses, "the last snapshot, the transition's")
+				assert.Equal(t, 1, steady.State.History.Len())
+			} else {
+				assert.Equal(t, 2, steady.State.ConsecutiveSuccesses, "the evidence saved by the stop")
+				assert.Equal(t, 2, steady.State.History.Len())
+			}
+		})
+	}
 }

@@ -79,6 +79,7 @@ type instanceActor struct {
 	actArmed   bool          // something is due at actDue
 	steady     bool          // the window has reached steady cadence once
 	dirty      bool          // state changed since the last snapshot
+	material   bool          // and beyond the evidence: restart bookkeeping, flapping
 	probeToken uint64
 	run        *probeRun     // the probe in flight, to abort it
 	late       time.Duration // how long after its due time the probe in flight was started
@@ -134,7 +135,7 @@ func (a *instanceActor) Receive(ctx actor.Context) {
 	case *restartDelivered:
 		if r := &a.st.Restart; r.Pending && r.Attempts == m.attempt {
 			r.Pending = false
-			a.dirty = true
+			a.dirty, a.material = true, true
 			a.armCheckpoint(ctx, a.s.opt.checkpoint)
 		}
 	case *probeDone:
@@ -158,7 +159,7 @@ func (a *instanceActor) Receive(ctx actor.Context) {
 	case *actor.Stopping:
 		a.halt(ErrNotFound)
 		a.closeProber()
-		if a.dirty {
+		if a.dirty && (!a.s.leanStop.Load() || a.material || a.st.Progress(a.cfg.Policy) != a.saved) {
 			a.save()
 		}
 	}
@@ -331,7 +332,7 @@ func (a *instanceActor) snapshot() *Snapshot {
 }
 
 func (a *instanceActor) save() {
-	a.dirty = false
+	a.dirty, a.material = false, false
 	a.saved = a.st.Progress(a.cfg.Policy)
 	a.s.opt.store.SaveSnapshot(a.snapshot())
 }
@@ -352,7 +353,7 @@ func (a *instanceActor) transition(tr health.Transition) {
 	if tr.To == health.StatusUnhealthy || tr.From == health.StatusUnhealthy {
 		ev.Incident = a.s.observeIncident(a.inst.ID, tr, now)
 	}
-	a.dirty = false
+	a.dirty, a.material = false, false
 	a.saved = a.st.Progress(a.cfg.Policy)
 	a.s.append(a.snapshot(), ev)
 	if flapStarted {
@@ -390,7 +391,7 @@ func (a *instanceActor) act(ctx actor.Context, silenceEnded bool) {
 	now := a.now()
 	var wake health.Instant
 	if a.st.Flap.Settle(now, a.flapWindow()) {
-		a.dirty = true
+		a.dirty, a.material = true, true
 		a.s.append(nil, Event{InstanceID: a.inst.ID, Kind: KindFlappingEnded, Labels: a.inst.Labels,
 			Transition: health.Transition{From: a.st.Status, To: a.st.Status, At: now.Wall}, Silenced: a.s.silenced(a.inst, now.Wall)})
 	} else if at := a.st.Flap.SteadyAt(now, a.flapWindow()); !at.IsZero() {
@@ -408,7 +409,7 @@ func (a *instanceActor) act(ctx actor.Context, silenceEnded bool) {
 		if attempt {
 			a.sendRestart()
 		} else if a.st.Restart != before {
-			a.dirty = true
+			a.dirty, a.material = true, true
 			a.armCheckpoint(ctx, a.s.opt.checkpoint)
 		}
 		if !next.IsZero() && (wake.IsZero() || next.Mono < wake.Mono) {
@@ -433,7 +434,7 @@ func (a *instanceActor) sendRestart() {
 			s.root.Send(self, &restartDelivered{attempt: req.Attempt})
 		}
 	}
-	a.dirty = false
+	a.dirty, a.material = false, false
 	a.saved = a.st.Progress(a.cfg.Policy)
 	a.s.opt.store.Persist(a.snapshot(), func() { s.opt.restarter.Restart(req) })
 	a.s.log.Info().Str("instance_id", req.Instance).Int("attempt", req.Attempt).Str("reason", string(req.Reason)).Msg("restart_requested")
@@ -447,7 +448,7 @@ func (a *instanceActor) handOff() *Snapshot {
 	a.closeProber()
 	a.nextCheck = next
 	snap := a.snapshot()
-	a.dirty = false
+	a.dirty, a.material = false, false
 	a.e = nil // every later message is answered as for a gone instance
 	return snap
 }

@@ -37,6 +37,12 @@ const (
 	DefaultAskTimeout       = 5 * time.Second
 	DefaultSubscriberBuffer = 1024
 	DefaultCheckpoint       = 30 * time.Second
+	// DefaultStopEvidenceUpTo: a stop saves every instance's evidence
+	// (times, history, counters past their thresholds) with its progress on
+	// a host of up to this many instances; on a larger one, progress alone
+	// (its evidence is as fresh as its last checkpoint, as after a crash),
+	// so that the stop ends within its budget
+	DefaultStopEvidenceUpTo = 200_000
 )
 
 const (
@@ -114,6 +120,8 @@ type options struct {
 	silencer  Silencer
 	incidents health.IncidentRules
 	holdDown  time.Duration
+	// stopEvidenceUpTo: see DefaultStopEvidenceUpTo
+	stopEvidenceUpTo int
 }
 
 // DefaultRestartHoldDown is how long an instance is unhealthy, at least,
@@ -162,6 +170,10 @@ func WithIncidentRules(r health.IncidentRules) Option { return func(o *options) 
 // withWaitFloor sets the wait floor; tests on a fake clock make it large, as
 // the real wait would move their exact times.
 func withWaitFloor(d time.Duration) Option { return func(o *options) { o.waitFloor = d } }
+
+// WithStopEvidenceUpTo sets up to how many instances a stop saves their
+// evidence with their progress (DefaultStopEvidenceUpTo).
+func WithStopEvidenceUpTo(n int) Option { return func(o *options) { o.stopEvidenceUpTo = n } }
 
 // Option configures a Scheduler.
 type Option func(*options)
@@ -228,6 +240,7 @@ type Scheduler struct {
 	props         *actor.Props // of every instance actor
 	closed        atomic.Bool
 	shared        *clock.Shared // the default clock, closed with the scheduler
+	leanStop      atomic.Bool   // the stop saves progress alone (see DefaultStopEvidenceUpTo)
 
 	mu      sync.RWMutex
 	entries map[string]*entry
@@ -291,7 +304,7 @@ func (p *published) info() Info { return Info{Instance: *p.spec, Health: p.brief
 func New(ctx context.Context, opts ...Option) (*Scheduler, error) {
 	o := options{log: zerolog.Nop(), budget: DefaultProbeBudget,
 		askTimeout: DefaultAskTimeout, factory: probes.New, validate: probes.Validate, checkpoint: DefaultCheckpoint, waitFloor: defaultWaitFloor,
-		incidents: health.DefaultIncidentRules, holdDown: DefaultRestartHoldDown}
+		incidents: health.DefaultIncidentRules, holdDown: DefaultRestartHoldDown, stopEvidenceUpTo: DefaultStopEvidenceUpTo}
 	for _, f := range opts {
 		f(&o)
 	}
@@ -881,6 +894,7 @@ func (s *Scheduler) Close(ctx context.Context) error {
 	// than protoactor's own stop future waits), so that the flush below
 	// covers every actor's last snapshot.
 	began := time.Now()
+	s.leanStop.Store(s.Len() > s.opt.stopEvidenceUpTo)
 	s.root.Stop(s.parent)
 	select {
 	case <-s.parentStopped:
@@ -903,8 +917,8 @@ func (s *Scheduler) Close(ctx context.Context) error {
 	s.subsMu.Unlock()
 	// how long each part of the stop took, to see which grows with a host's
 	// instances
-	s.log.Info().Dur("actors_ms", actorsStopped.Sub(began)).Dur("probes_ms", probesEnded.Sub(actorsStopped)).
-		Dur("flush_ms", flushed.Sub(probesEnded)).Dur("took", time.Since(began)).Msg("scheduler_closed")
+	s.log.Info().Bool("progress_only", s.leanStop.Load()).Dur("actors_ms", actorsStopped.Sub(began)).Dur("probes_ms", probesEnded.Sub(actorsStopped)).
+		Dur("flush_ms", flushed.Sub(probesEnded)).Dur("took_ms", time.Since(began)).Msg("scheduler_closed")
 	return err
 }
 
