@@ -39,6 +39,14 @@ import (
 // MaxGRPCMessage, 16 KiB of headers and trailers, and frames around them.
 const grpcReadLimit = MaxGRPCMessage + 64<<10
 
+// grpcWindow is the flow-control window a probe offers, for its call and its
+// connection: a response message of MaxGRPCMessage and its prefix fit, and
+// one past it is refused as too large rather than left waiting for a window.
+const grpcWindow = MaxGRPCMessage + 1<<10
+
+// initialWindow is HTTP/2's window before the settings (RFC 9113 §6.9.2).
+const initialWindow = 65535
+
 // errGRPCTooLarge ends a response past grpcReadLimit.
 var errGRPCTooLarge = fmt.Errorf("response exceeded %d bytes; aborted", grpcReadLimit)
 
@@ -150,8 +158,15 @@ func (g *GRPC) call(s *grpcSession) (grpcAnswer, error) {
 	if _, err := s.bw.WriteString(http2.ClientPreface); err != nil {
 		return ans, err
 	}
+	// windows that hold the largest response a probe accepts: with the
+	// protocol's 65 535 bytes a target's response of MaxGRPCMessage would
+	// wait for a WINDOW_UPDATE the probe never sends, until its deadline
 	if err := s.fr.WriteSettings(http2.Setting{ID: http2.SettingEnablePush, Val: 0},
-		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: 16 << 10}); err != nil {
+		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: 16 << 10},
+		http2.Setting{ID: http2.SettingInitialWindowSize, Val: grpcWindow}); err != nil {
+		return ans, err
+	}
+	if err := s.fr.WriteWindowUpdate(0, grpcWindow-initialWindow); err != nil {
 		return ans, err
 	}
 	if err := s.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: g.headers, EndHeaders: true}); err != nil {

@@ -18,6 +18,7 @@ import (
 	grpchealth "google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/vigilhq/vigil/health"
@@ -178,5 +179,48 @@ func TestGRPCSessionsStartClean(t *testing.T) {
 				require.Equal(t, health.Success, r.Outcome, "the probe after it %d: %s", i, r.Message)
 			}
 		})
+	}
+}
+
+// paddedHealth answers SERVING in a response message of size bytes, the
+// status and an unknown field of padding, as a newer server's may carry.
+type paddedHealth struct {
+	healthpb.UnimplementedHealthServer
+	size int
+}
+
+func (p paddedHealth) Check(context.Context, *healthpb.HealthCheckRequest) (*healthpb.HealthCheckResponse, error) {
+	r := &healthpb.HealthCheckResponse{Status: healthpb.HealthCheckResponse_SERVING}
+	base := proto.Size(r)
+	// field 15, bytes: a one-byte tag, the length's varint, the padding
+	pad := p.size - base - 1 - protowire.SizeVarint(uint64(p.size))
+	r.ProtoReflect().SetUnknown(protowire.AppendBytes(protowire.AppendTag(nil, 15, protowire.BytesType), make([]byte, pad)))
+	if proto.Size(r) != p.size {
+		return nil, status.Errorf(codes.Internal, "padded to %d bytes, not %d", proto.Size(r), p.size)
+	}
+	return r, nil
+}
+
+// A response of the largest size a probe accepts arrives whole, past
+// HTTP/2's first window of 65 535 bytes; one a byte larger is refused as
+// too large at once, not left waiting for a window until the deadline.
+func TestGRPCLargestResponse(t *testing.T) {
+	for _, tc := range []struct {
+		size int
+		ok   bool
+	}{{size: MaxGRPCMessage, ok: true}, {size: MaxGRPCMessage + 1}} {
+		addr := grpcServer(t, func(s *grpc.Server) { healthpb.RegisterHealthServer(s, paddedHealth{size: tc.size}) })
+		in := instance(t, addr, `{"grpc":{"port":PORT}}`)
+		for range 2 { // a session goes back to the pool after the large response
+			r, took := probe(t, in, 5*time.Second)
+			assert.Less(t, took, time.Second, "%d bytes: answered, not timed out: %s", tc.size, r.Message)
+			if tc.ok {
+				assert.Equal(t, health.Success, r.Outcome, r.Message)
+				continue
+			}
+			assert.Equal(t, health.Failure, r.Outcome)
+			assert.Equal(t, health.ReasonIOError, r.Reason, r.Message)
+			assert.Contains(t, r.Message, "response message over 65536 bytes")
+		}
 	}
 }
