@@ -131,6 +131,7 @@ func TestScaleRegisterAndRestart(t *testing.T) {
 		pct(summary), pct(byID), pct(unhealthy), p.rss(t), p.peak(t))
 	require.NoError(t, p.cmd.Process.Signal(syscall.SIGTERM))
 	require.NoError(t, <-p.done)
+	t.Logf("the restart's phases: %s", strings.Join(p.phases, " "))
 }
 
 // cursorAt is the list cursor that starts a page just after id (the
@@ -162,7 +163,7 @@ type quiet struct {
 	url            string
 	done           chan error
 	serving, ready time.Duration // from the start
-	phases         []string      // a stop's phases as serve logged them; read after done
+	phases         []string      // a start's and a stop's phases as serve logged them; read after done
 }
 
 func startQuiet(t *testing.T, dir string) *quiet {
@@ -188,7 +189,8 @@ func startQuiet(t *testing.T, dir string) *quiet {
 			switch {
 			case strings.Contains(string(line), `"message":"serving"`):
 				serving <- time.Since(began)
-			case strings.Contains(string(line), `"message":"scheduler_closed"`), strings.Contains(string(line), `"message":"store_closed"`):
+			case strings.Contains(string(line), `"message":"scheduler_started"`), strings.Contains(string(line), `"message":"scheduler_closed"`),
+				strings.Contains(string(line), `"message":"store_closed"`):
 				q.phases = append(q.phases, string(line))
 			}
 			_, _ = logf.Write(append(line, '\n'))

@@ -442,6 +442,10 @@ func TestServeLogs(t *testing.T) {
 			for _, f := range []string{"actors_ms", "probes_ms", "flush_ms", "took_ms"} {
 				assert.IsType(t, float64(0), rec[f], "line %d: %s is a number: %s", i, f, line)
 			}
+		case "scheduler_started":
+			for _, f := range []string{"load_ms", "spawn_ms"} {
+				assert.IsType(t, float64(0), rec[f], "line %d: %s is a number: %s", i, f, line)
+			}
 		case "store_closed":
 			assert.IsType(t, float64(0), rec["took_ms"], "line %d: %s", i, line)
 		case "boot_memory_released":
@@ -459,7 +463,7 @@ func TestServeLogs(t *testing.T) {
 			requests[rec["method"].(string)+" "+rec["path"].(string)+" "+strconv.Itoa(int(status))] = rec
 		}
 	}
-	for _, ev := range []string{"serving", "request", "badger_log", "protoactor_log", "boot_memory_released", "shutting_down", "scheduler_closed", "store_closed"} {
+	for _, ev := range []string{"serving", "request", "badger_log", "protoactor_log", "boot_memory_released", "scheduler_started", "shutting_down", "scheduler_closed", "store_closed"} {
 		assert.Positive(t, events[ev], "a %s line", ev)
 	}
 

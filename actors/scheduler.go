@@ -352,6 +352,7 @@ func New(ctx context.Context, opts ...Option) (*Scheduler, error) {
 	s.parent = parent
 
 	var loaded []*entry
+	began := time.Now()
 	err = o.store.Load(ctx, func(in health.Instance, snap *Snapshot) error {
 		if o.admit != nil && !o.admit(in) {
 			return nil
@@ -365,6 +366,7 @@ func New(ctx context.Context, opts ...Option) (*Scheduler, error) {
 		s.shutdownSystem()
 		return nil, fmt.Errorf("actors: load instances: %w", err)
 	}
+	read := time.Now()
 	s.mu.Lock()
 	for _, e := range loaded {
 		s.entries[e.id] = e
@@ -375,7 +377,9 @@ func New(ctx context.Context, opts ...Option) (*Scheduler, error) {
 		s.shutdownSystem()
 		return nil, err
 	}
-	s.log.Info().Int("instances", len(loaded)).Int("probe_budget", o.budget).Msg("scheduler_started")
+	// how long the start's parts took, as the stop logs its own
+	s.log.Info().Int("instances", len(loaded)).Int("probe_budget", o.budget).Dur("load_ms", read.Sub(began)).
+		Dur("spawn_ms", time.Since(read)).Msg("scheduler_started")
 	return s, nil
 }
 
