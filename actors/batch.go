@@ -218,33 +218,53 @@ func (s *Scheduler) putInstances(ctx context.Context, ins []health.Instance) err
 	return nil
 }
 
-// spawnEach spawns the actors of many entries in one round trip to the
-// parent, and says for each whether it was spawned.
+// spawnEach spawns the actors of many entries, in one round trip to each
+// parent that has a share of them (the parents spawn at once), and says for
+// each whether it was spawned.
 func (s *Scheduler) spawnEach(entries []*entry) []error {
 	errs := make([]error, len(entries))
 	if len(entries) == 0 {
 		return errs
 	}
-	batch := &spawnChildren{ids: make([]string, len(entries)), props: s.props}
+	// each parent's share, in the entries' order
+	shares := make([][]int, len(s.parents))
 	for i, e := range entries {
-		batch.ids[i] = e.id
+		k := s.parentOf(e.id)
+		shares[k] = append(shares[k], i)
 	}
-	// as spawnAll's: a bound that turns a bug into an error
-	timeout := s.opt.askTimeout + time.Minute + time.Duration(len(entries))*100*time.Microsecond
-	res, err := s.root.RequestFuture(s.parent, batch, timeout).Result()
-	if err != nil {
-		for i := range errs {
-			errs[i] = fmt.Errorf("actors: spawn %d instances: %w", len(entries), err)
-		}
-		return errs
-	}
-	r := res.(*spawnedChildren)
-	for i, e := range entries {
-		if r.errs[i] != nil {
-			errs[i] = fmt.Errorf("actors: spawn %s: %w", e.id, r.errs[i])
+	futures := make([]*actor.Future, len(s.parents))
+	for k, share := range shares {
+		if len(share) == 0 {
 			continue
 		}
-		e.pid.Store(r.pids[i])
+		batch := &spawnChildren{ids: make([]string, len(share)), props: s.props}
+		for j, i := range share {
+			batch.ids[j] = entries[i].id
+		}
+		// the parents are local and only spawn: the bound is there to turn
+		// a bug into an error, not to hurry a busy host at boot
+		timeout := s.opt.askTimeout + time.Minute + time.Duration(len(share))*100*time.Microsecond
+		futures[k] = s.root.RequestFuture(s.parents[k], batch, timeout)
+	}
+	for k, share := range shares {
+		if len(share) == 0 {
+			continue
+		}
+		res, err := futures[k].Result()
+		if err != nil {
+			for _, i := range share {
+				errs[i] = fmt.Errorf("actors: spawn %d instances: %w", len(share), err)
+			}
+			continue
+		}
+		r := res.(*spawnedChildren)
+		for j, i := range share {
+			if r.errs[j] != nil {
+				errs[i] = fmt.Errorf("actors: spawn %s: %w", entries[i].id, r.errs[j])
+				continue
+			}
+			entries[i].pid.Store(r.pids[j])
+		}
 	}
 	return errs
 }

@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
+	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -231,16 +234,20 @@ type Scheduler struct {
 	log    zerolog.Logger
 	system *actor.ActorSystem
 	root   *actor.RootContext
-	parent *actor.PID
-	// closed once the parent has stopped: every instance actor has stopped
-	// (and queued what it saves) before it
-	parentStopped chan struct{}
-	budget        *budget
-	workers       *workers     // probes in flight run here
-	props         *actor.Props // of every instance actor
-	closed        atomic.Bool
-	shared        *clock.Shared // the default clock, closed with the scheduler
-	leanStop      atomic.Bool   // the stop saves progress alone (see DefaultStopEvidenceUpTo)
+	// parents spawn, supervise and stop the instance actors, each a share
+	// of them by id: a host's million actors are spawned at a start and
+	// stopped at a stop on every CPU, not on one parent's goroutine
+	parents   []*actor.PID
+	shareSeed maphash.Seed
+	// each closed once its parent has stopped: every instance actor of its
+	// share has stopped (and queued what it saves) before it
+	parentsStopped []chan struct{}
+	budget         *budget
+	workers        *workers     // probes in flight run here
+	props          *actor.Props // of every instance actor
+	closed         atomic.Bool
+	shared         *clock.Shared // the default clock, closed with the scheduler
+	leanStop       atomic.Bool   // the stop saves progress alone (see DefaultStopEvidenceUpTo)
 
 	mu      sync.RWMutex
 	entries map[string]*entry
@@ -342,18 +349,21 @@ func New(ctx context.Context, opts ...Option) (*Scheduler, error) {
 	s.root = s.system.Root
 	strategy := &restartStrategy{base: 100 * time.Millisecond, max: 10 * time.Second, limit: 10, window: time.Minute,
 		log: o.log, stopped: s.childGaveUp}
-	s.parentStopped = make(chan struct{})
-	parent, err := s.root.SpawnNamed(actor.PropsFromProducer(func() actor.Actor { return &parentActor{stopped: s.parentStopped} },
-		actor.WithSupervisor(strategy)), "instances")
-	if err != nil {
-		s.shutdownSystem()
-		return nil, fmt.Errorf("actors: spawn parent: %w", err)
+	s.shareSeed = maphash.MakeSeed()
+	for k := range parentCount() {
+		stopped := make(chan struct{})
+		parent, err := s.root.SpawnNamed(actor.PropsFromProducer(func() actor.Actor { return &parentActor{stopped: stopped} },
+			actor.WithSupervisor(strategy)), fmt.Sprintf("instances-%d", k))
+		if err != nil {
+			s.shutdownSystem()
+			return nil, fmt.Errorf("actors: spawn parent: %w", err)
+		}
+		s.parents, s.parentsStopped = append(s.parents, parent), append(s.parentsStopped, stopped)
 	}
-	s.parent = parent
 
 	var loaded []*entry
 	began := time.Now()
-	err = o.store.Load(ctx, func(in health.Instance, snap *Snapshot) error {
+	err := o.store.Load(ctx, func(in health.Instance, snap *Snapshot) error {
 		if o.admit != nil && !o.admit(in) {
 			return nil
 		}
@@ -383,30 +393,23 @@ func New(ctx context.Context, opts ...Option) (*Scheduler, error) {
 	return s, nil
 }
 
-// spawnAll spawns the actors of many entries in one round trip to the parent.
+// spawnAll spawns the actors of entries (see spawnEach), or says why one
+// was not.
 func (s *Scheduler) spawnAll(entries []*entry) error {
-	if len(entries) == 0 {
-		return nil
-	}
-	batch := &spawnChildren{ids: make([]string, len(entries)), props: s.props}
-	for i, e := range entries {
-		batch.ids[i] = e.id
-	}
-	// the parent is local and only spawns: the bound is there to turn a bug
-	// into an error, not to hurry a busy host at boot
-	timeout := s.opt.askTimeout + time.Minute + time.Duration(len(entries))*100*time.Microsecond
-	res, err := s.root.RequestFuture(s.parent, batch, timeout).Result()
-	if err != nil {
-		return fmt.Errorf("actors: spawn %d instances: %w", len(entries), err)
-	}
-	r := res.(*spawnedChildren)
-	for i, e := range entries {
-		if r.errs[i] != nil {
-			return fmt.Errorf("actors: spawn %s: %w", e.id, r.errs[i])
+	for _, err := range s.spawnEach(entries) {
+		if err != nil {
+			return err
 		}
-		e.pid.Store(r.pids[i])
 	}
 	return nil
+}
+
+// parentOf is the index of the parent whose share id is in.
+func (s *Scheduler) parentOf(id string) int {
+	if len(s.parents) == 1 {
+		return 0
+	}
+	return int(maphash.String(s.shareSeed, id) % uint64(len(s.parents)))
 }
 
 func (s *Scheduler) childGaveUp(pid *actor.PID) {
@@ -446,8 +449,8 @@ func (s *Scheduler) spawned(id string) *entry {
 // entryOf is the registry entry of an instance actor's PID (named
 // parent/id), if there is one.
 func (s *Scheduler) entryOf(pid *actor.PID) *entry {
-	id, ok := strings.CutPrefix(pid.Id, s.parent.Id+"/")
-	if !ok {
+	parent, id, ok := strings.Cut(pid.Id, "/")
+	if !ok || !slices.ContainsFunc(s.parents, func(p *actor.PID) bool { return p.Id == parent }) {
 		return nil
 	}
 	return s.lookup(id)
@@ -899,11 +902,17 @@ func (s *Scheduler) Close(ctx context.Context) error {
 	// covers every actor's last snapshot.
 	began := time.Now()
 	s.leanStop.Store(s.Len() > s.opt.stopEvidenceUpTo)
-	s.root.Stop(s.parent)
-	select {
-	case <-s.parentStopped:
-	case <-ctx.Done():
-		s.log.Warn().Err(ctx.Err()).Msg("stop_actors")
+	for _, p := range s.parents {
+		s.root.Stop(p)
+	}
+wait:
+	for _, stopped := range s.parentsStopped {
+		select {
+		case <-stopped:
+		case <-ctx.Done():
+			s.log.Warn().Err(ctx.Err()).Msg("stop_actors")
+			break wait
+		}
 	}
 	actorsStopped := time.Now()
 	if !s.workers.close(ctx.Done()) {
@@ -1240,13 +1249,23 @@ func (s *Scheduler) Ping(ctx context.Context) error {
 	if timeout <= 0 {
 		return context.DeadlineExceeded
 	}
-	if _, err := s.root.RequestFuture(s.parent, &ping{}, timeout).Result(); err != nil {
-		return fmt.Errorf("actors: the actor system did not answer: %w", err)
+	futures := make([]*actor.Future, len(s.parents))
+	for k, p := range s.parents {
+		futures[k] = s.root.RequestFuture(p, &ping{}, timeout)
+	}
+	for _, f := range futures {
+		if _, err := f.Result(); err != nil {
+			return fmt.Errorf("actors: the actor system did not answer: %w", err)
+		}
 	}
 	return nil
 }
 
-// parentActor spawns and supervises the instance actors.
+// parentCount is how many parents share the instance actors: one a CPU, up
+// to 8.
+func parentCount() int { return min(max(runtime.GOMAXPROCS(0), 1), 8) }
+
+// parentActor spawns and supervises its share of the instance actors.
 type parentActor struct {
 	stopped chan struct{} // closed when it has stopped, after its children
 }

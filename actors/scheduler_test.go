@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -690,4 +692,39 @@ func TestStartedProbes(t *testing.T) {
 	require.NotEmpty(t, info.Health.History)
 	assert.Equal(t, health.ReasonPanic, info.Health.History[0].Reason)
 	assert.Equal(t, 0, h.s.InFlight())
+}
+
+// The instance actors are shared by one parent a CPU: each actor, under
+// whichever parent, finds its entry and answers, and a stop stops them all.
+func TestInstanceActorsAreSharedByTheParents(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(4))
+	const n = 64
+	s, err := New(context.Background(), WithClock(clock.NewFake(t0)), withWaitFloor(time.Hour),
+		WithProberFactory(func(health.Instance) (probes.Prober, error) { return closingProber{closes: new(atomic.Int32)}, nil }))
+	require.NoError(t, err)
+	require.Len(t, s.parents, 4)
+	spec := health.InstanceSpec{State: health.Running, Network: &health.Network{IP: "127.0.0.1"},
+		HealthCheck: &health.PolicySpec{TCP: &health.TCPSpec{Port: 1}}}
+	for i := range n {
+		_, _, err := s.Put(context.Background(), "vm-"+strconv.Itoa(i), spec)
+		require.NoError(t, err)
+	}
+	parents := map[string]int{}
+	for i := range n {
+		id := "vm-" + strconv.Itoa(i)
+		info, err := s.Get(context.Background(), id)
+		require.NoError(t, err, id)
+		assert.Equal(t, id, info.Instance.ID)
+		parent, _, _ := strings.Cut(s.lookup(id).pid.Load().Id, "/")
+		parents[parent]++
+	}
+	assert.Len(t, parents, 4, "every parent has a share: %v", parents)
+	require.NoError(t, s.Close(context.Background()))
+	for i, stopped := range s.parentsStopped {
+		select {
+		case <-stopped:
+		default:
+			t.Errorf("parent %d has not stopped", i)
+		}
+	}
 }
