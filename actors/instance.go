@@ -331,9 +331,15 @@ func (a *instanceActor) snapshot() *Snapshot {
 		Policy: a.cfg.Policy, State: a.st, NextCheckAt: a.nextCheck}
 }
 
-func (a *instanceActor) save() {
+// stored records that the snapshot about to be written holds the state as
+// it is now: nothing is dirty, and its progress is the saved one.
+func (a *instanceActor) stored() {
 	a.dirty, a.material = false, false
 	a.saved = a.st.Progress(a.cfg.Policy)
+}
+
+func (a *instanceActor) save() {
+	a.stored()
 	a.s.opt.store.SaveSnapshot(a.snapshot())
 }
 
@@ -353,8 +359,7 @@ func (a *instanceActor) transition(tr health.Transition) {
 	if tr.To == health.StatusUnhealthy || tr.From == health.StatusUnhealthy {
 		ev.Incident = a.s.observeIncident(a.inst.ID, tr, now)
 	}
-	a.dirty, a.material = false, false
-	a.saved = a.st.Progress(a.cfg.Policy)
+	a.stored()
 	a.s.append(a.snapshot(), ev)
 	if flapStarted {
 		a.s.append(nil, Event{InstanceID: a.inst.ID, Kind: KindFlapping, Transition: tr, Labels: a.inst.Labels,
@@ -434,8 +439,7 @@ func (a *instanceActor) sendRestart() {
 			s.root.Send(self, &restartDelivered{attempt: req.Attempt})
 		}
 	}
-	a.dirty, a.material = false, false
-	a.saved = a.st.Progress(a.cfg.Policy)
+	a.stored()
 	a.s.opt.store.Persist(a.snapshot(), func() { s.opt.restarter.Restart(req) })
 	a.s.log.Info().Str("instance_id", req.Instance).Int("attempt", req.Attempt).Str("reason", string(req.Reason)).Msg("restart_requested")
 }

@@ -895,7 +895,7 @@ func (s *Scheduler) Close(ctx context.Context) error {
 	if !s.closed.CompareAndSwap(false, true) {
 		return nil
 	}
-	// stopping the parent stops each instance actor; an instance actor stops
+	// stopping the parents stops each instance actor; an instance actor stops
 	// its timer, cancels its probe and queues what it saves when it is told
 	// to stop. The wait is the caller's budget (a million actors take longer
 	// than protoactor's own stop future waits), so that the flush below
@@ -1236,7 +1236,7 @@ func (s *Scheduler) StoreHealth() error {
 	return nil
 }
 
-// Ping checks that the actor system still dispatches: a round trip to the
+// Ping checks that the actor system still dispatches: a round trip to each
 // parent actor. It is what a watchdog asks.
 func (s *Scheduler) Ping(ctx context.Context) error {
 	if s.closed.Load() {
@@ -1263,7 +1263,7 @@ func (s *Scheduler) Ping(ctx context.Context) error {
 
 // parentCount is how many parents share the instance actors: one a CPU, up
 // to 8.
-func parentCount() int { return min(max(runtime.GOMAXPROCS(0), 1), 8) }
+func parentCount() int { return min(runtime.GOMAXPROCS(0), 8) }
 
 // parentActor spawns and supervises its share of the instance actors.
 type parentActor struct {
