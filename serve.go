@@ -315,7 +315,7 @@ func serveUntilSignal(log zerolog.Logger, c serveConfig) error {
 	go func() { errc <- srv.Serve(api.JSONErrors(l)) }()
 	sd := startNotify(log, reg.Ready, sched)
 	defer sd.stop()
-	go releaseBootMemory(log, reg.Ready, stopping)
+	go releaseMemory(log, reg.Ready, sched.Len, stopping)
 
 	select {
 	case sig := <-sigs:
@@ -427,32 +427,64 @@ type notifier struct {
 // readyPoll is how often the notifier checks readiness before READY=1.
 const readyPoll = 20 * time.Millisecond
 
-// releaseBootMemory returns the heap a boot left free to the system once the
-// scheduler is ready: loading every stored record makes garbage of several
-// times the live heap in a few seconds, and the runtime would give the pages
-// it no longer uses back only slowly, over minutes, while the resident set
-// stays at the boot's peak.
-func releaseBootMemory(log zerolog.Logger, ready func() bool, stopping <-chan struct{}) {
+// releaseMemory returns to the system the heap a burst left free: the
+// boot's, once the scheduler is ready, and that of each burst of
+// registrations (at least releaseAfter instances, or a tenth of them, then
+// releaseQuiet without a change in their number). Either makes garbage of
+// several times what it keeps within seconds, and the collector's goal stays
+// at the burst's peak until its next cycle, which a steady host runs only
+// minutes later: the resident set would stay at the peak meanwhile, and the
+// runtime gives pages back only slowly after it.
+func releaseMemory(log zerolog.Logger, ready func() bool, count func() int, stopping <-chan struct{}) {
 	poll := time.NewTicker(readyPoll)
 	defer poll.Stop()
+	for !ready() {
+		select {
+		case <-stopping:
+			return
+		case <-poll.C:
+		}
+	}
+	release(log, "boot_memory_released")
+	poll.Reset(releasePoll)
+	base := count()
+	last, changed := base, time.Now()
 	for {
 		select {
 		case <-stopping:
 			return
 		case <-poll.C:
-			if !ready() {
-				continue
-			}
-			var before, after runtime.MemStats
-			runtime.ReadMemStats(&before)
-			debug.FreeOSMemory()
-			runtime.ReadMemStats(&after)
-			log.Info().Uint64("released_bytes", after.HeapReleased-min(before.HeapReleased, after.HeapReleased)).
-				Uint64("heap_in_use_bytes", after.HeapInuse).Msg("boot_memory_released")
-			return
+		}
+		n := count()
+		if n != last {
+			last, changed = n, time.Now()
+			base = min(base, n)
+			continue
+		}
+		if n-base >= max(releaseAfter, n/10) && time.Since(changed) >= releaseQuiet {
+			release(log.With().Int("registered", n-base).Logger(), "memory_released")
+			base = n
 		}
 	}
 }
+
+// release returns the free heap to the system and logs it as msg.
+func release(log zerolog.Logger, msg string) {
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	began := time.Now()
+	debug.FreeOSMemory()
+	runtime.ReadMemStats(&after)
+	log.Info().Uint64("released_bytes", after.HeapReleased-min(before.HeapReleased, after.HeapReleased)).
+		Uint64("heap_in_use_bytes", after.HeapInuse).Int64("took_ms", time.Since(began).Milliseconds()).Msg(msg)
+}
+
+// When a burst of registrations has ended (releaseMemory).
+var (
+	releaseAfter = 1000
+	releaseQuiet = 10 * time.Second
+	releasePoll  = time.Second
+)
 
 func startNotify(log zerolog.Logger, ready func() bool, sched *actors.Scheduler) *notifier {
 	n := &notifier{log: log, done: make(chan struct{}), exit: make(chan struct{})}

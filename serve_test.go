@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -398,6 +399,49 @@ var (
 // a duplicate key, with a millisecond timestamp and a snake_case event as
 // its message; request lines carry duration_ms and, for a 4xx, error_code
 // and field.
+// TestServeReleasesTheHeapABurstOfRegistrationsLeft registers 2 000
+// instances in two batches; once their number has stayed put for the quiet
+// period, vigil returns the free heap to the system, once.
+func TestServeReleasesTheHeapABurstOfRegistrationsLeft(t *testing.T) {
+	port := tcpTarget(t)
+	p := startServe(t, serveEnv(), "--listen", "127.0.0.1:0", "--data-dir", t.TempDir(), "--log-level", "info")
+	base := "http://" + p.listen
+	waitServeReady(t, http.DefaultClient, base)
+	for b := range 2 {
+		var body strings.Builder
+		body.WriteString(`{"instances":[`)
+		for i := range 1000 {
+			if i > 0 {
+				body.WriteString(",")
+			}
+			fmt.Fprintf(&body, `{"id":"vm-%d-%d",%s`, b, i, tcpPolicy(port)[1:])
+		}
+		body.WriteString(`]}`)
+		code, out := serveCall(t, http.DefaultClient, "POST", base+"/v1/instances:batch", body.String())
+		require.Equal(t, http.StatusOK, code, out)
+		require.Equal(t, float64(1000), out["created"], out)
+	}
+	released := func() []map[string]any {
+		var out []map[string]any
+		for _, line := range p.stderr() {
+			var rec map[string]any
+			if json.Unmarshal([]byte(line), &rec) == nil && rec["message"] == "memory_released" {
+				out = append(out, rec)
+			}
+		}
+		return out
+	}
+	require.Eventually(t, func() bool { return len(released()) > 0 }, 30*time.Second, 100*time.Millisecond,
+		"a memory_released line once the registrations have stopped")
+	rec := released()[0]
+	assert.Equal(t, float64(2000), rec["registered"], "the burst's instances: %v", rec)
+	assert.Positive(t, rec["released_bytes"], "%v", rec)
+	assert.IsType(t, float64(0), rec["took_ms"], "%v", rec)
+	time.Sleep(2 * time.Second)
+	assert.Len(t, released(), 1, "one release for one burst")
+	require.Equal(t, 0, p.stop(t, syscall.SIGTERM))
+}
+
 func TestServeLogs(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binary")

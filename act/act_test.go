@@ -420,6 +420,7 @@ func TestRestartAttemptSurvivesAKill(t *testing.T) {
 	var snap *actors.Snapshot
 	require.NoError(t, store.Load(ctx, func(in health.Instance, s *actors.Snapshot) error { snap = s; return nil }))
 	require.NotNil(t, snap)
+	require.NotNil(t, snap.State.Restart)
 	assert.True(t, snap.State.Restart.Pending, "recorded before it was sent")
 	assert.Equal(t, 1, snap.State.Restart.Attempts)
 	require.NoError(t, store.Close())

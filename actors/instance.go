@@ -133,7 +133,7 @@ func (a *instanceActor) Receive(ctx actor.Context) {
 		a.act(ctx, m.silenceEnded)
 		a.publish()
 	case *restartDelivered:
-		if r := &a.st.Restart; r.Pending && r.Attempts == m.attempt {
+		if r := a.st.Restart; r != nil && r.Pending && r.Attempts == m.attempt {
 			r.Pending = false
 			a.dirty, a.material = true, true
 			a.armCheckpoint(ctx, a.s.opt.checkpoint)
@@ -224,7 +224,7 @@ func (a *instanceActor) start(ctx actor.Context) {
 		}
 		a.schedule(ctx, delay)
 	}
-	if a.st.Restart.Pending && a.inst.RestartPolicy != nil && a.s.opt.restarter != nil {
+	if a.st.Restarts().Pending && a.inst.RestartPolicy != nil && a.s.opt.restarter != nil {
 		a.sendRestart() // recorded before a crash, perhaps never delivered
 	}
 	if a.acts() {
@@ -270,11 +270,11 @@ func (a *instanceActor) configure(ctx actor.Context, in *health.Instance) {
 	targetChanged := !prevInst.SameTarget(*in)
 	newStart := !in.StartTime().Equal(prevInst.StartTime())
 	if policyChanged || !reflect.DeepEqual(in.RestartPolicy, prevInst.RestartPolicy) ||
-		newStart && a.st.Restart.Blocked == health.BlockedMaxAttempts {
+		newStart && a.st.Restarts().Blocked == health.BlockedMaxAttempts {
 		// what restarts it changed, or the VM was started again after
 		// restarts stopped at their limit: the attempts count from nothing
 		// (a restart vigil asked for changes started_at too, and counts)
-		a.st.Restart.Reset()
+		a.st.Restart = nil
 	}
 	if policyChanged || targetChanged {
 		a.buildProber()
@@ -324,11 +324,11 @@ func (a *instanceActor) afterChange(ctx actor.Context, tr health.Transition, cha
 
 // acts reports whether acting on health has anything to look at for this
 // instance: a restart policy, or flapping to see end.
-func (a *instanceActor) acts() bool { return a.inst.RestartPolicy != nil || a.st.Flap.Flapping }
+func (a *instanceActor) acts() bool { return a.inst.RestartPolicy != nil || a.st.Flapping() }
 
 func (a *instanceActor) snapshot() *Snapshot {
 	return &Snapshot{Version: SnapshotVersion, ID: a.inst.ID, Lifecycle: a.cfg.Lifecycle, StartedAt: a.cfg.StartedAt,
-		Policy: a.cfg.Policy, State: a.st, NextCheckAt: a.nextCheck}
+		Policy: a.cfg.Policy, State: a.st.Clone(), NextCheckAt: a.nextCheck}
 }
 
 // stored records that the snapshot about to be written holds the state as
@@ -352,8 +352,8 @@ func (a *instanceActor) transition(tr health.Transition) {
 	ev := Event{InstanceID: a.inst.ID, Transition: tr, Labels: a.inst.Labels}
 	flapStarted := false
 	if tr.Reason.Counts() && a.runs() {
-		flapStarted = a.st.Flap.Change(now, a.flapWindow())
-		ev.Flapping = a.st.Flap.Flapping
+		flapStarted = a.st.FlapChange(now, a.flapWindow())
+		ev.Flapping = a.st.Flapping()
 	}
 	ev.Silenced = a.s.silenced(a.inst, now.Wall)
 	if tr.To == health.StatusUnhealthy || tr.From == health.StatusUnhealthy {
@@ -378,7 +378,7 @@ func (a *instanceActor) flapWindow() time.Duration {
 // held says why restarts of this instance hold now, if they do.
 func (a *instanceActor) held(now health.Instant) string {
 	switch {
-	case a.st.Flap.Flapping:
+	case a.st.Flapping():
 		return health.BlockedFlapping
 	case a.s.silenced(a.inst, now.Wall):
 		return health.BlockedSilenced
@@ -395,11 +395,11 @@ func (a *instanceActor) held(now health.Instant) string {
 func (a *instanceActor) act(ctx actor.Context, silenceEnded bool) {
 	now := a.now()
 	var wake health.Instant
-	if a.st.Flap.Settle(now, a.flapWindow()) {
+	if a.st.FlapSettle(now, a.flapWindow()) {
 		a.dirty, a.material = true, true
 		a.s.append(nil, Event{InstanceID: a.inst.ID, Kind: KindFlappingEnded, Labels: a.inst.Labels,
 			Transition: health.Transition{From: a.st.Status, To: a.st.Status, At: now.Wall}, Silenced: a.s.silenced(a.inst, now.Wall)})
-	} else if at := a.st.Flap.SteadyAt(now, a.flapWindow()); !at.IsZero() {
+	} else if at := a.st.FlapSteadyAt(now, a.flapWindow()); !at.IsZero() {
 		wake = at
 	}
 	if silenceEnded && a.st.Status == health.StatusUnhealthy && !a.s.silenced(a.inst, now.Wall) {
@@ -407,13 +407,13 @@ func (a *instanceActor) act(ctx actor.Context, silenceEnded bool) {
 			Transition: health.Transition{From: a.st.Status, To: a.st.Status, At: now.Wall, LastError: a.st.LastError}})
 	}
 	if rp := a.inst.RestartPolicy; rp != nil && a.runs() && a.s.opt.restarter != nil {
-		before := a.st.Restart
+		before := a.st.Restarts()
 		last, _ := a.st.History.Last()
-		attempt, next := a.st.Restart.Decide(rp, health.RestartInput{Status: a.st.Status, Since: a.st.StatusSince(), Now: now,
+		attempt, next := a.st.RestartToChange().Decide(rp, health.RestartInput{Status: a.st.Status, Since: a.st.StatusSince(), Now: now,
 			Held: a.held(now), HoldDown: a.s.opt.holdDown, HeldUntil: a.s.incidentClosedAt(), Reason: last.Reason, LastError: a.st.LastError})
 		if attempt {
 			a.sendRestart()
-		} else if a.st.Restart != before {
+		} else if *a.st.Restart != before {
 			a.dirty, a.material = true, true
 			a.armCheckpoint(ctx, a.s.opt.checkpoint)
 		}
@@ -430,7 +430,7 @@ func (a *instanceActor) act(ctx actor.Context, silenceEnded bool) {
 // clears it. An attempt found recorded at start is sent again, with the
 // same number: at least once, never a new one.
 func (a *instanceActor) sendRestart() {
-	r := a.st.Restart
+	r := a.st.Restarts()
 	rp := a.inst.RestartPolicy
 	req := RestartRequest{Instance: a.inst.ID, Attempt: r.Attempts, URL: rp.URL, Reason: r.Reason, LastError: r.LastError}
 	s, self := a.s, a.e.pid.Load()
@@ -461,7 +461,8 @@ func (a *instanceActor) handOff() *Snapshot {
 func (a *instanceActor) info(history bool) *Info {
 	info := &Info{Instance: *a.inst, Health: a.st.View(a.nextCheck, history)}
 	if a.inst.RestartPolicy != nil {
-		info.Health.Restart = a.st.Restart.View()
+		r := a.st.Restarts()
+		info.Health.Restart = r.View()
 	}
 	return info
 }
@@ -472,7 +473,7 @@ func (a *instanceActor) publish() {
 	e := a.e
 	brief := a.st.Brief(a.nextCheck)
 	if a.inst.RestartPolicy != nil {
-		brief = brief.WithRestart(&a.st.Restart)
+		brief = brief.WithRestart(a.st.Restarts())
 	}
 	e.pubMu.Lock()
 	old := e.pub
@@ -798,6 +799,7 @@ func (a *instanceActor) finishProbe(ctx actor.Context, r health.Result, waited t
 	a.run = nil
 	now := a.now()
 	tr, changed := a.st.Observe(a.cfg, &r, now)
+	a.st.FlapForget(now, a.flapWindow())
 	if ev := a.s.log.Debug(); ev.Enabled() {
 		ev.Str("instance_id", a.inst.ID).Str("outcome", string(r.Outcome)).Str("reason", string(r.Reason)).
 			Dur("duration", time.Duration(r.Duration)).Str("status", string(a.st.Status)).Msg("probe_finished")

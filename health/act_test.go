@@ -134,6 +134,62 @@ func TestFlapping(t *testing.T) {
 	assert.False(t, ReasonLifecycle.Counts(), "a lifecycle change is not the workload's")
 }
 
+func TestAStateHoldsAFlappingRingOnlyWhileItCanDecide(t *testing.T) {
+	window := FlapWindow(time.Second) // 10 s
+	var s State
+	assert.Nil(t, s.Flap, "a new state holds none")
+	assert.False(t, s.FlapChange(when(0), window))
+	require.NotNil(t, s.Flap)
+	s.FlapForget(when(window), window)
+	assert.NotNil(t, s.Flap, "a change within the window is kept")
+	s.FlapForget(when(window+time.Millisecond), window)
+	assert.Nil(t, s.Flap, "every change older than the window: nothing left to decide")
+
+	// forgetting is invisible: two states given the same changes at the
+	// same times, one forgetting after every step, flap alike throughout
+	var kept, forgetting State
+	at, r := time.Duration(0), uint32(1)
+	flapped, forgotten := 0, 0
+	for i := range 2000 {
+		r = r*1664525 + 1013904223
+		at += []time.Duration{200 * time.Millisecond, 500 * time.Millisecond, time.Second, 3 * time.Second,
+			12 * time.Second}[r>>29%5]
+		now := when(at)
+		if r>>16%3 != 0 {
+			assert.Equal(t, kept.FlapChange(now, window), forgetting.FlapChange(now, window), "change %d", i)
+		}
+		assert.Equal(t, kept.FlapSettle(now, window), forgetting.FlapSettle(now, window), "settle %d", i)
+		assert.Equal(t, kept.FlapSteadyAt(now, window), forgetting.FlapSteadyAt(now, window), "steady %d", i)
+		assert.Equal(t, kept.Flapping(), forgetting.Flapping(), "step %d", i)
+		had := forgetting.Flap != nil
+		forgetting.FlapForget(now, window)
+		if forgetting.Flapping() {
+			flapped++
+			require.NotNil(t, forgetting.Flap, "a flapping instance keeps its ring")
+		} else if had && forgetting.Flap == nil {
+			forgotten++
+		}
+	}
+	assert.Greater(t, flapped, 10, "the sequence flaps")
+	assert.Greater(t, forgotten, 10, "and goes quiet long enough to be forgotten")
+}
+
+func TestACloneOfAStateSharesNothingItChanges(t *testing.T) {
+	p := restartPolicy(t, `{"policy":"on_unhealthy","url":"http://x/"}`)
+	var s State
+	s.FlapChange(when(0), time.Minute)
+	s.RestartToChange().Attempts = 2
+	c := s.Clone()
+	c.FlapChange(when(time.Second), time.Minute)
+	c.RestartToChange().Decide(p, RestartInput{Status: StatusHealthy, Since: when(0), Now: when(time.Hour)})
+	assert.Equal(t, 2, s.Restarts().Attempts, "the original's attempts")
+	assert.Equal(t, 0, c.Restarts().Attempts, "the clone's, stable since")
+	assert.Equal(t, 1, s.Flap.Next, "the original's ring")
+	assert.Equal(t, 2, c.Flap.Next)
+	var none State
+	assert.Equal(t, none, none.Clone(), "nothing held, nothing made")
+}
+
 func TestIncidentRules(t *testing.T) {
 	d := Incidents{Rules: DefaultIncidentRules}
 	const active = 300

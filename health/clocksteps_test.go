@@ -185,15 +185,20 @@ func (m *wallStepMachine) run(ops []byte) []decided {
 			m.now = m.now.Add(time.Duration(arg) * 300 * time.Millisecond)
 		}
 		if changed && tr.Reason.Counts() && m.c.Lifecycle.Active() {
-			m.s.Flap.Change(m.now, FlapWindow(m.c.Policy.Interval))
+			m.s.FlapChange(m.now, FlapWindow(m.c.Policy.Interval))
 		}
-		m.s.Flap.Settle(m.now, FlapWindow(m.c.Policy.Interval))
-		attempt, wake := m.s.Restart.Decide(wallStepRestart, RestartInput{Status: m.s.Status, Since: m.s.StatusSince(), Now: m.now})
-		m.s.Restart.Pending = false
+		m.s.FlapSettle(m.now, FlapWindow(m.c.Policy.Interval))
+		r := m.s.RestartToChange()
+		attempt, wake := r.Decide(wallStepRestart, RestartInput{Status: m.s.Status, Since: m.s.StatusSince(), Now: m.now})
+		r.Pending = false
+		var flapMono [FlapChanges]time.Duration
+		if m.s.Flap != nil {
+			flapMono = m.s.Flap.mono
+		}
 		m.out = append(m.out, decided{Window: m.s.Window, Eval: m.s.Eval, Status: m.s.Status, GraceOver: m.s.GraceOver,
-			Successes: m.s.ConsecutiveSuccesses, Failures: m.s.ConsecutiveFailures, Attempts: m.s.Restart.Attempts,
-			Blocked: m.s.Restart.Blocked, Flapping: m.s.Flap.Flapping, WindowMono: m.s.windowMono, SinceMono: m.s.sinceMono,
-			NextMono: m.s.Restart.nextMono, FlapMono: m.s.Flap.mono, Attempt: attempt, Wake: wake.Mono})
+			Successes: m.s.ConsecutiveSuccesses, Failures: m.s.ConsecutiveFailures, Attempts: r.Attempts,
+			Blocked: r.Blocked, Flapping: m.s.Flapping(), WindowMono: m.s.windowMono, SinceMono: m.s.sinceMono,
+			NextMono: r.nextMono, FlapMono: flapMono, Attempt: attempt, Wake: wake.Mono})
 	}
 	return m.out
 }

@@ -34,5 +34,11 @@ func TestDecodedStateIsOneTheMachineCanDrive(t *testing.T) {
 	var s State
 	require.NoError(t, json.Unmarshal([]byte(`{"status":"unhealthy","eval":"unhealthy","consecutive_failures":3,"flap":{"next":5}}`), &s))
 	assert.Equal(t, StatusUnhealthy, s.Status)
+	require.NotNil(t, s.Flap)
 	assert.Equal(t, 5, s.Flap.Next)
+	var older State
+	require.NoError(t, json.Unmarshal([]byte(`{"status":"healthy","restart":{"attempts":0,"blocked_reason":""},`+
+		`"flap":{"changes":[0,0,0,0,0,0],"next":0,"flapping":false}}`), &older))
+	assert.Nil(t, older.Restart, "an older record's empty bookkeeping is not held")
+	assert.Nil(t, older.Flap, "nor its empty ring")
 }

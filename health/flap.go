@@ -75,6 +75,18 @@ func (f *Flap) SteadyAt(now Instant, window time.Duration) Instant {
 	return Instant{Wall: time.Unix(0, f.Changes[last]+int64(window)).UTC(), Mono: f.mono[last] + window}
 }
 
+// stale reports whether the ring can decide nothing any more: the instance
+// does not flap and every change it holds is older than window at now, so
+// none of them is within a window of any later change.
+func (f *Flap) stale(now Instant, window time.Duration) bool {
+	if f.Flapping {
+		return false
+	}
+	f.resume(now)
+	last := (f.Next + FlapChanges - 1) % FlapChanges
+	return f.Changes[last] == 0 || now.Mono-f.mono[last] > window
+}
+
 // Settle reports whether a flapping instance has been steady for window at
 // now, and if so it no longer flaps.
 func (f *Flap) Settle(now Instant, window time.Duration) bool {

@@ -1,10 +1,14 @@
 package health
 
 import (
+	"fmt"
 	"net/netip"
 	"regexp"
 	"strings"
 	"time"
+
+	jsonv2 "github.com/go-json-experiment/json"
+	jsonv1 "github.com/go-json-experiment/json/v1"
 )
 
 // Lifecycle is an instance's lifecycle state, as its VM manager reports it.
@@ -136,7 +140,11 @@ type Instance struct {
 	Labels      map[string]string `json:"labels,omitempty"`
 	// RestartPolicy is nil when vigil restarts nothing (absent, or never).
 	RestartPolicy *RestartPolicy `json:"restart_policy,omitempty"`
-	Written       *InstanceSpec  `json:"-"`
+	// Written is the spec as the client wrote it, encoded (as encoding/json
+	// writes it): bytes without pointers rather than the decoded spec's
+	// dozen small objects, which every instance would hold and the garbage
+	// collector scan; read back by Spec. Never changed once made.
+	Written []byte `json:"-"`
 }
 
 // LifecycleNames lists the lifecycle states for messages.
@@ -145,13 +153,26 @@ const LifecycleNames = "Created, Initializing, Running, Paused, Shutdown, Standb
 // RFC3339Example is how messages show the time format they expect.
 const RFC3339Example = "an RFC 3339 time such as 2026-11-26T10:00:00Z"
 
+// writtenOptions encode and decode an instance's written spec.
+var writtenOptions = jsonv1.DefaultOptionsV1()
+
 // Normalize validates the spec for instance id and fills in defaults.
 func (s InstanceSpec) Normalize(id string) (Instance, error) {
+	written, err := jsonv2.Marshal(s, writtenOptions)
+	if err != nil {
+		return Instance{}, fmt.Errorf("encode the spec of %s: %w", truncateForMessage(id), err)
+	}
+	return s.NormalizeWritten(id, written)
+}
+
+// NormalizeWritten is Normalize for a spec decoded from written, which is
+// its encoding as Normalize makes it (a stored record's): the instance keeps
+// written instead of encoding the spec again.
+func (s InstanceSpec) NormalizeWritten(id string, written []byte) (Instance, error) {
 	if err := ValidateID(id); err != nil {
 		return Instance{}, err
 	}
-	written := s
-	in := Instance{ID: id, Name: s.Name, State: s.State, Written: &written}
+	in := Instance{ID: id, Name: s.Name, State: s.State, Written: written}
 	if len(s.Name) > MaxNameLength || strings.ContainsFunc(s.Name, func(r rune) bool { return r < ' ' || r == 0x7f }) {
 		return Instance{}, fieldErr("name", "must be at most %d bytes without control characters", MaxNameLength)
 	}
@@ -249,7 +270,10 @@ func (s InstanceSpec) Normalize(id string) (Instance, error) {
 // when it is known, else the normalized instance in that shape.
 func (in Instance) Spec() InstanceSpec {
 	if in.Written != nil {
-		return *in.Written
+		var s InstanceSpec
+		if err := jsonv2.Unmarshal(in.Written, &s, writtenOptions); err == nil {
+			return s
+		}
 	}
 	return in.NormalizedSpec()
 }

@@ -88,8 +88,8 @@ type decision struct {
 func (m *fuzzMachine) decided() decision {
 	s := &m.s
 	return decision{Status: s.Status, Eval: s.Eval, Window: s.Window, GraceOver: s.GraceOver, Successes: s.ConsecutiveSuccesses,
-		Failures: s.ConsecutiveFailures, Flapping: s.Flap.Flapping, RestartAttempts: s.Restart.Attempts,
-		RestartBlocked: s.Restart.Blocked, HistoryLen: s.History.Len(), LastError: s.LastError}
+		Failures: s.ConsecutiveFailures, Flapping: s.Flapping(), RestartAttempts: s.Restarts().Attempts,
+		RestartBlocked: s.Restarts().Blocked, HistoryLen: s.History.Len(), LastError: s.LastError}
 }
 
 func (m *fuzzMachine) run(ops fuzzOps) {
@@ -155,13 +155,13 @@ func (m *fuzzMachine) run(ops fuzzOps) {
 		}
 		m.check(prev, tr, changed, fresh, r != nil)
 		if changed && tr.Reason.Counts() && m.c.Policy.Enabled() && m.c.Lifecycle.Active() {
-			m.s.Flap.Change(m.now, FlapWindow(m.c.Policy.Interval))
+			m.s.FlapChange(m.now, FlapWindow(m.c.Policy.Interval))
 		}
 		if m.c.Policy.Enabled() {
-			m.s.Flap.Settle(m.now, FlapWindow(m.c.Policy.Interval))
+			m.s.FlapSettle(m.now, FlapWindow(m.c.Policy.Interval))
 		}
 		m.decideRestart(arg)
-		m.states = append(m.states, m.s)
+		m.states = append(m.states, m.s.Clone())
 		m.decisions = append(m.decisions, m.decided())
 	}
 }
@@ -279,7 +279,7 @@ func (m *fuzzMachine) checkObserved(prev State, r *Result) {
 // decideRestart steps the restart rules as an actor with a restart policy
 // does, and checks what an attempt needs.
 func (m *fuzzMachine) decideRestart(arg byte) {
-	t, r := m.t, &m.s.Restart
+	t, r := m.t, m.s.RestartToChange()
 	before := *r
 	in := RestartInput{Status: m.s.Status, Since: m.s.StatusSince(), Now: m.now, HoldDown: time.Duration(arg%4) * time.Second,
 		Reason: ReasonTimeout, LastError: m.s.LastError}
@@ -307,8 +307,10 @@ func (m *fuzzMachine) decideRestart(arg byte) {
 	} else {
 		require.LessOrEqual(t, r.Attempts, before.Attempts, "no attempt, none counted")
 	}
-	require.GreaterOrEqual(t, m.s.Flap.Next, 0)
-	require.Less(t, m.s.Flap.Next, FlapChanges)
+	if m.s.Flap != nil {
+		require.GreaterOrEqual(t, m.s.Flap.Next, 0)
+		require.Less(t, m.s.Flap.Next, FlapChanges)
+	}
 }
 
 // FuzzStateMachine drives the health core with arbitrary sequences of probe
@@ -356,7 +358,7 @@ func FuzzStateJSON(f *testing.F) {
 		now := start.Add(time.Duration(i) * time.Minute)
 		r := Result{Outcome: []Outcome{Failure, Success}[i%2], Reason: ReasonTimeout, Message: "m", Start: now.Wall}
 		if tr, ok := s.Observe(c, &r, now); ok && tr.Reason.Counts() {
-			s.Flap.Change(now, time.Hour)
+			s.FlapChange(now, time.Hour)
 		}
 	}
 	b, err := json.Marshal(s)
@@ -378,9 +380,11 @@ func FuzzStateJSON(f *testing.F) {
 		require.Contains(t, []Status{"", StatusStarting, StatusHealthy, StatusUnhealthy}, s.Eval)
 		require.GreaterOrEqual(t, s.ConsecutiveFailures, 0)
 		require.GreaterOrEqual(t, s.ConsecutiveSuccesses, 0)
-		require.GreaterOrEqual(t, s.Restart.Attempts, 0)
-		require.GreaterOrEqual(t, s.Flap.Next, 0)
-		require.Less(t, s.Flap.Next, FlapChanges)
+		require.GreaterOrEqual(t, s.Restarts().Attempts, 0)
+		if s.Flap != nil {
+			require.GreaterOrEqual(t, s.Flap.Next, 0)
+			require.Less(t, s.Flap.Next, FlapChanges)
+		}
 
 		b1, err := json.Marshal(s)
 		require.NoError(t, err)
@@ -399,12 +403,12 @@ func FuzzStateJSON(f *testing.F) {
 			r := Result{Outcome: []Outcome{Failure, Success, Failure, Skipped}[i%4]}
 			now = now.Add(time.Second)
 			if tr, ok := s.Observe(c, &r, now); ok && tr.Reason.Counts() {
-				s.Flap.Change(now, time.Minute)
+				s.FlapChange(now, time.Minute)
 			}
-			s.Flap.Settle(now, time.Minute)
-			s.Flap.SteadyAt(now, time.Minute)
-			before := s.Restart.Attempts
-			if attempt, _ := s.Restart.Decide(fuzzRestart, RestartInput{Status: s.Status, Since: s.StatusSince(), Now: now}); attempt {
+			s.FlapSettle(now, time.Minute)
+			s.FlapSteadyAt(now, time.Minute)
+			before := s.Restarts().Attempts
+			if attempt, _ := s.RestartToChange().Decide(fuzzRestart, RestartInput{Status: s.Status, Since: s.StatusSince(), Now: now}); attempt {
 				require.LessOrEqual(t, s.Restart.Attempts, fuzzRestart.MaxAttempts, "an attempt only within max_attempts")
 			} else {
 				require.LessOrEqual(t, s.Restart.Attempts, before)

@@ -115,9 +115,12 @@ type State struct {
 	LastFailureAt        time.Time `json:"last_failure_at,omitzero"`
 	LastError            string    `json:"last_error,omitzero"`
 	History              History   `json:"history,omitzero"`
-	// acting on health: the restart bookkeeping and the flapping detector
-	Restart RestartState `json:"restart,omitzero"`
-	Flap    Flap         `json:"flap,omitzero"`
+	// acting on health: the restart bookkeeping and the flapping detector,
+	// nil until there is something to hold (most instances never restart
+	// nor flap, and a state is held by every instance's actor). A copy of a
+	// State shares them: Clone before handing a copy to another goroutine.
+	Restart *RestartState `json:"restart,omitzero"`
+	Flap    *Flap         `json:"flap,omitzero"`
 
 	// the monotonic readings of WindowStart and Since, on which the grace
 	// and the restart rules are measured; live once they are set (a state
@@ -143,6 +146,13 @@ func (s *State) read(read func(any) error) error {
 	if err := (*State)(&v).check(); err != nil {
 		return err
 	}
+	// an older record writes them out when empty: hold none then
+	if v.Restart != nil && v.Restart.IsZero() {
+		v.Restart = nil
+	}
+	if v.Flap != nil && v.Flap.IsZero() {
+		v.Flap = nil
+	}
 	*s = State(v)
 	return nil
 }
@@ -161,7 +171,7 @@ func (s *State) check() error {
 			truncateForMessage(string(s.Status)))
 	case s.Eval != "" && s.Eval != StatusStarting && s.Eval != StatusHealthy && s.Eval != StatusUnhealthy:
 		return fieldErr("state.eval", "must be starting, healthy or unhealthy (got %q)", truncateForMessage(string(s.Eval)))
-	case s.Flap.Next < 0 || s.Flap.Next >= FlapChanges:
+	case s.Flap != nil && (s.Flap.Next < 0 || s.Flap.Next >= FlapChanges):
 		return fieldErr("state.flap.next", "must be between 0 and %d (got %d)", FlapChanges-1, s.Flap.Next)
 	}
 	if err := counter("state.consecutive_successes", s.ConsecutiveSuccesses); err != nil {
@@ -170,7 +180,7 @@ func (s *State) check() error {
 	if err := counter("state.consecutive_failures", s.ConsecutiveFailures); err != nil {
 		return err
 	}
-	return counter("state.restart.attempts", s.Restart.Attempts)
+	return counter("state.restart.attempts", s.Restarts().Attempts)
 }
 
 // Progress is the part of a State whose loss in a crash would change what
@@ -275,7 +285,80 @@ func (s *State) resume(now Instant) {
 // the first Instant it is given, by their wall times, as a decoded state's
 // are.
 func (s *State) Restored() {
-	s.live, s.Flap.live, s.Restart.live = false, false, false
+	s.live = false
+	if s.Flap != nil {
+		s.Flap.live = false
+	}
+	if s.Restart != nil {
+		s.Restart.live = false
+	}
+}
+
+// Clone returns a copy of s that shares nothing it may change with s: its
+// restart bookkeeping and flapping ring are copies of their own (the
+// history copies on write by itself).
+func (s *State) Clone() State {
+	c := *s
+	if s.Restart != nil {
+		r := *s.Restart
+		c.Restart = &r
+	}
+	if s.Flap != nil {
+		f := *s.Flap
+		c.Flap = &f
+	}
+	return c
+}
+
+// Restarts returns the restart bookkeeping (zero when none is held).
+func (s *State) Restarts() RestartState {
+	if s.Restart == nil {
+		return RestartState{}
+	}
+	return *s.Restart
+}
+
+// RestartToChange returns the restart bookkeeping to step, held from now on.
+func (s *State) RestartToChange() *RestartState {
+	if s.Restart == nil {
+		s.Restart = new(RestartState)
+	}
+	return s.Restart
+}
+
+// Flapping reports whether the instance flaps.
+func (s *State) Flapping() bool { return s.Flap != nil && s.Flap.Flapping }
+
+// FlapChange records a status change at now in the flapping ring; it
+// reports whether the instance started flapping with it.
+func (s *State) FlapChange(now Instant, window time.Duration) bool {
+	if s.Flap == nil {
+		s.Flap = new(Flap)
+	}
+	return s.Flap.Change(now, window)
+}
+
+// FlapForget drops the flapping ring once it can decide nothing any more
+// (see Flap.stale): a steady instance, as most are, holds none.
+func (s *State) FlapForget(now Instant, window time.Duration) {
+	if s.Flap != nil && s.Flap.stale(now, window) {
+		s.Flap = nil
+	}
+}
+
+// FlapSettle reports whether a flapping instance has been steady for
+// window at now, and if so it no longer flaps.
+func (s *State) FlapSettle(now Instant, window time.Duration) bool {
+	return s.Flap != nil && s.Flap.Settle(now, window)
+}
+
+// FlapSteadyAt is when a flapping instance stops flapping if its status
+// does not change before (the zero Instant when it does not flap).
+func (s *State) FlapSteadyAt(now Instant, window time.Duration) Instant {
+	if s.Flap == nil {
+		return Instant{}
+	}
+	return s.Flap.SteadyAt(now, window)
 }
 
 // StatusSince is when the shown status began, on both clocks.
@@ -456,12 +539,12 @@ func (s *State) Brief(nextCheck time.Time) Brief {
 	return Brief{Status: s.Status, ConsecutiveSuccesses: clamp32(s.ConsecutiveSuccesses),
 		ConsecutiveFailures: clamp32(s.ConsecutiveFailures), Since: nanos(s.Since), LastCheckedAt: nanos(s.LastCheckedAt),
 		LastSuccessAt: nanos(s.LastSuccessAt), LastFailureAt: nanos(s.LastFailureAt), NextCheckAt: nanos(nextCheck),
-		LastError: s.LastError, Flapping: s.Flap.Flapping}
+		LastError: s.LastError, Flapping: s.Flapping()}
 }
 
 // WithRestart adds the restart bookkeeping to a brief, for an instance with
 // a restart policy.
-func (b Brief) WithRestart(r *RestartState) Brief {
+func (b Brief) WithRestart(r RestartState) Brief {
 	b.HasRestart = true
 	b.RestartAttempts = clamp32(r.Attempts)
 	b.RestartLastAt = nanos(r.LastAttemptAt)

@@ -27,7 +27,6 @@ func TestRecordsAreWrittenAsEncodingJSONWrites(t *testing.T) {
 		"restart_policy":{"policy":"on_unhealthy","url":"http://127.0.0.1:9/restart","backoff":"5s","max_attempts":3}}`), &spec))
 	in, err := spec.Normalize("vm-1")
 	require.NoError(t, err)
-	in.Written = &spec
 
 	at := time.Date(2026, 12, 1, 2, 3, 4, 567891000, time.UTC)
 	code := 3

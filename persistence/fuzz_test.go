@@ -28,8 +28,8 @@ func fuzzSnapshot(f *testing.F) []byte {
 	snap.Version = SchemaVersion
 	snap.State.History.Add(health.Result{Outcome: health.Failure, Reason: health.ReasonTimeout, Message: "timed out", Start: t0,
 		Duration: health.Duration(time.Second), Phases: health.Phases{Connect: time.Millisecond}})
+	snap.State.Flap = &health.Flap{Next: 1}
 	snap.State.Flap.Changes[0] = t0.UnixNano()
-	snap.State.Flap.Next = 1
 	b, err := json.Marshal(snap)
 	if err != nil {
 		f.Fatal(err)
@@ -72,7 +72,7 @@ func FuzzDecodeSnapshot(f *testing.F) {
 		require.GreaterOrEqual(t, v.ConsecutiveFailures, 0)
 		require.GreaterOrEqual(t, v.ConsecutiveSuccesses, 0)
 		require.LessOrEqual(t, len(v.History), health.HistorySize)
-		brief := st.Brief(snap.NextCheckAt).WithRestart(&st.Restart)
+		brief := st.Brief(snap.NextCheckAt).WithRestart(st.Restarts())
 		_ = brief.View()
 		pr := st.Progress(snap.Policy)
 		require.GreaterOrEqual(t, pr.Failures, int32(0))

@@ -229,11 +229,16 @@ func decodeInstance(id string, v []byte) (health.Instance, error) {
 	if rec.Instance.ID != id {
 		return health.Instance{}, fmt.Errorf("record id %q does not match its key", rec.Instance.ID)
 	}
-	spec := rec.Instance.Spec()
-	if rec.Spec != nil {
-		spec = *rec.Spec
+	if rec.Spec == nil {
+		return rec.Instance.Spec().Normalize(id)
 	}
-	return spec.Normalize(id)
+	var spec health.InstanceSpec
+	if err := decode(rec.Spec, &spec); err != nil {
+		return health.Instance{}, err
+	}
+	// rec.Spec is a copy (jsontext.Value's decoder copies): the record's
+	// buffer is reused, the instance keeps it
+	return spec.NormalizeWritten(id, rec.Spec)
 }
 
 // takeRecords takes the decoded batches in order and calls fn for each

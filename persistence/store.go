@@ -28,6 +28,7 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 	jsonv2 "github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 	jsonv1 "github.com/go-json-experiment/json/v1"
 	"github.com/rs/zerolog"
 
@@ -114,9 +115,9 @@ type Options struct {
 // it (Spec; absent in records of builds before it was kept), which is what
 // a later merge patch applies to.
 type instanceRecord struct {
-	V        int                  `json:"v"`
-	Instance health.Instance      `json:"instance"`
-	Spec     *health.InstanceSpec `json:"spec,omitempty"`
+	V        int             `json:"v"`
+	Instance health.Instance `json:"instance"`
+	Spec     jsontext.Value  `json:"spec,omitempty"`
 }
 
 type eventRecord struct {
