@@ -315,7 +315,7 @@ func serveUntilSignal(log zerolog.Logger, c serveConfig) error {
 	go func() { errc <- srv.Serve(api.JSONErrors(l)) }()
 	sd := startNotify(log, reg.Ready, sched)
 	defer sd.stop()
-	go releaseMemory(log, reg.Ready, sched.Len, stopping)
+	go releaseMemory(log, reg.Ready, sched.Len, sched.Behind, stopping)
 
 	select {
 	case sig := <-sigs:
@@ -430,12 +430,13 @@ const readyPoll = 20 * time.Millisecond
 // releaseMemory returns to the system the heap a burst left free: the
 // boot's, once the scheduler is ready, and that of each burst of
 // registrations (at least releaseAfter instances, or a tenth of them, then
-// releaseQuiet without a change in their number). Either makes garbage of
+// releaseQuiet without a change in their number, and probing on time: a
+// collection is not what a host behind needs). Either makes garbage of
 // several times what it keeps within seconds, and the collector's goal stays
 // at the burst's peak until its next cycle, which a steady host runs only
 // minutes later: the resident set would stay at the peak meanwhile, and the
 // runtime gives pages back only slowly after it.
-func releaseMemory(log zerolog.Logger, ready func() bool, count func() int, stopping <-chan struct{}) {
+func releaseMemory(log zerolog.Logger, ready func() bool, count func() int, behind func() bool, stopping <-chan struct{}) {
 	poll := time.NewTicker(readyPoll)
 	defer poll.Stop()
 	for !ready() {
@@ -461,7 +462,7 @@ func releaseMemory(log zerolog.Logger, ready func() bool, count func() int, stop
 			base = min(base, n)
 			continue
 		}
-		if n-base >= max(releaseAfter, n/10) && time.Since(changed) >= releaseQuiet {
+		if n-base >= max(releaseAfter, n/10) && time.Since(changed) >= releaseQuiet && !behind() {
 			release(log.With().Int("registered", n-base).Logger(), "memory_released")
 			base = n
 		}
