@@ -481,7 +481,7 @@ func release(log zerolog.Logger, msg string) {
 }
 
 // When a burst of registrations has ended (releaseMemory).
-var (
+const (
 	releaseAfter = 1000
 	releaseQuiet = 10 * time.Second
 	releasePoll  = time.Second

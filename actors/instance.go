@@ -273,7 +273,8 @@ func (a *instanceActor) configure(ctx actor.Context, in *health.Instance) {
 		newStart && a.st.Restarts().Blocked == health.BlockedMaxAttempts {
 		// what restarts it changed, or the VM was started again after
 		// restarts stopped at their limit: the attempts count from nothing
-		// (a restart vigil asked for changes started_at too, and counts)
+		// (a restart vigil asked for changes started_at too, and counts):
+		// none is held until the rules step again
 		a.st.Restart = nil
 	}
 	if policyChanged || targetChanged {

@@ -232,10 +232,6 @@ func (r *RestartState) Decide(p *RestartPolicy, in RestartInput) (attempt bool, 
 	return true, next
 }
 
-// Reset forgets the attempts: the policy changed, or the VM was restarted
-// (a new started_at) after restarts had stopped at the attempts limit.
-func (r *RestartState) Reset() { *r = RestartState{} }
-
 // RestartBackoff is the pause after attempt n (1-based): Backoff doubled
 // for each attempt before it, at most MaxBackoff.
 func RestartBackoff(p *RestartPolicy, n int) time.Duration {
