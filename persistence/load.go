@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/go-json-experiment/json/jsontext"
 
 	"github.com/vigilhq/vigil/actors"
 	"github.com/vigilhq/vigil/health"
@@ -215,11 +216,22 @@ func (b *loadBatch) decode() {
 	}
 }
 
+// writtenRecord is an instance record as a load reads it: when the record
+// keeps what the client wrote, the instance is normalized again from that,
+// and of the stored normalized instance only the id is read.
+type writtenRecord struct {
+	V        int `json:"v"`
+	Instance struct {
+		ID string `json:"id"`
+	} `json:"instance"`
+	Spec jsontext.Value `json:"spec,omitempty"`
+}
+
 // decodeInstance decodes an instance record and normalizes its spec again:
 // a stored spec must still be valid, and it is normalized from what the
 // client wrote when that is kept.
 func decodeInstance(id string, v []byte) (health.Instance, error) {
-	var rec instanceRecord
+	var rec writtenRecord
 	if err := decode(v, &rec); err != nil {
 		return health.Instance{}, err
 	}
@@ -230,7 +242,12 @@ func decodeInstance(id string, v []byte) (health.Instance, error) {
 		return health.Instance{}, fmt.Errorf("record id %q does not match its key", rec.Instance.ID)
 	}
 	if rec.Spec == nil {
-		return rec.Instance.Spec().Normalize(id)
+		// a record of a build before the written spec was kept
+		var old instanceRecord
+		if err := decode(v, &old); err != nil {
+			return health.Instance{}, err
+		}
+		return old.Instance.Spec().Normalize(id)
 	}
 	var spec health.InstanceSpec
 	if err := decode(rec.Spec, &spec); err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -121,4 +122,47 @@ func TestLoadStopsAtTheFirstFailure(t *testing.T) {
 	err = s.Load(context.Background(), func(health.Instance, *actors.Snapshot) error { calls++; return nil })
 	require.ErrorIs(t, err, ErrNewerSchema)
 	assert.Equal(t, 1001, calls, "the records before the newer one, in order")
+}
+
+// A start makes each instance again from the spec as the client wrote it:
+// the stored normalized form is not read where that is kept (a member this
+// build does not know, or one of another shape, changes nothing), a record
+// of a build that kept no written spec loads from its normalized form, and a
+// record is refused for its written spec alone.
+func TestALoadMakesAnInstanceFromItsWrittenSpec(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir)
+	require.NoError(t, s.PutInstances(context.Background(), []health.Instance{inst(t, "vm-a")}))
+	require.NoError(t, s.Close())
+	written := `{"state":"Running","network":{"ip":"127.0.0.1"},"health_check":{"interval":"5s","tcp":{"port":%d}}}`
+	records := map[string]string{
+		// another build's normalized form: a member unknown here, one of another shape
+		"vm-b": `{"v":1,"instance":{"id":"vm-b","state":"Running","zone":{"rack":7},"health_check":{"interval":"fast"}},` +
+			`"spec":` + fmt.Sprintf(written, 82) + `}`,
+		// a build that kept no written spec
+		"vm-c": `{"v":1,"instance":{"id":"vm-c","state":"Running","network":{"ip":"127.0.0.1"},` +
+			`"health_check":{"type":"tcp","interval":"5s","timeout":"1s","start_period":"0s","start_interval":"5s",` +
+			`"failure_threshold":3,"success_threshold":1,"tcp":{"port":83}}}}`,
+		// a written spec this build refuses
+		"vm-d": `{"v":1,"instance":{"id":"vm-d","state":"Running"},"spec":{"state":"Running","health_check":{"interval":"fast","tcp":{"port":84}}}}`,
+		// a record under another id's key
+		"vm-e": `{"v":1,"instance":{"id":"vm-x","state":"Running"},"spec":` + fmt.Sprintf(written, 85) + `}`,
+	}
+	for id, rec := range records {
+		writeRaw(t, dir, []byte("i/"+id), []byte(rec))
+	}
+	s = open(t, dir)
+	defer s.Close()
+	got := map[string]health.Instance{}
+	require.NoError(t, s.Load(context.Background(), func(in health.Instance, _ *actors.Snapshot) error {
+		got[in.ID] = in
+		return nil
+	}))
+	require.Len(t, got, 3, "vm-d and vm-e are refused")
+	assert.Equal(t, 80, got["vm-a"].HealthCheck.TCP.Port)
+	assert.Equal(t, 82, got["vm-b"].HealthCheck.TCP.Port)
+	assert.Equal(t, 5*time.Second, got["vm-b"].HealthCheck.Interval)
+	assert.JSONEq(t, fmt.Sprintf(written, 82), string(got["vm-b"].Written))
+	assert.Equal(t, 83, got["vm-c"].HealthCheck.TCP.Port)
+	assert.Equal(t, 2, s.skipped)
 }
