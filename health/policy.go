@@ -275,7 +275,8 @@ func (s PolicySpec) Normalize() (Policy, error) {
 }
 
 func (s PolicySpec) normalize(prefix string) (Policy, error) {
-	f := func(name string) string { return prefix + "." + name }
+	dot := prefix + "."
+	f := func(name string) string { return dot + name }
 	typ, err := s.inferType(f)
 	if err != nil {
 		return Policy{}, err
@@ -284,7 +285,7 @@ func (s PolicySpec) normalize(prefix string) (Policy, error) {
 		return Policy{Type: TypeNone}, nil
 	}
 	p := Policy{Type: typ}
-	if p.Interval, err = parseDuration(f("interval"), s.Interval, DefaultInterval); err != nil {
+	if p.Interval, err = parseDuration(dot, "interval", s.Interval, DefaultInterval); err != nil {
 		return Policy{}, err
 	}
 	if p.Interval < MinInterval {
@@ -294,7 +295,7 @@ func (s PolicySpec) normalize(prefix string) (Policy, error) {
 		return Policy{}, fieldErr(f("interval"), "must be at most %s", MaxInterval)
 	}
 	// the default timeout fits the interval; an explicit one must
-	if p.Timeout, err = parseDuration(f("timeout"), s.Timeout, min(DefaultTimeout, p.Interval)); err != nil {
+	if p.Timeout, err = parseDuration(dot, "timeout", s.Timeout, min(DefaultTimeout, p.Interval)); err != nil {
 		return Policy{}, err
 	}
 	if p.Timeout <= 0 {
@@ -303,7 +304,7 @@ func (s PolicySpec) normalize(prefix string) (Policy, error) {
 	if p.Timeout > p.Interval {
 		return Policy{}, fieldErr(f("timeout"), "must be less than or equal to %s", f("interval"))
 	}
-	if p.StartPeriod, err = parseDuration(f("start_period"), s.StartPeriod, DefaultStartPeriod); err != nil {
+	if p.StartPeriod, err = parseDuration(dot, "start_period", s.StartPeriod, DefaultStartPeriod); err != nil {
 		return Policy{}, err
 	}
 	if p.StartPeriod < 0 {
@@ -312,7 +313,7 @@ func (s PolicySpec) normalize(prefix string) (Policy, error) {
 	if p.StartPeriod > MaxStartPeriod {
 		return Policy{}, fieldErr(f("start_period"), "must be at most %s", MaxStartPeriod)
 	}
-	if p.StartInterval, err = parseDuration(f("start_interval"), s.StartInterval, defaultStartInterval(p.Interval)); err != nil {
+	if p.StartInterval, err = parseDuration(dot, "start_interval", s.StartInterval, defaultStartInterval(p.Interval)); err != nil {
 		return Policy{}, err
 	}
 	if p.StartInterval < MinInterval {
@@ -321,10 +322,10 @@ func (s PolicySpec) normalize(prefix string) (Policy, error) {
 	if p.StartInterval > p.Interval {
 		return Policy{}, fieldErr(f("start_interval"), "must be less than or equal to %s", f("interval"))
 	}
-	if p.FailureThreshold, err = threshold(f("failure_threshold"), s.FailureThreshold, DefaultFailureThreshold); err != nil {
+	if p.FailureThreshold, err = threshold(dot, "failure_threshold", s.FailureThreshold, DefaultFailureThreshold); err != nil {
 		return Policy{}, err
 	}
-	if p.SuccessThreshold, err = threshold(f("success_threshold"), s.SuccessThreshold, DefaultSuccessThreshold); err != nil {
+	if p.SuccessThreshold, err = threshold(dot, "success_threshold", s.SuccessThreshold, DefaultSuccessThreshold); err != nil {
 		return Policy{}, err
 	}
 	switch typ {
@@ -388,37 +389,39 @@ func defaultStartInterval(interval time.Duration) time.Duration {
 	return min(max(interval/5, MinInterval), interval)
 }
 
-func parseDuration(field, s string, def time.Duration) (time.Duration, error) {
+// parseDuration, threshold and checkPort name their field prefix+name, made
+// only for an error: a spec is normalized at every registration and start.
+func parseDuration(prefix, name, s string, def time.Duration) (time.Duration, error) {
 	if s == "" {
 		return def, nil
 	}
 	d, err := time.ParseDuration(s)
 	if err != nil {
-		return 0, fieldErr(field, "must be a duration such as \"10s\" (got %q)", s)
+		return 0, fieldErr(prefix+name, "must be a duration such as \"10s\" (got %q)", s)
 	}
 	return d, nil
 }
 
-func threshold(field string, v *int, def int) (int, error) {
+func threshold(prefix, name string, v *int, def int) (int, error) {
 	if v == nil {
 		return def, nil
 	}
 	if *v < 1 || *v > MaxThreshold {
-		return 0, fieldErr(field, "must be between 1 and %d (got %d)", MaxThreshold, *v)
+		return 0, fieldErr(prefix+name, "must be between 1 and %d (got %d)", MaxThreshold, *v)
 	}
 	return *v, nil
 }
 
-func checkPort(field string, port int) error {
+func checkPort(prefix, name string, port int) error {
 	if port < 1 || port > 65535 {
-		return fieldErr(field, "must be between 1 and 65535 (got %d)", port)
+		return fieldErr(prefix+name, "must be between 1 and 65535 (got %d)", port)
 	}
 	return nil
 }
 
 func normalizeHTTP(prefix string, s *HTTPSpec) (*HTTPProbe, error) {
 	f := func(name string) string { return prefix + "." + name }
-	if err := checkPort(f("port"), s.Port); err != nil {
+	if err := checkPort(prefix, ".port", s.Port); err != nil {
 		return nil, err
 	}
 	h := &HTTPProbe{Port: s.Port, Path: s.Path, Scheme: strings.ToLower(s.Scheme), Method: strings.ToUpper(s.Method),
@@ -614,7 +617,7 @@ func checkPattern(field, pattern string) error {
 
 func normalizeTCP(prefix string, s *TCPSpec) (*TCPProbe, error) {
 	f := func(name string) string { return prefix + "." + name }
-	if err := checkPort(f("port"), s.Port); err != nil {
+	if err := checkPort(prefix, ".port", s.Port); err != nil {
 		return nil, err
 	}
 	t := &TCPProbe{Port: s.Port, Send: s.Send, Expect: s.Expect}
@@ -742,7 +745,7 @@ func normalizeExec(prefix string, s *ExecSpec) (*ExecProbe, error) {
 }
 
 func normalizeGRPC(prefix string, s *GRPCSpec) (*GRPCProbe, error) {
-	if err := checkPort(prefix+".port", s.Port); err != nil {
+	if err := checkPort(prefix, ".port", s.Port); err != nil {
 		return nil, err
 	}
 	if len(s.Service) > MaxServiceLength || strings.ContainsFunc(s.Service, func(r rune) bool { return r < ' ' || r == 0x7f }) {

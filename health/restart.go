@@ -83,12 +83,12 @@ func (s RestartPolicySpec) Normalize() (RestartPolicy, error) {
 		return RestartPolicy{}, fieldErr(prefix+"url", "must be the http or https URL of the VM manager's restart endpoint (at most %d bytes)", MaxRestartURL)
 	}
 	var errs [5]error
-	p.Backoff, errs[0] = parseDuration(prefix+"backoff", s.Backoff, DefaultRestartBackoff)
+	p.Backoff, errs[0] = parseDuration(prefix, "backoff", s.Backoff, DefaultRestartBackoff)
 	// the default cap follows a backoff set above it
-	p.MaxBackoff, errs[1] = parseDuration(prefix+"max_backoff", s.MaxBackoff, max(DefaultRestartMaxBackoff, p.Backoff))
-	p.StableAfter, errs[2] = parseDuration(prefix+"stable_after", s.StableAfter, DefaultRestartStableAfter)
-	p.After, errs[3] = parseDuration(prefix+"after", s.After, 0)
-	p.MaxAttempts, errs[4] = threshold(prefix+"max_attempts", s.MaxAttempts, DefaultRestartMaxAttempts)
+	p.MaxBackoff, errs[1] = parseDuration(prefix, "max_backoff", s.MaxBackoff, max(DefaultRestartMaxBackoff, p.Backoff))
+	p.StableAfter, errs[2] = parseDuration(prefix, "stable_after", s.StableAfter, DefaultRestartStableAfter)
+	p.After, errs[3] = parseDuration(prefix, "after", s.After, 0)
+	p.MaxAttempts, errs[4] = threshold(prefix, "max_attempts", s.MaxAttempts, DefaultRestartMaxAttempts)
 	for _, err := range errs {
 		if err != nil {
 			return RestartPolicy{}, err

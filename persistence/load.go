@@ -235,7 +235,7 @@ func decodeInstance(id string, v []byte) (health.Instance, error) {
 	if err := decode(v, &rec); err != nil {
 		return health.Instance{}, err
 	}
-	if err := checkVersion("instance "+id, rec.V); err != nil {
+	if err := checkVersion("instance", id, rec.V); err != nil {
 		return health.Instance{}, err
 	}
 	if rec.Instance.ID != id {

@@ -796,8 +796,14 @@ func (s *Store) Snapshot(id string) (*actors.Snapshot, error) {
 	return snap, err
 }
 
-func checkVersion(what string, v int) error {
+// checkVersion refuses a record of a newer schema: the kind of record and
+// its id (none for an event) name it.
+func checkVersion(kind, id string, v int) error {
 	if v > SchemaVersion {
+		what := kind
+		if id != "" {
+			what += " " + id
+		}
 		return fmt.Errorf("%w: %s has schema version %d, this vigil reads up to %d; upgrade vigil", ErrNewerSchema, what, v, SchemaVersion)
 	}
 	return nil
@@ -808,7 +814,7 @@ func decodeSnapshot(v []byte) (*actors.Snapshot, error) {
 	if err := decode(v, &snap); err != nil {
 		return nil, err
 	}
-	if err := checkVersion("snapshot "+snap.ID, snap.Version); err != nil {
+	if err := checkVersion("snapshot", snap.ID, snap.Version); err != nil {
 		return nil, err
 	}
 	return &snap, nil
@@ -833,7 +839,7 @@ func (s *Store) Events(after uint64, limit int) ([]actors.Event, uint64, error) 
 				s.log.Error().Err(err).Bytes("key", it.Item().Key()).Msg("store_event_skipped")
 				continue
 			}
-			if err := checkVersion("event", rec.V); err != nil {
+			if err := checkVersion("event", "", rec.V); err != nil {
 				return err
 			}
 			out = append(out, rec.Event)
