@@ -281,6 +281,8 @@ func serveUntilSignal(log zerolog.Logger, c serveConfig) error {
 	} else {
 		opts = append(opts, actors.WithObserver(metrics))
 	}
+	bootPercent, endBoot := bootGC()
+	defer endBoot()
 	sched, err := actors.New(ctx, opts...)
 	if err != nil {
 		return err
@@ -315,7 +317,7 @@ func serveUntilSignal(log zerolog.Logger, c serveConfig) error {
 	go func() { errc <- srv.Serve(api.JSONErrors(l)) }()
 	sd := startNotify(log, reg.Ready, sched)
 	defer sd.stop()
-	go releaseMemory(log, reg.Ready, sched.Len, sched.Behind, stopping)
+	go releaseMemory(log, reg.Ready, sched.Len, sched.Behind, stopping, bootPercent, endBoot)
 
 	select {
 	case sig := <-sigs:
@@ -428,7 +430,8 @@ type notifier struct {
 const readyPoll = 20 * time.Millisecond
 
 // releaseMemory returns to the system the heap a burst left free: the
-// boot's, once the scheduler is ready, and that of each burst of
+// boot's, once the scheduler is ready (and endBoot has put the collector's
+// steady target back), and that of each burst of
 // registrations (at least releaseAfter instances, or a tenth of them, then
 // releaseQuiet without a change in their number, and probing on time: a
 // collection is not what a host behind needs). Either makes garbage of
@@ -436,7 +439,7 @@ const readyPoll = 20 * time.Millisecond
 // at the burst's peak until its next cycle, which a steady host runs only
 // minutes later: the resident set would stay at the peak meanwhile, and the
 // runtime gives pages back only slowly after it.
-func releaseMemory(log zerolog.Logger, ready func() bool, count func() int, behind func() bool, stopping <-chan struct{}) {
+func releaseMemory(log zerolog.Logger, ready func() bool, count func() int, behind func() bool, stopping <-chan struct{}, bootPercent int, endBoot func()) {
 	poll := time.NewTicker(readyPoll)
 	defer poll.Stop()
 	for !ready() {
@@ -446,7 +449,8 @@ func releaseMemory(log zerolog.Logger, ready func() bool, count func() int, behi
 		case <-poll.C:
 		}
 	}
-	release(log, "boot_memory_released")
+	endBoot()
+	release(log.With().Int("boot_gc_percent", bootPercent).Int("gc_percent", gcPercent()).Logger(), "boot_memory_released")
 	poll.Reset(releasePoll)
 	base := count()
 	last, changed := base, time.Now()

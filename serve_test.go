@@ -395,6 +395,46 @@ var (
 	logEventRe = regexp.MustCompile(`^[a-z][a-z0-9_]*$`)
 )
 
+// A boot collects garbage at a target of its own (GOGC's when that is set)
+// and puts the steady one back once it is ready, before it gives the heap
+// back; the process's metrics say which target holds.
+func TestServeBootsAtAGCTargetOfItsOwn(t *testing.T) {
+	for _, c := range []struct {
+		env          []string
+		boot, steady int
+	}{
+		{serveEnv(), bootGCPercent, defaultGCPercent},
+		{serveEnv("GOGC=80"), 80, 80},
+	} {
+		if _, set := os.LookupEnv("GOGC"); set && len(c.env) == len(serveEnv()) {
+			continue // the environment's GOGC holds throughout
+		}
+		p := startServe(t, c.env, "--listen", "127.0.0.1:0", "--data-dir", t.TempDir(), "--log-level", "info")
+		base := "http://" + p.listen
+		waitServeReady(t, http.DefaultClient, base)
+		var line map[string]any
+		require.Eventually(t, func() bool {
+			for _, l := range p.stderr() {
+				var rec map[string]any
+				if json.Unmarshal([]byte(l), &rec) == nil && rec["message"] == "boot_memory_released" {
+					line = rec
+					return true
+				}
+			}
+			return false
+		}, 10*time.Second, 20*time.Millisecond, "a boot_memory_released line")
+		assert.Equal(t, float64(c.boot), line["boot_gc_percent"], "%v", line)
+		assert.Equal(t, float64(c.steady), line["gc_percent"], "%v", line)
+		resp, err := http.Get(base + "/metrics")
+		require.NoError(t, err)
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.NoError(t, err)
+		assert.Contains(t, string(body), fmt.Sprintf("\ngo_gc_gogc_percent %d\n", c.steady))
+		require.Equal(t, 0, p.stop(t, syscall.SIGTERM))
+	}
+}
+
 // TestServeLogs: every stderr line at debug level is one JSON object without
 // a duplicate key, with a millisecond timestamp and a snake_case event as
 // its message; request lines carry duration_ms and, for a 4xx, error_code
@@ -495,6 +535,12 @@ func TestServeLogs(t *testing.T) {
 		case "boot_memory_released":
 			assert.IsType(t, float64(0), rec["released_bytes"], "line %d: %s", i, line)
 			assert.Positive(t, rec["heap_in_use_bytes"], "line %d: %s", i, line)
+			// the boot collected at a target of its own, and the steady
+			// one is back once it is ready
+			if _, set := os.LookupEnv("GOGC"); !set {
+				assert.Equal(t, float64(bootGCPercent), rec["boot_gc_percent"], "line %d: %s", i, line)
+				assert.Equal(t, float64(defaultGCPercent), rec["gc_percent"], "line %d: %s", i, line)
+			}
 		case "request":
 			assert.IsType(t, float64(0), rec["duration_ms"], "line %d: duration_ms is a number: %s", i, line)
 			assert.IsType(t, float64(0), rec["status"], "line %d: %s", i, line)
