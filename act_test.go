@@ -21,9 +21,10 @@ import (
 	"github.com/vigilhq/vigil/client"
 )
 
-// TestNotifierDeliversAcrossAKill runs the real binary with a notifier
-// whose receiver is down: a SIGKILL with events undelivered, a restart, and
-// the receiver, up again, gets every one of them.
+// TestNotifierDeliversAcrossAKill runs the real binary with two notifiers
+// whose receiver is down, one delivering an event at a time and one four
+// instances' at once: a SIGKILL with events undelivered, a restart, and the
+// receiver, up again, gets every one of them from each.
 func TestNotifierDeliversAcrossAKill(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the binary")
@@ -32,7 +33,7 @@ func TestNotifierDeliversAcrossAKill(t *testing.T) {
 	ctx := context.Background()
 	var up atomic.Bool
 	var mu sync.Mutex
-	got := map[int64]int{} // seq → deliveries
+	got := map[string]map[int64]int{"1": {}, "4": {}} // notifier → seq → deliveries
 	rcv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		if !up.Load() {
@@ -50,7 +51,9 @@ func TestNotifierDeliversAcrossAKill(t *testing.T) {
 		}
 		_ = json.Unmarshal(body, &ce)
 		mu.Lock()
-		got[ce.Data.Seq]++
+		if m := got[r.URL.Query().Get("parallel")]; m != nil {
+			m[ce.Data.Seq]++
+		}
 		mu.Unlock()
 		w.WriteHeader(http.StatusOK)
 	}))
@@ -58,7 +61,10 @@ func TestNotifierDeliversAcrossAKill(t *testing.T) {
 
 	dir := t.TempDir()
 	p := startVigil(t, dir)
-	_, created, err := p.c.PutNotifier(ctx, "pager", client.NotifierInput{Url: rcv.URL, Secret: ptr("k")})
+	_, created, err := p.c.PutNotifier(ctx, "pager", client.NotifierInput{Url: rcv.URL + "?parallel=1", Secret: ptr("k")})
+	require.NoError(t, err)
+	require.True(t, created)
+	_, created, err = p.c.PutNotifier(ctx, "pager-4", client.NotifierInput{Url: rcv.URL + "?parallel=4", Secret: ptr("k"), Parallel: ptr(4)})
 	require.NoError(t, err)
 	require.True(t, created)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -94,17 +100,22 @@ func TestNotifierDeliversAcrossAKill(t *testing.T) {
 	require.Eventually(t, func() bool {
 		mu.Lock()
 		defer mu.Unlock()
-		for _, s := range seqs {
-			if got[s] == 0 {
-				return false
+		for _, m := range got {
+			for _, s := range seqs {
+				if m[s] == 0 {
+					return false
+				}
 			}
 		}
 		return true
-	}, 20*time.Second, 50*time.Millisecond, "every event delivered after the restart")
-	n, err = p.c.Notifier(ctx, "pager")
-	require.NoError(t, err)
-	assert.Empty(t, n.LastError)
-	assert.True(t, n.SecretSet)
+	}, 20*time.Second, 50*time.Millisecond, "every event delivered after the restart, by each notifier")
+	for name, parallel := range map[string]int{"pager": 1, "pager-4": 4} {
+		n, err = p.c.Notifier(ctx, name)
+		require.NoError(t, err)
+		assert.Empty(t, n.LastError, name)
+		assert.True(t, n.SecretSet, name)
+		assert.Equal(t, parallel, n.Parallel, name)
+	}
 }
 
 // TestActingOverHTTP drives labels, notifiers, silences and incidents

@@ -175,6 +175,7 @@ func loadtestCmd(args []string, stdout, stderr io.Writer) int {
 	memProfile := cmd.String("memprofile", "", "", "FILE", "write a heap profile at the end of the run to this file (and one at the start of the measurement to FILE.start)")
 	level := cmd.Choice("log-level", "", "warn", "LEVEL", "debug, info, warn or error", logLevels...)
 	notifiers := cmd.Int("notifiers", "", 0, "deliver the event log to this many notifiers: all but one to live receivers in the target process (timed), one to a receiver that is down")
+	notifierParallel := cmd.Int("notifier-parallel", "", 0, "with --notifiers: the live notifiers' parallel, how many instances' events each delivers at once (default: the notifier's default, 1)")
 	serveMode := cmd.Bool("serve", "", false, "measure a vigil serve process (Badger in a temp dir) driven over its API, instead of an embedded scheduler")
 	apiClients := cmd.Int("api-clients", "", 0, "with --serve: this many concurrent API clients issue reads and writes through the window")
 	apiMix := cmd.String("api-mix", "", loadtest.DefaultAPIMix, "MIX", "with --api-clients: the weights of get, list, summary, patch and put")
@@ -193,7 +194,7 @@ func loadtestCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	cfg.Instances, cfg.Type, cfg.Interval, cfg.Timeout, cfg.StartPeriod = *instances, *typ, *interval, *timeout, *startPeriod
 	cfg.Hung, cfg.Flip, cfg.Duration, cfg.Store, cfg.DataDir, cfg.Budget = *hung, *flip, *duration, *store, *dataDir, *budget
-	cfg.Notifiers = *notifiers
+	cfg.Notifiers, cfg.NotifierParallel = *notifiers, *notifierParallel
 	cfg.Serve, cfg.APIClients, cfg.APIMix, cfg.Hog, cfg.RawFor = *serveMode, *apiClients, *apiMix, *hogShare, *rawFor
 	cfg.Condition = *cond
 	log, err := newLogger(*level, "json", stderr)

@@ -118,6 +118,9 @@ type receiver struct {
 	got    []received
 	status atomic.Int32  // what it answers
 	hang   chan struct{} // when set, it does not answer until closed
+	delay  time.Duration // how long it takes to answer
+	// requests it is answering now, the most at once, and all it was sent
+	busy, busiest, requests atomic.Int32
 }
 
 type received struct {
@@ -132,6 +135,16 @@ func newReceiver(t *testing.T) *receiver {
 	r := &receiver{}
 	r.status.Store(http.StatusNoContent)
 	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		r.requests.Add(1)
+		now := r.busy.Add(1)
+		defer r.busy.Add(-1)
+		for {
+			most := r.busiest.Load()
+			if now <= most || r.busiest.CompareAndSwap(most, now) {
+				break
+			}
+		}
+		time.Sleep(r.delay)
 		if r.hang != nil {
 			select {
 			case <-r.hang:
@@ -227,6 +240,103 @@ func TestNotifierGetsSignedCloudEventsThatMatch(t *testing.T) {
 	_, _, err = n.notifiers.Put(ctx, "x", act.NotifierSpec{URL: "ftp://x"})
 	require.ErrorAs(t, err, &ae)
 	assert.Equal(t, "url", ae.Field)
+}
+
+// A notifier with parallel above 1 has events of that many instances in
+// flight at once, each instance's in order, and its position moves over an
+// event only once every one before it is delivered; one without sends a
+// single event at a time, in order overall. A bad parallel names its field.
+func TestParallelNotifierKeepsEachInstancesOrder(t *testing.T) {
+	n := startNode(t, t.TempDir())
+	ctx := context.Background()
+	one, eight := newReceiver(t), newReceiver(t)
+	one.delay, eight.delay = 5*time.Millisecond, 20*time.Millisecond
+	_, _, err := n.notifiers.Put(ctx, "one", act.NotifierSpec{URL: one.srv.URL})
+	require.NoError(t, err)
+	_, _, err = n.notifiers.Put(ctx, "eight", act.NotifierSpec{URL: eight.srv.URL, Secret: "k", Parallel: 8})
+	require.NoError(t, err)
+	v, _ := n.notifiers.Get("one")
+	assert.Equal(t, 1, v.Parallel, "the default")
+	tg := newTarget(t)
+	const instances = 40
+	for i := range instances {
+		_, _, err := n.sched.Put(ctx, fmt.Sprintf("vm-%02d", i), spec(tg.port, nil, ""))
+		require.NoError(t, err)
+	}
+	// registered, healthy (not down together: that would be an incident)
+	eight.waitFor(t, 2*instances, 10*time.Second)
+	one.waitFor(t, 2*instances, 10*time.Second)
+	last := n.sched.LastSeq()
+	require.Eventually(t, func() bool {
+		a, _ := n.notifiers.Get("one")
+		b, _ := n.notifiers.Get("eight")
+		return a.Position >= last && b.Position >= last
+	}, 10*time.Second, 20*time.Millisecond)
+
+	assert.Equal(t, int32(1), one.busiest.Load(), "one event at a time")
+	var prev uint64
+	for _, r := range one.events() {
+		assert.Greater(t, r.data.Seq, prev, "in order overall")
+		prev = r.data.Seq
+	}
+	assert.Greater(t, eight.busiest.Load(), int32(1), "events of several instances at once")
+	assert.LessOrEqual(t, eight.busiest.Load(), int32(8))
+	perInstance := map[string][]uint64{}
+	for _, r := range eight.events() {
+		assert.Equal(t, act.Sign("k", r.body), r.signature, "each lane signs with the secret")
+		perInstance[r.data.InstanceID] = append(perInstance[r.data.InstanceID], r.data.Seq)
+	}
+	require.Len(t, perInstance, instances)
+	for id, seqs := range perInstance {
+		require.Len(t, seqs, 2, id)
+		assert.IsIncreasing(t, seqs, "%s in order", id)
+	}
+
+	for _, bad := range []int{-1, 65} {
+		_, _, err = n.notifiers.Put(ctx, "bad", act.NotifierSpec{URL: one.srv.URL, Parallel: bad})
+		var ae *act.Error
+		require.ErrorAs(t, err, &ae, "parallel %d", bad)
+		assert.Equal(t, "parallel", ae.Field)
+	}
+}
+
+// A receiver that is down gets the retries of one event, backing off, from
+// a notifier of eight lanes, not eight events' retries; once it is up every
+// lane delivers again, and nothing is lost.
+func TestParallelNotifierRetriesOneEventWhileTheReceiverIsDown(t *testing.T) {
+	n := startNode(t, t.TempDir())
+	ctx := context.Background()
+	rcv := newReceiver(t)
+	rcv.status.Store(http.StatusServiceUnavailable)
+	_, _, err := n.notifiers.Put(ctx, "eight", act.NotifierSpec{URL: rcv.srv.URL, Parallel: 8})
+	require.NoError(t, err)
+	tg := newTarget(t)
+	const instances = 16
+	for i := range instances {
+		_, _, err := n.sched.Put(ctx, fmt.Sprintf("vm-%02d", i), spec(tg.port, nil, ""))
+		require.NoError(t, err)
+	}
+	// the retries back off from 100 ms to 1 s (startNode): over 3 s one
+	// event's are ≈ 6, eight lanes' would be ≈ 50
+	time.Sleep(3 * time.Second)
+	refused := rcv.requests.Load()
+	assert.Less(t, refused, int32(8+10), "one event's retries while down, beside the first attempt of each lane")
+	v, _ := n.notifiers.Get("eight")
+	assert.NotEmpty(t, v.LastError)
+	rcv.status.Store(http.StatusOK)
+	got := rcv.waitFor(t, 2*instances, 10*time.Second) // registered, healthy
+	seen := map[uint64]bool{}
+	for _, r := range got {
+		seen[r.data.Seq] = true
+	}
+	evs, _, err := n.sched.Events(0, 1000)
+	require.NoError(t, err)
+	for _, ev := range evs {
+		if ev.Kind == "" {
+			assert.True(t, seen[ev.Seq], "event %d delivered", ev.Seq)
+		}
+	}
+	assert.Greater(t, rcv.busiest.Load(), int32(1), "every lane delivers again once it is up")
 }
 
 // TestReceiverDownForAMinuteGetsEverything: a receiver that refuses for 60 s

@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"hash/maphash"
 	"math/rand/v2"
 	"net/http"
 	"net/url"
@@ -39,13 +40,17 @@ import (
 
 // Delivery's bounds.
 const (
-	RetryFirst       = time.Second
-	RetryMax         = 5 * time.Minute
-	AttemptTimeout   = 5 * time.Second
-	cursorEvery      = 200 * time.Millisecond // a delivered position is queued with the store's commits this often at most
-	readPage         = 256
-	maxNotifiers     = 64
-	maxSecret        = 256
+	RetryFirst     = time.Second
+	RetryMax       = 5 * time.Minute
+	AttemptTimeout = 5 * time.Second
+	cursorEvery    = 200 * time.Millisecond // a delivered position is queued with the store's commits this often at most
+	readPage       = 256
+	maxNotifiers   = 64
+	maxSecret      = 256
+	maxParallel    = 64
+	// inFlight bounds the events a notifier has taken from the log and not
+	// yet delivered (its position is the last before the first of them)
+	inFlight         = 1024
 	SignatureHeader  = "X-Vigil-Signature"
 	EventTypePrefix  = "io.vigil."
 	ContentTypeEvent = "application/cloudevents+json"
@@ -80,7 +85,16 @@ type NotifierSpec struct {
 	URL    string `json:"url"`
 	Secret string `json:"secret,omitempty"`
 	Match  Match  `json:"match"`
+	// Parallel is how many instances' events are delivered at once: 1 (the
+	// default, 0) sends one event at a time, in order overall; above 1,
+	// events of different instances are in flight together, each
+	// instance's in order (a receiver far away, or slow to answer, takes a
+	// burst of transitions that many times sooner).
+	Parallel int `json:"parallel,omitempty"`
 }
+
+// lanes is how many events of different instances are in flight at once.
+func (s *NotifierSpec) lanes() int { return max(1, s.Parallel) }
 
 var namePattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
 
@@ -110,6 +124,9 @@ func (s *NotifierSpec) Validate(name string) error {
 	if len(s.Secret) > maxSecret {
 		return invalid("secret", "secret must be at most %d bytes", maxSecret)
 	}
+	if s.Parallel < 0 || s.Parallel > maxParallel {
+		return invalid("parallel", "parallel must be between 1 and %d (got %d)", maxParallel, s.Parallel)
+	}
 	if err := health.ValidateLabels(s.Match.Labels); err != nil {
 		var fe *health.FieldError
 		if errors.As(err, &fe) {
@@ -132,6 +149,7 @@ type NotifierView struct {
 	URL             string     `json:"url"`
 	SecretSet       bool       `json:"secret_set"`
 	Match           Match      `json:"match"`
+	Parallel        int        `json:"parallel"`
 	Position        uint64     `json:"position"` // the last event delivered (or passed over)
 	Backlog         uint64     `json:"backlog"`  // events after it
 	Delivered       uint64     `json:"delivered"`
@@ -189,16 +207,29 @@ type notifier struct {
 	mu     sync.Mutex
 	view   NotifierView
 	posted uint64 // position made durable
-	// the signature's HMAC, reset for each body: the delivering
-	// goroutine's own
+	// failing is open while the attempts of one lane (failingLane) fail:
+	// the other lanes wait for it to be closed, so that a receiver that is
+	// down gets one event's retries, backing off, not one per lane
+	failing     chan struct{}
+	failingLane *lane
+}
+
+// lane delivers, one at a time and in order, the events of the instances
+// hashed to it.
+type lane struct {
+	events chan actors.Event
+	// the signature's HMAC, reset for each body: the lane's own
 	mac hash.Hash
 }
 
-// transport is net/http's default one without asking for gzip: a
-// receiver's answer is read for its status only.
+// transport is net/http's default one without asking for gzip (a
+// receiver's answer is read for its status only), keeping a connection
+// idle for each lane a notifier may have (net/http keeps two a host).
 func transport() *http.Transport {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.DisableCompression = true
+	t.MaxIdleConnsPerHost = maxParallel
+	t.MaxIdleConns = 0 // no limit beyond a host's: the notifiers bound them
 	return t
 }
 
@@ -300,7 +331,7 @@ func (n *Notifiers) start(name string, spec NotifierSpec, pos uint64) {
 	ctx, cancel := context.WithCancel(n.ctx)
 	nt := &notifier{name: name, spec: spec, stop: make(chan struct{}), done: make(chan struct{}), posted: pos, ctx: ctx, cancel: cancel,
 		live: make(chan actors.Event, liveBuffer),
-		view: NotifierView{Name: name, URL: spec.URL, SecretSet: spec.Secret != "", Match: spec.Match, Position: pos}}
+		view: NotifierView{Name: name, URL: spec.URL, SecretSet: spec.Secret != "", Match: spec.Match, Parallel: spec.lanes(), Position: pos}}
 	n.mu.Lock()
 	n.byName[name] = nt
 	n.mu.Unlock()
@@ -423,29 +454,54 @@ func (n *Notifiers) Close() {
 	n.http.CloseIdleConnections()
 }
 
-// deliver is one notifier's loop: read the log after its position, send
-// each matching event until the receiver takes it (retrying with backoff),
-// move on. The position is made durable after delivery, so a crash repeats
-// an event at most, never loses one.
+// deliver is one notifier's loop: read the log after the last event taken
+// from it, hand each matching event to the lane of its instance, which sends
+// it until the receiver takes it (retrying with backoff), and move the
+// position over each event once it and every one before it are delivered
+// (or passed over). The position is made durable after delivery, so a crash
+// repeats an event at most, never loses one.
 func (n *Notifiers) deliver(nt *notifier, pos uint64) {
 	defer n.wg.Done()
 	defer close(nt.done)
-	defer func() { n.savePosition(nt, pos) }()
+	flight := newInflight(pos)
+	lanes := make([]*lane, nt.spec.lanes())
+	var running sync.WaitGroup
+	for i := range lanes {
+		lanes[i] = &lane{events: make(chan actors.Event, inFlight)}
+		running.Add(1)
+		go func(l *lane) {
+			defer running.Done()
+			n.runLane(nt, l, flight)
+		}(lanes[i])
+	}
+	defer func() {
+		running.Wait()
+		n.savePosition(nt, flight.position())
+	}()
+	own := &lane{} // the reset's, sent by this loop
+	read := pos    // the last event taken from the log
 	lastSaved := time.Now()
 	// one, the next: false when the notifier stops
 	one := func(ev actors.Event) bool {
-		if nt.spec.Match.matches(&ev) && !n.send(nt, ev, "") {
+		matches := nt.spec.Match.matches(&ev)
+		if !flight.add(ev.Seq, !matches, nt.stop) {
 			return false
 		}
-		pos = ev.Seq
-		nt.mu.Lock()
-		nt.view.Position = pos
-		nt.mu.Unlock()
+		if matches {
+			select {
+			case lanes[laneOf(ev.InstanceID, len(lanes))].events <- ev:
+			case <-nt.stop:
+				return false
+			}
+		} else {
+			n.moved(nt, flight)
+		}
+		read = ev.Seq
 		if time.Since(lastSaved) >= cursorEvery {
 			// rides on the store's next commit: while events flow, keeping
 			// the position costs no commit (and sync) of its own; idle and
 			// stop save it and wait
-			n.kv.QueueMeta(keyCursor+nt.name, strconv.AppendUint(nil, pos, 10))
+			n.kv.QueueMeta(keyCursor+nt.name, strconv.AppendUint(nil, flight.position(), 10))
 			lastSaved = time.Now()
 		}
 		return true
@@ -457,13 +513,13 @@ func (n *Notifiers) deliver(nt *notifier, pos uint64) {
 		default:
 		}
 		wait := n.waitEvent()
-		if ev, ok := n.nextLive(nt, pos); ok {
+		if ev, ok := n.nextLive(nt, read); ok {
 			if !one(ev) {
 				return
 			}
 			continue
 		}
-		evs, oldest, err := n.log.Events(pos, readPage)
+		evs, oldest, err := n.log.Events(read, readPage)
 		if err != nil {
 			n.setError(nt, err)
 			if !n.sleep(nt, time.Second) {
@@ -471,19 +527,27 @@ func (n *Notifiers) deliver(nt *notifier, pos uint64) {
 			}
 			continue
 		}
-		if oldest > pos+1 {
-			// the log no longer has what comes after pos: one reset event
-			reset := actors.Event{Kind: "reset", Details: map[string]any{"requested_seq": pos, "oldest_seq": oldest}}
-			if !n.send(nt, reset, fmt.Sprintf("%s-reset-%d", n.node, oldest)) {
+		if oldest > read+1 {
+			// the log no longer has what comes after read: once what is in
+			// flight is delivered, one reset event
+			if !flight.drain(nt.stop) {
 				return
 			}
-			pos = oldest - 1
-			n.savePosition(nt, pos)
+			reset := actors.Event{Kind: "reset", Details: map[string]any{"requested_seq": read, "oldest_seq": oldest}}
+			if !n.send(nt, own, reset, fmt.Sprintf("%s-reset-%d", n.node, oldest)) {
+				return
+			}
+			read = oldest - 1
+			flight.skipTo(read)
+			n.moved(nt, flight)
+			n.savePosition(nt, read)
 			continue
 		}
 		if len(evs) == 0 {
-			n.savePosition(nt, pos)
+			n.savePosition(nt, flight.position())
 			lastSaved = time.Now()
+			// what is in flight moves the position on: saved again within
+			// the second
 			select {
 			case <-nt.stop:
 				return
@@ -498,6 +562,139 @@ func (n *Notifiers) deliver(nt *notifier, pos uint64) {
 			}
 		}
 	}
+}
+
+// runLane sends the lane's events in turn until the notifier stops.
+func (n *Notifiers) runLane(nt *notifier, l *lane, flight *inflight) {
+	for {
+		select {
+		case <-nt.stop:
+			return
+		case ev := <-l.events:
+			if !n.send(nt, l, ev, "") {
+				return
+			}
+			flight.delivered(ev.Seq)
+			n.moved(nt, flight)
+		}
+	}
+}
+
+// moved shows the notifier's position as it is now.
+func (n *Notifiers) moved(nt *notifier, flight *inflight) {
+	pos := flight.position()
+	nt.mu.Lock()
+	nt.view.Position = max(nt.view.Position, pos)
+	nt.mu.Unlock()
+}
+
+// laneSeed hashes instance ids to lanes.
+var laneSeed = maphash.MakeSeed()
+
+// laneOf is the lane of an instance's events (events of none share one).
+func laneOf(id string, lanes int) int {
+	if lanes == 1 {
+		return 0
+	}
+	return int(maphash.String(laneSeed, id) % uint64(lanes))
+}
+
+// inflight is a notifier's events taken from the log and not yet
+// delivered, in order, each marked once delivered or passed over; the
+// position is the last event of the marked run at the front. Its slots
+// bound the events held.
+type inflight struct {
+	mu    sync.Mutex
+	seqs  []uint64 // a ring of inFlight, from head, n of them
+	taken []bool   // delivered or passed over
+	head  int
+	n     int
+	pos   uint64
+	slots chan struct{}
+	empty chan struct{} // closed when n falls to 0, for a drain
+}
+
+func newInflight(pos uint64) *inflight {
+	return &inflight{seqs: make([]uint64, inFlight), taken: make([]bool, inFlight), pos: pos,
+		slots: make(chan struct{}, inFlight)}
+}
+
+// add takes a slot for event seq (waiting while all are taken, false when
+// stop closes first) and holds it, delivered already when passed.
+func (f *inflight) add(seq uint64, passed bool, stop <-chan struct{}) bool {
+	select {
+	case f.slots <- struct{}{}:
+	case <-stop:
+		return false
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	i := (f.head + f.n) % inFlight
+	f.seqs[i], f.taken[i] = seq, passed
+	f.n++
+	f.advance()
+	return true
+}
+
+// delivered marks event seq delivered.
+func (f *inflight) delivered(seq uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	// the ring holds seqs in increasing order
+	k := sort.Search(f.n, func(k int) bool { return f.seqs[(f.head+k)%inFlight] >= seq })
+	if k < f.n && f.seqs[(f.head+k)%inFlight] == seq {
+		f.taken[(f.head+k)%inFlight] = true
+	}
+	f.advance()
+}
+
+// advance moves the position over the delivered run at the front, giving
+// its slots back.
+func (f *inflight) advance() {
+	for f.n > 0 && f.taken[f.head] {
+		f.pos = f.seqs[f.head]
+		f.head = (f.head + 1) % inFlight
+		f.n--
+		<-f.slots
+	}
+	if f.n == 0 && f.empty != nil {
+		close(f.empty)
+		f.empty = nil
+	}
+}
+
+func (f *inflight) position() uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.pos
+}
+
+// drain waits until every event held is delivered; false when stop closes
+// first.
+func (f *inflight) drain(stop <-chan struct{}) bool {
+	f.mu.Lock()
+	if f.n == 0 {
+		f.mu.Unlock()
+		return true
+	}
+	if f.empty == nil {
+		f.empty = make(chan struct{})
+	}
+	empty := f.empty
+	f.mu.Unlock()
+	select {
+	case <-empty:
+		return true
+	case <-stop:
+		return false
+	}
+}
+
+// skipTo moves the position to pos, with nothing held (after a drain).
+func (f *inflight) skipTo(pos uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.pos = pos
 }
 
 // nextLive takes the event after pos from the live events, when it is
@@ -560,7 +757,7 @@ func (n *Notifiers) setError(nt *notifier, err error) {
 // send posts one event until the receiver takes it (a 2xx), backing off
 // exponentially with jitter from RetryFirst to RetryMax; it returns false
 // when the notifier stops first.
-func (n *Notifiers) send(nt *notifier, ev actors.Event, id string) bool {
+func (n *Notifiers) send(nt *notifier, l *lane, ev actors.Event, id string) bool {
 	body, err := n.render(ev, id)
 	if err != nil {
 		n.lg.Error().Err(err).Str("notifier", nt.name).Uint64("seq", ev.Seq).Msg("notifier_event_skipped")
@@ -568,16 +765,25 @@ func (n *Notifiers) send(nt *notifier, ev actors.Event, id string) bool {
 	}
 	backoff := n.retryFirst
 	for attempt := 1; ; attempt++ {
+		if !n.awaitFailing(nt, l) {
+			return false
+		}
 		nt.mu.Lock()
 		nt.view.Attempts = attempt
 		nt.mu.Unlock()
-		err := n.post(nt, body)
+		err := n.post(nt, l, body)
 		if err == nil {
 			now := time.Now().UTC()
 			nt.mu.Lock()
+			if nt.failingLane == l {
+				close(nt.failing)
+				nt.failing, nt.failingLane = nil, nil
+			}
 			nt.view.Delivered++
 			nt.view.LastDeliveredAt = &now
-			nt.view.Attempts, nt.view.LastError, nt.view.NextAttemptAt = 0, "", nil
+			if nt.failing == nil {
+				nt.view.Attempts, nt.view.LastError, nt.view.NextAttemptAt = 0, "", nil
+			}
 			nt.mu.Unlock()
 			return true
 		}
@@ -585,6 +791,9 @@ func (n *Notifiers) send(nt *notifier, ev actors.Event, id string) bool {
 		wait := backoff/2 + rand.N(backoff/2+1)
 		next := time.Now().Add(wait).UTC()
 		nt.mu.Lock()
+		if nt.failing == nil {
+			nt.failing, nt.failingLane = make(chan struct{}), l
+		}
 		nt.view.LastError = health.TruncateUTF8(err.Error(), health.MaxLastError)
 		nt.view.NextAttemptAt = &next
 		nt.mu.Unlock()
@@ -598,7 +807,25 @@ func (n *Notifiers) send(nt *notifier, ev actors.Event, id string) bool {
 	}
 }
 
-func (n *Notifiers) post(nt *notifier, body []byte) error {
+// awaitFailing waits while another lane's attempts fail; false when the
+// notifier stops first.
+func (n *Notifiers) awaitFailing(nt *notifier, l *lane) bool {
+	for {
+		nt.mu.Lock()
+		failing, by := nt.failing, nt.failingLane
+		nt.mu.Unlock()
+		if failing == nil || by == l {
+			return true
+		}
+		select {
+		case <-failing:
+		case <-nt.stop:
+			return false
+		}
+	}
+}
+
+func (n *Notifiers) post(nt *notifier, l *lane, body []byte) error {
 	ctx, cancel := context.WithTimeout(nt.ctx, AttemptTimeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, nt.spec.URL, bytes.NewReader(body))
@@ -609,7 +836,7 @@ func (n *Notifiers) post(nt *notifier, body []byte) error {
 	// them)
 	req.Header = http.Header{"Content-Type": contentTypeEvent, "User-Agent": userAgent}
 	if nt.spec.Secret != "" {
-		req.Header[SignatureHeader] = []string{nt.sign(body)}
+		req.Header[SignatureHeader] = []string{l.sign(nt.spec.Secret, body)}
 	}
 	resp, err := n.http.Do(req)
 	if err != nil {
@@ -680,14 +907,14 @@ var (
 	userAgent        = []string{"vigil-notifier/1"}
 )
 
-// sign is Sign(nt.spec.Secret, body) with the notifier's HMAC, reset for
-// each body; only the delivering goroutine calls it.
-func (nt *notifier) sign(body []byte) string {
-	if nt.mac == nil {
-		nt.mac = hmac.New(sha256.New, []byte(nt.spec.Secret))
+// sign is Sign(secret, body) with the lane's HMAC, reset for each body;
+// only the lane's goroutine calls it.
+func (l *lane) sign(secret string, body []byte) string {
+	if l.mac == nil {
+		l.mac = hmac.New(sha256.New, []byte(secret))
 	}
-	nt.mac.Reset()
-	return signature(nt.mac, body)
+	l.mac.Reset()
+	return signature(l.mac, body)
 }
 
 // signature is sha256=<hex of mac over body>, for a mac fresh or reset.

@@ -814,6 +814,7 @@ type Notifier struct {
 	Match           Match      `json:"match"`
 	Name            string     `json:"name"`
 	NextAttemptAt   *time.Time `json:"next_attempt_at,omitempty"`
+	Parallel        int        `json:"parallel"`
 
 	// Position the last event delivered or passed over
 	Position  int64  `json:"position"`
@@ -824,6 +825,9 @@ type Notifier struct {
 // NotifierInput defines model for NotifierInput.
 type NotifierInput struct {
 	Match *Match `json:"match,omitempty"`
+
+	// Parallel how many instances' events are delivered at once: 1 (the default) sends one at a time, in order overall; above 1, each instance's events in order
+	Parallel *int `json:"parallel,omitempty"`
 
 	// Secret signs each body: X-Vigil-Signature: sha256=<hex of HMAC-SHA256>
 	Secret *string `json:"secret,omitempty"`

@@ -83,7 +83,7 @@ func (e *embedded) notify(_ context.Context, receivers []string) (func(), error)
 	if bs, ok := e.store.(*persistence.Store); ok {
 		kv = bs
 	}
-	return startNotifiers(e.s, kv, receivers, e.cfg.Log)
+	return startNotifiers(e.s, kv, receivers, e.cfg.NotifierParallel, e.cfg.Log)
 }
 
 func (e *embedded) begin(context.Context) error {

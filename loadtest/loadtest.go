@@ -53,8 +53,10 @@ type Config struct {
 	// notifiers: all but one to live receivers in the target process, which
 	// time each delivery, and one to a receiver that is down
 	Notifiers int
-	Workers   int           // concurrent registrations
-	RawFor    time.Duration // how long each raw probe loop runs (0: a quarter of Duration, ≤ 5 s)
+	// NotifierParallel is the live notifiers' parallel (0: the default, 1)
+	NotifierParallel int
+	Workers          int           // concurrent registrations
+	RawFor           time.Duration // how long each raw probe loop runs (0: a quarter of Duration, ≤ 5 s)
 	// Serve drives a `vigil serve` process instead of the embedded
 	// scheduler: Badger in a temp dir, the fleet registered and its statuses
 	// read over the API with the Go client

@@ -28,7 +28,7 @@ func deadURL() (string, error) {
 }
 
 // startNotifiers runs the embedded scheduler's notifiers.
-func startNotifiers(s *actors.Scheduler, kv act.KV, receivers []string, log zerolog.Logger) (func(), error) {
+func startNotifiers(s *actors.Scheduler, kv act.KV, receivers []string, parallel int, log zerolog.Logger) (func(), error) {
 	ns, err := act.NewNotifiers(kv, s, "loadtest", log)
 	if err != nil {
 		return nil, err
@@ -43,7 +43,7 @@ func startNotifiers(s *actors.Scheduler, kv act.KV, receivers []string, log zero
 		return nil, err
 	}
 	for i, u := range receivers {
-		if _, _, err := ns.Put(context.Background(), fmt.Sprintf("live-%d", i+1), act.NotifierSpec{URL: u, Secret: "load"}); err != nil {
+		if _, _, err := ns.Put(context.Background(), fmt.Sprintf("live-%d", i+1), act.NotifierSpec{URL: u, Secret: "load", Parallel: parallel}); err != nil {
 			ns.Close()
 			return nil, err
 		}
@@ -53,7 +53,7 @@ func startNotifiers(s *actors.Scheduler, kv act.KV, receivers []string, log zero
 
 // putNotifiers registers the same notifiers with a vigil serve over its
 // API; stop deletes them.
-func putNotifiers(ctx context.Context, c *client.Client, receivers []string) (func(), error) {
+func putNotifiers(ctx context.Context, c *client.Client, receivers []string, parallel int) (func(), error) {
 	down, err := deadURL()
 	if err != nil {
 		return nil, err
@@ -71,7 +71,11 @@ func putNotifiers(ctx context.Context, c *client.Client, receivers []string) (fu
 	secret := "load"
 	for i, u := range receivers {
 		name := fmt.Sprintf("live-%d", i+1)
-		if _, _, err := c.PutNotifier(ctx, name, client.NotifierInput{Url: u, Secret: &secret}); err != nil {
+		in := client.NotifierInput{Url: u, Secret: &secret}
+		if parallel > 0 {
+			in.Parallel = &parallel
+		}
+		if _, _, err := c.PutNotifier(ctx, name, in); err != nil {
 			stop()
 			return nil, err
 		}

@@ -85,7 +85,7 @@ func (s *served) healthy(ctx context.Context) (int, error) {
 }
 
 func (s *served) notify(ctx context.Context, receivers []string) (func(), error) {
-	return putNotifiers(ctx, s.p.c, receivers)
+	return putNotifiers(ctx, s.p.c, receivers, s.cfg.NotifierParallel)
 }
 
 func (s *served) begin(ctx context.Context) error {
