@@ -98,11 +98,11 @@ bench-smoke: build
 bench-fleet-nodes: build
 	./bin/vigil loadtest --fleet-nodes 10 --instances 10000 --interval 10s --flip 0.01 --duration 60s --moves 100 --kills 3 --queries 200
 
-## bench-notifiers: 100 000 TCP instances, 5 % flipping, with 3 notifiers (one down) and without,
-## in turn, twice (≈ 12 minutes)
+## bench-notifiers: 100 000 TCP instances, 5 % flipping, without notifiers, with 3 (one down), and
+## with 3 whose live ones deliver 4 instances' events at once, in turn, twice (≈ 18 minutes)
 bench-notifiers: build
-	for run in 1 2; do for n in 3 0; do \
-		./bin/vigil loadtest --instances 100000 --type tcp --interval 10s --flip 0.05 --duration 120s --store badger --notifiers $$n --json; \
+	for run in 1 2; do for n in "0 0" "3 1" "3 4"; do set -- $$n; \
+		./bin/vigil loadtest --instances 100000 --type tcp --interval 10s --flip 0.05 --duration 120s --store badger --notifiers $$1 --notifier-parallel $$2 --json; \
 	done; done
 
 ## soak: 60 minutes of vigil serve at 100 000 TCP instances, 5 % flipping, a SIGKILL and restart
