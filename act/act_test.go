@@ -300,6 +300,87 @@ func TestParallelNotifierKeepsEachInstancesOrder(t *testing.T) {
 	}
 }
 
+// While one instance's event hangs at the receiver, the other lanes deliver
+// the events after it, and the position (shown and stored) stays before it;
+// once it is answered the position moves over everything and is stored
+// within the flush that follows, not a second later; replacing the
+// notifier goes on from there.
+func TestParallelNotifierPositionWaitsForTheEventInFlight(t *testing.T) {
+	dir := t.TempDir()
+	n := startNode(t, dir)
+	ctx := context.Background()
+	release := make(chan struct{})
+	var mu sync.Mutex
+	delivered := map[string]int{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var ce struct {
+			Subject string `json:"subject"`
+		}
+		body, _ := io.ReadAll(r.Body)
+		_ = json.Unmarshal(body, &ce)
+		if ce.Subject == "vm-held" {
+			select {
+			case <-release:
+			case <-r.Context().Done():
+				return
+			}
+		}
+		mu.Lock()
+		delivered[ce.Subject]++
+		mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer srv.Close()
+	_, _, err := n.notifiers.Put(ctx, "four", act.NotifierSpec{URL: srv.URL, Parallel: 4})
+	require.NoError(t, err)
+	tg := newTarget(t)
+	first := n.sched.LastSeq() + 1
+	_, _, err = n.sched.Put(ctx, "vm-held", spec(tg.port, nil, ""))
+	require.NoError(t, err)
+	const others = 12
+	for i := range others {
+		_, _, err := n.sched.Put(ctx, fmt.Sprintf("vm-%02d", i), spec(tg.port, nil, ""))
+		require.NoError(t, err)
+	}
+	require.Eventually(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		got := 0
+		for id, k := range delivered {
+			if id != "vm-held" {
+				got += k
+			}
+		}
+		return got >= others // of registered and healthy: the lanes not behind the held one
+	}, 4*time.Second, 10*time.Millisecond, "the other lanes deliver past the held event (within its attempt's 5 s)")
+	time.Sleep(300 * time.Millisecond) // a position queued with the store's commits meanwhile
+	v, _ := n.notifiers.Get("four")
+	assert.Less(t, v.Position, first, "shown: not past the held event")
+	assert.Less(t, storedPosition(t, n, "four"), first, "stored: not past the held event")
+
+	close(release)
+	last := n.sched.LastSeq()
+	require.Eventually(t, func() bool { v, _ := n.notifiers.Get("four"); return v.Position >= last }, 5*time.Second, 5*time.Millisecond)
+	require.Eventually(t, func() bool { return storedPosition(t, n, "four") >= last }, 250*time.Millisecond, 5*time.Millisecond,
+		"stored once the lanes are done")
+	_, _, err = n.notifiers.Put(ctx, "four", act.NotifierSpec{URL: srv.URL, Parallel: 2})
+	require.NoError(t, err)
+	v, _ = n.notifiers.Get("four")
+	assert.GreaterOrEqual(t, v.Position, last, "replaced: it goes on from where it stopped")
+	assert.Equal(t, 2, v.Parallel)
+}
+
+// storedPosition is a notifier's position as the store has it.
+func storedPosition(t *testing.T, n *node, name string) uint64 {
+	t.Helper()
+	var pos uint64
+	require.NoError(t, n.store.Meta("cursor/"+name, func(_ string, v []byte) error {
+		pos, _ = strconv.ParseUint(string(v), 10, 64)
+		return nil
+	}))
+	return pos
+}
+
 // A receiver that is down gets the retries of one event, backing off, from
 // a notifier of eight lanes, not eight events' retries; once it is up every
 // lane delivers again, and nothing is lost.

@@ -353,11 +353,6 @@ func (n *Notifiers) Put(ctx context.Context, name string, spec NotifierSpec) (No
 		return NotifierView{}, false, invalid("name", "at most %d notifiers", maxNotifiers)
 	}
 	pos := n.log.LastSeq()
-	if exists {
-		old.mu.Lock()
-		pos = old.view.Position
-		old.mu.Unlock()
-	}
 	b, _ := json.Marshal(spec)
 	if !exists {
 		if err := n.kv.PutMeta(ctx, keyCursor+name, []byte(strconv.FormatUint(pos, 10))); err != nil {
@@ -368,7 +363,12 @@ func (n *Notifiers) Put(ctx context.Context, name string, spec NotifierSpec) (No
 		return NotifierView{}, false, err
 	}
 	if exists {
+		// a replaced notifier goes on from where the old one stopped: its
+		// lanes deliver until then, and its stop saves that position
 		n.stopOne(old)
+		old.mu.Lock()
+		pos = old.view.Position
+		old.mu.Unlock()
 	}
 	n.start(name, spec, pos)
 	v, _ := n.Get(name)
@@ -544,15 +544,27 @@ func (n *Notifiers) deliver(nt *notifier, pos uint64) {
 			continue
 		}
 		if len(evs) == 0 {
-			n.savePosition(nt, flight.position())
+			// caught up with the log: once the lanes have delivered what
+			// they hold, the position is synced and the loop waits for
+			// the next event; until then it rides on the store's commits
+			// every cursorEvery, as while events flow
+			emptied := flight.emptied()
+			idle := time.Second
+			select {
+			case <-emptied:
+				n.savePosition(nt, flight.position())
+				emptied = nil // nothing held: only a new event wakes it
+			default:
+				n.kv.QueueMeta(keyCursor+nt.name, strconv.AppendUint(nil, flight.position(), 10))
+				idle = cursorEvery
+			}
 			lastSaved = time.Now()
-			// what is in flight moves the position on: saved again within
-			// the second
 			select {
 			case <-nt.stop:
 				return
 			case <-wait:
-			case <-time.After(time.Second):
+			case <-emptied:
+			case <-time.After(idle):
 			}
 			continue
 		}
@@ -669,21 +681,26 @@ func (f *inflight) position() uint64 {
 	return f.pos
 }
 
-// drain waits until every event held is delivered; false when stop closes
-// first.
-func (f *inflight) drain(stop <-chan struct{}) bool {
+// emptied is closed once nothing is held (at once when nothing is).
+func (f *inflight) emptied() <-chan struct{} {
 	f.mu.Lock()
+	defer f.mu.Unlock()
 	if f.n == 0 {
-		f.mu.Unlock()
-		return true
+		return closedChan
 	}
 	if f.empty == nil {
 		f.empty = make(chan struct{})
 	}
-	empty := f.empty
-	f.mu.Unlock()
+	return f.empty
+}
+
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// drain waits until every event held is delivered; false when stop closes
+// first.
+func (f *inflight) drain(stop <-chan struct{}) bool {
 	select {
-	case <-empty:
+	case <-f.emptied():
 		return true
 	case <-stop:
 		return false
@@ -720,7 +737,7 @@ func (n *Notifiers) nextLive(nt *notifier, pos uint64) (actors.Event, bool) {
 // savePosition makes a position durable, when it moved.
 func (n *Notifiers) savePosition(nt *notifier, pos uint64) {
 	nt.mu.Lock()
-	nt.view.Position = pos
+	nt.view.Position = max(nt.view.Position, pos)
 	same := nt.posted == pos
 	nt.mu.Unlock()
 	if same {
