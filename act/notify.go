@@ -1,9 +1,10 @@
 // Package act is what vigil does about health beyond reporting it:
 // notifiers that get every matching event of the durable log as a signed
-// CloudEvent, at least once and in order, however long a receiver is away;
+// CloudEvent, at least once and in order (each instance's; overall with one
+// lane), however long a receiver is away;
 // restart attempts delivered to the VM manager; and silences, during which
 // notifications and restarts hold. None of it ever slows probing: delivery
-// reads the log after the fact, each notifier on its own goroutine, and a
+// reads the log after the fact, each notifier on goroutines of its own, and a
 // restart attempt is queued by the instance's actor and sent here.
 //
 // Concurrency contract: a Notifiers, a Restarter and a Silences are safe for
@@ -189,8 +190,8 @@ type Notifiers struct {
 	rendered renderedEvents
 }
 
-// notifier is one notifier's delivery: its goroutine owns pos and the
-// fields under mu only others read.
+// notifier is one notifier's delivery: its loop (deliver) and its lanes
+// share the fields under mu and the in-flight ring; the rest is fixed.
 type notifier struct {
 	name string
 	spec NotifierSpec
@@ -498,10 +499,7 @@ func (n *Notifiers) deliver(nt *notifier, pos uint64) {
 		}
 		read = ev.Seq
 		if time.Since(lastSaved) >= cursorEvery {
-			// rides on the store's next commit: while events flow, keeping
-			// the position costs no commit (and sync) of its own; idle and
-			// stop save it and wait
-			n.kv.QueueMeta(keyCursor+nt.name, strconv.AppendUint(nil, flight.position(), 10))
+			n.queuePosition(nt, flight.position())
 			lastSaved = time.Now()
 		}
 		return true
@@ -539,7 +537,6 @@ func (n *Notifiers) deliver(nt *notifier, pos uint64) {
 			}
 			read = oldest - 1
 			flight.skipTo(read)
-			n.moved(nt, flight)
 			n.savePosition(nt, read)
 			continue
 		}
@@ -555,7 +552,7 @@ func (n *Notifiers) deliver(nt *notifier, pos uint64) {
 				n.savePosition(nt, flight.position())
 				emptied = nil // nothing held: only a new event wakes it
 			default:
-				n.kv.QueueMeta(keyCursor+nt.name, strconv.AppendUint(nil, flight.position(), 10))
+				n.queuePosition(nt, flight.position())
 				idle = cursorEvery
 			}
 			lastSaved = time.Now()
@@ -732,6 +729,13 @@ func (n *Notifiers) nextLive(nt *notifier, pos uint64) (actors.Event, bool) {
 			return actors.Event{}, false
 		}
 	}
+}
+
+// queuePosition keeps a position with the store's next commit: while
+// events flow, keeping it costs no commit (and sync) of its own; caught up
+// and stopped, the loop saves it and waits (savePosition).
+func (n *Notifiers) queuePosition(nt *notifier, pos uint64) {
+	n.kv.QueueMeta(keyCursor+nt.name, strconv.AppendUint(nil, pos, 10))
 }
 
 // savePosition makes a position durable, when it moved.
