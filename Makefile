@@ -45,7 +45,7 @@ tools:
 	GOBIN=$(TOOLS) $(GO) install $(OAPI_CODEGEN)
 
 ## generate: regenerate the Go client's types and calls from api/openapi.json, and
-## probes/guest and fleet/peer from their .proto (that part needs protoc: Debian's protobuf-compiler)
+## probes/guest, fleet/peer and persistence/record from their .proto (that part needs protoc: Debian's protobuf-compiler)
 generate: generate-client generate-proto
 
 generate-client:
@@ -56,6 +56,7 @@ generate-proto: tools
 	cd probes/guest && PATH="$(TOOLS):$$PATH" protoc --go_out=. --go_opt=paths=source_relative \
 		--go-grpc_out=. --go-grpc_opt=paths=source_relative guest.proto
 	cd fleet/peer && PATH="$(TOOLS):$$PATH" protoc --go_out=. --go_opt=paths=source_relative peer.proto
+	cd persistence/record && PATH="$(TOOLS):$$PATH" protoc --go_out=. --go_opt=paths=source_relative record.proto
 
 ## generate-check: fail when checked-in generated code drifts from its source (the
 ## protobuf part is skipped without protoc)
@@ -64,7 +65,7 @@ generate-check:
 	if ! git diff --exit-code --stat -- client/gen.go; then echo "client/gen.go is out of date: run make generate and commit"; exit 1; fi
 	@if ! command -v protoc >/dev/null; then echo "protoc not installed: skipping the protobuf drift check"; exit 0; fi; \
 	$(MAKE) --no-print-directory generate-proto >/dev/null && \
-	if ! git diff --exit-code --stat -- probes/guest fleet/peer; then echo "generated protobuf code is out of date: run make generate and commit"; exit 1; fi
+	if ! git diff --exit-code --stat -- probes/guest fleet/peer persistence/record; then echo "generated protobuf code is out of date: run make generate and commit"; exit 1; fi
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

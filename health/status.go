@@ -143,22 +143,24 @@ func (s *State) read(read func(any) error) error {
 	if err := read(&v); err != nil {
 		return err
 	}
-	if err := (*State)(&v).check(); err != nil {
+	if err := (*State)(&v).Check(); err != nil {
 		return err
-	}
-	// an older record writes them out when empty: hold none then
-	if v.Restart != nil && v.Restart.IsZero() {
-		v.Restart = nil
-	}
-	if v.Flap != nil && v.Flap.IsZero() {
-		v.Flap = nil
 	}
 	*s = State(v)
 	return nil
 }
 
-// check names the first field of a decoded state out of its range.
-func (s *State) check() error {
+// Check names the first field of a decoded state out of its range, and
+// holds no restart bookkeeping nor flapping ring that holds nothing (an
+// older record writes them out when empty). Every reader of a stored
+// state calls it before handing the state to the state machine.
+func (s *State) Check() error {
+	if s.Restart != nil && s.Restart.IsZero() {
+		s.Restart = nil
+	}
+	if s.Flap != nil && s.Flap.IsZero() {
+		s.Flap = nil
+	}
 	counter := func(field string, n int) error {
 		if n < 0 || n > math.MaxInt32 {
 			return fieldErr(field, "must be between 0 and %d (got %d)", math.MaxInt32, n)

@@ -156,28 +156,76 @@ func BenchmarkRestart100k(b *testing.B) {
 	}
 }
 
+// fullSnapshot is a snapshot as a steady instance writes it: its history
+// full of plain TCP results.
+func fullSnapshot(tb testing.TB, in health.Instance) *actors.Snapshot {
+	snap := snapOf(in, health.StatusHealthy, 12)
+	snap.Version = SchemaVersion
+	for i := range health.HistorySize {
+		at := t0.Add(time.Duration(i)*5*time.Second + 1234567)
+		snap.State.History.Add(health.Result{Outcome: health.Success, Start: at, Duration: health.Duration(312 * time.Microsecond)})
+		snap.State.LastCheckedAt, snap.State.LastSuccessAt = at, at
+	}
+	snap.State.WindowStart = t0
+	return snap
+}
+
 // BenchmarkDecodeRecords decodes an instance record and its snapshot as a
-// start does, for every stored instance: the store's decoder, and
-// encoding/json beside it.
+// start does, for every stored instance: the store's snapshot, one of an
+// earlier build (JSON), and both records through encoding/json.
 func BenchmarkDecodeRecords(b *testing.B) {
-	in := inst(b, "vm-000001")
+	in := inst(b, "0b7c6f0e-1d2a-4c8e-9f31-5a6b7c8d9e0f")
 	rec, err := encode(instanceRecord{V: SchemaVersion, Instance: in, Spec: in.Written})
 	require.NoError(b, err)
-	snap, err := encode(snapOf(in, health.StatusHealthy, 3))
+	snap := fullSnapshot(b, in)
+	bin, err := encodeSnapshot(snap)
 	require.NoError(b, err)
+	js, err := encode(snap)
+	require.NoError(b, err)
+	b.Logf("snapshot: %d bytes, %d as JSON", len(bin), len(js))
+	load := func(snap []byte) func(b *testing.B) {
+		return func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				in, policy, err := decodeInstance(in.ID, rec)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := decodeSnapshotUnder(snap, policy, in.HealthCheck); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+	}
+	b.Run("store", load(bin))
+	b.Run("store-json-snapshot", load(js))
+	b.Run("encoding-json", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			var r instanceRecord
+			var s actors.Snapshot
+			if err := json.Unmarshal(rec, &r); err != nil {
+				b.Fatal(err)
+			}
+			if err := json.Unmarshal(js, &s); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// BenchmarkEncodeSnapshot encodes a snapshot as the store's writer does, for
+// every checkpoint of every instance, and as JSON beside it.
+func BenchmarkEncodeSnapshot(b *testing.B) {
+	snap := fullSnapshot(b, inst(b, "0b7c6f0e-1d2a-4c8e-9f31-5a6b7c8d9e0f"))
 	for _, c := range []struct {
 		name   string
-		decode func([]byte, any) error
-	}{{"store", decode}, {"encoding-json", json.Unmarshal}} {
+		encode func(*actors.Snapshot) ([]byte, error)
+	}{{"store", encodeSnapshot}, {"json", func(s *actors.Snapshot) ([]byte, error) { return encode(s) }}} {
 		b.Run(c.name, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
-				var r instanceRecord
-				var s actors.Snapshot
-				if err := c.decode(rec, &r); err != nil {
-					b.Fatal(err)
-				}
-				if err := c.decode(snap, &s); err != nil {
+				if _, err := c.encode(snap); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -16,8 +16,9 @@ import (
 	"github.com/vigilhq/vigil/health"
 )
 
-// fuzzSnapshot is a snapshot as the store writes it, for seeds.
-func fuzzSnapshot(f *testing.F) []byte {
+// fuzzSnapshot is a snapshot as the store writes it, for seeds, and as an
+// earlier build wrote it (JSON).
+func fuzzSnapshot(f *testing.F) (binary, js []byte) {
 	f.Helper()
 	in, err := health.InstanceSpec{State: health.Running, Network: &health.Network{IP: "127.0.0.1"},
 		HealthCheck: &health.PolicySpec{HTTP: &health.HTTPSpec{Port: 80, ExpectedStatus: json.RawMessage(`"200-299"`)}}}.Normalize("vm-1")
@@ -30,26 +31,34 @@ func fuzzSnapshot(f *testing.F) []byte {
 		Duration: health.Duration(time.Second), Phases: health.Phases{Connect: time.Millisecond}})
 	snap.State.Flap = &health.Flap{Next: 1}
 	snap.State.Flap.Changes[0] = t0.UnixNano()
-	b, err := json.Marshal(snap)
+	js, err = json.Marshal(snap)
 	if err != nil {
 		f.Fatal(err)
 	}
-	return b
+	binary, err = encodeSnapshot(snap)
+	if err != nil {
+		f.Fatal(err)
+	}
+	return binary, js
 }
 
-// FuzzDecodeSnapshot checks the decoder of a stored snapshot: any bytes are
-// refused with an error, or decode to a snapshot that encodes as the store
-// writes it to bytes that decode to the same snapshot again, and that the
-// reader side can render (its view, brief and progress) with a status
-// among the defined ones.
+// FuzzDecodeSnapshot checks the decoder of a stored snapshot, in either
+// form: any bytes are refused with an error, or decode to a snapshot that
+// encodes as the store writes it to bytes that decode to the same snapshot
+// again, and that the reader side can render (its view, brief and progress)
+// with a status among the defined ones.
 func FuzzDecodeSnapshot(f *testing.F) {
-	f.Add(fuzzSnapshot(f))
+	bin, js := fuzzSnapshot(f)
+	f.Add(bin)
+	f.Add(js)
+	f.Add([]byte{0x08, 0x01, 0x32, 0x04, 0x7a, 0x02, 0x10, 0x09}) // a flapping ring's position outside the ring
 	f.Add([]byte(`{"v":1,"id":"vm-1","state":{"flap":{"next":6}}}`))
 	f.Add([]byte(`{"v":99,"id":"vm-1"}`))
 	f.Add([]byte(`{"v":1,"policy":{"tcp":{"port":0}}}`))
 	f.Add([]byte(`{"v":1,"policy":{"type":"none"},"state":{"history":[{"outcome":"success","phases":{"tls_ms":-1e300}}]}}`))
 	f.Add([]byte(`{"v":1,"lifecycle":"Bogus","state":{"status":"unhealthy","eval":"unhealthy","consecutive_failures":2147483647}}`))
 	f.Add([]byte(`null`))
+	f.Add([]byte(`{"v":1,"id":"vm-1","next_check_at":"2026-11-26T10:00:05+02:00","state":{"since":"2026-11-26T10:00:05-07:30","history":[{"outcome":"success","start":"2026-11-26T10:00:05+01:00"}]}}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		snap, err := decodeSnapshot(b)
 		if err != nil {
@@ -57,13 +66,28 @@ func FuzzDecodeSnapshot(f *testing.F) {
 			require.Nil(t, snap)
 			return
 		}
-		b1, err := json.Marshal(snap)
+		b1, err := encodeSnapshot(snap)
 		require.NoError(t, err)
 		again, err := decodeSnapshot(b1)
-		require.NoError(t, err, "a snapshot decodes again as it was written: %s", b1)
-		b2, err := json.Marshal(again)
+		require.NoError(t, err, "a snapshot decodes again as it was written: %x", b1)
+		b2, err := encodeSnapshot(again)
 		require.NoError(t, err)
-		require.JSONEq(t, string(b1), string(b2), "a decoded snapshot writes the same twice")
+		require.Equal(t, b1, b2, "a decoded snapshot writes the same twice")
+		// the snapshot read back is the snapshot written (its times in UTC)
+		require.Equal(t, snap.State.Progress(snap.Policy), again.State.Progress(again.Policy))
+		require.True(t, snap.Policy.Equal(again.Policy))
+		require.True(t, snap.NextCheckAt.Equal(again.NextCheckAt) && snap.State.Since.Equal(again.State.Since))
+		r1, r2 := snap.State.Restarts(), again.State.Restarts()
+		require.True(t, r1.LastAttemptAt.Equal(r2.LastAttemptAt) && r1.NextAttemptAt.Equal(r2.NextAttemptAt))
+		r1.LastAttemptAt, r1.NextAttemptAt, r2.LastAttemptAt, r2.NextAttemptAt = time.Time{}, time.Time{}, time.Time{}, time.Time{}
+		require.Equal(t, r1, r2)
+		h1, h2 := snap.State.History.Results(), again.State.History.Results()
+		require.Len(t, h2, len(h1))
+		for i := range h1 {
+			require.True(t, h1[i].Start.Equal(h2[i].Start), "history start %d", i)
+			h1[i].Start, h2[i].Start = time.Time{}, time.Time{}
+		}
+		require.Equal(t, h1, h2)
 
 		st := &snap.State
 		require.True(t, st.Status == "" || st.Status.Valid(), "status %q", st.Status)
@@ -88,7 +112,9 @@ func FuzzDecodeSnapshot(f *testing.F) {
 // fuzzer tries hundreds of inputs a second; damaged files on disk are
 // crash_test's.
 func FuzzLoadDamagedRecords(f *testing.F) {
-	snap := fuzzSnapshot(f)
+	snap, js := fuzzSnapshot(f)
+	f.Add([]byte(`{"v":1,"instance":{"id":"vm-2","state":"Running"}}`), js, []byte(`{"v":1,"seq":2,"from":"unknown","to":"starting"}`),
+		[]byte{0, 0, 0, 0, 0, 0, 0, 2}, []byte{0, 0, 0, 0, 0, 0, 0, 2}, []byte{0, 0, 0, 0, 0, 0, 0, 2})
 	f.Add([]byte(`{"v":1,"instance":{"id":"vm-2","state":"Running"}}`), snap, []byte(`{"v":1,"seq":1,"from":"unknown","to":"starting"}`),
 		[]byte{0, 0, 0, 0, 0, 0, 0, 1}, []byte{0, 0, 0, 0, 0, 0, 0, 2}, []byte{0, 0, 0, 0, 0, 0, 0, 3})
 	f.Add([]byte(`{"v":1,"instance":{"id":"other","state":"Running"}}`), []byte(`{"v":1,"state":{"flap":{"next":9}}}`),

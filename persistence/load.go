@@ -209,53 +209,58 @@ func (b *loadBatch) decode() {
 	b.out = make([]loadedRecord, len(b.raw))
 	for i, r := range b.raw {
 		o := &b.out[i]
-		o.in, o.err = decodeInstance(r.id, b.buf[r.inst:r.snap])
+		var policy []byte
+		o.in, policy, o.err = decodeInstance(r.id, b.buf[r.inst:r.snap])
 		if o.err == nil && r.hasSnap {
-			o.snap, o.snapErr = decodeSnapshot(b.buf[r.snap:r.end])
+			o.snap, o.snapErr = decodeSnapshotUnder(b.buf[r.snap:r.end], policy, o.in.HealthCheck)
 		}
 	}
 }
 
 // writtenRecord is an instance record as a load reads it: when the record
 // keeps what the client wrote, the instance is normalized again from that,
-// and of the stored normalized instance only the id is read.
+// and of the stored normalized instance only the id is read, and its policy
+// as encoded, for the snapshot to be compared with.
 type writtenRecord struct {
 	V        int `json:"v"`
 	Instance struct {
-		ID string `json:"id"`
+		ID          string         `json:"id"`
+		HealthCheck jsontext.Value `json:"health_check,omitempty"`
 	} `json:"instance"`
 	Spec jsontext.Value `json:"spec,omitempty"`
 }
 
 // decodeInstance decodes an instance record and normalizes its spec again:
 // a stored spec must still be valid, and it is normalized from what the
-// client wrote when that is kept.
-func decodeInstance(id string, v []byte) (health.Instance, error) {
+// client wrote when that is kept. policy is the stored policy as encoded.
+func decodeInstance(id string, v []byte) (in health.Instance, policy []byte, err error) {
 	var rec writtenRecord
 	if err := decode(v, &rec); err != nil {
-		return health.Instance{}, err
+		return health.Instance{}, nil, err
 	}
 	if err := checkVersion("instance", id, rec.V); err != nil {
-		return health.Instance{}, err
+		return health.Instance{}, nil, err
 	}
 	if rec.Instance.ID != id {
-		return health.Instance{}, fmt.Errorf("record id %q does not match its key", rec.Instance.ID)
+		return health.Instance{}, nil, fmt.Errorf("record id %q does not match its key", rec.Instance.ID)
 	}
 	if rec.Spec == nil {
 		// a record of a build before the written spec was kept
 		var old instanceRecord
 		if err := decode(v, &old); err != nil {
-			return health.Instance{}, err
+			return health.Instance{}, nil, err
 		}
-		return old.Instance.Spec().Normalize(id)
+		in, err = old.Instance.Spec().Normalize(id)
+		return in, rec.Instance.HealthCheck, err
 	}
 	var spec health.InstanceSpec
 	if err := decode(rec.Spec, &spec); err != nil {
-		return health.Instance{}, err
+		return health.Instance{}, nil, err
 	}
 	// rec.Spec is a copy (jsontext.Value's decoder copies): the record's
 	// buffer is reused, the instance keeps it
-	return spec.NormalizeWritten(id, rec.Spec)
+	in, err = spec.NormalizeWritten(id, rec.Spec)
+	return in, rec.Instance.HealthCheck, err
 }
 
 // takeRecords takes the decoded batches in order and calls fn for each

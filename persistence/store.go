@@ -726,7 +726,7 @@ func (s *Store) write(specs []specOp, transitions []transitionOp, snaps map[stri
 	}
 	putSnap := func(snap *actors.Snapshot) error {
 		snap.Version = SchemaVersion
-		b, err := encode(snap)
+		b, err := encodeSnapshot(snap)
 		if err != nil {
 			return fmt.Errorf("encode snapshot %s: %w", snap.ID, err)
 		}
@@ -807,17 +807,6 @@ func checkVersion(kind, id string, v int) error {
 		return fmt.Errorf("%w: %s has schema version %d, this vigil reads up to %d; upgrade vigil", ErrNewerSchema, what, v, SchemaVersion)
 	}
 	return nil
-}
-
-func decodeSnapshot(v []byte) (*actors.Snapshot, error) {
-	var snap actors.Snapshot
-	if err := decode(v, &snap); err != nil {
-		return nil, err
-	}
-	if err := checkVersion("snapshot", snap.ID, snap.Version); err != nil {
-		return nil, err
-	}
-	return &snap, nil
 }
 
 // Events returns up to limit events after the given sequence number, and the
