@@ -106,13 +106,8 @@ func stateRecord(st *health.State) *record.State {
 		LastFailureAt:        timestamp(st.LastFailureAt),
 		LastError:            st.LastError,
 	}
-	if n := st.History.Len(); n > 0 {
-		rs := st.History.Results()
-		m.History = make([]*record.Result, n)
-		all := make([]record.Result, n) // one allocation for the lot
-		for i := range rs {
-			m.History[i] = resultRecord(&rs[i], &all[i])
-		}
+	if st.History.Len() > 0 {
+		m.History = historyRecord(st.History.Results())
 	}
 	if r := st.Restart; r != nil && !r.IsZero() {
 		m.Restart = &record.Restart{
@@ -131,30 +126,130 @@ func stateRecord(st *health.State) *record.State {
 	return m
 }
 
-// resultRecord fills m with r.
-func resultRecord(r *health.Result, m *record.Result) *record.Result {
-	*m = record.Result{
-		Outcome:         string(r.Outcome),
-		Reason:          string(r.Reason),
-		Message:         r.Message,
-		Duration:        int64(r.Duration),
-		HttpStatus:      int32(r.HTTPStatus),
-		Output:          r.Output,
-		OutputTruncated: r.Truncated,
-		Connect:         int64(r.Phases.Connect),
-		Tls:             int64(r.Phases.TLS),
-		FirstByte:       int64(r.Phases.FirstByte),
+// outcomes are the outcomes a history's column holds, by their number.
+var outcomes = [...]health.Outcome{record.Outcome_OUTCOME_NONE: "", record.Outcome_OUTCOME_SUCCESS: health.Success,
+	record.Outcome_OUTCOME_FAILURE: health.Failure, record.Outcome_OUTCOME_SKIPPED: health.Skipped}
+
+// historyRecord is results, oldest first, by column: a column of zeros
+// alone is left out.
+func historyRecord(rs []health.Result) *record.History {
+	n := len(rs)
+	h := &record.History{Start: make([]int64, n), Duration: make([]int64, n), Outcome: make([]record.Outcome, n)}
+	var reasons, https, exits, phases bool
+	for i := range rs {
+		r := &rs[i]
+		if !r.Start.IsZero() {
+			h.Start[i] = r.Start.UnixNano() // as the history holds it
+		}
+		h.Duration[i] = int64(r.Duration)
+		for o, v := range outcomes {
+			if v == r.Outcome && v != "" {
+				h.Outcome[i] = record.Outcome(o)
+			}
+		}
+		reasons = reasons || r.Reason != ""
+		https = https || r.HTTPStatus != 0
+		exits = exits || r.ExitCode != nil
+		phases = phases || !r.Phases.IsZero()
+		if r.Message != "" || r.Output != "" || r.Truncated || !r.CertNotAfter.IsZero() {
+			x := &record.Text{Result: uint32(i), Message: r.Message, Output: r.Output, OutputTruncated: r.Truncated}
+			if !r.CertNotAfter.IsZero() {
+				x.CertNotAfter = r.CertNotAfter.Unix()
+			}
+			h.Text = append(h.Text, x)
+		}
 	}
-	if !r.Start.IsZero() {
-		m.Start = r.Start.UnixNano() // as the history holds it
+	if reasons {
+		h.Reason = make([]string, n)
+		for i := range rs {
+			h.Reason[i] = string(rs[i].Reason)
+		}
 	}
-	if r.ExitCode != nil {
-		m.HasExitCode, m.ExitCode = true, int64(*r.ExitCode)
+	if https {
+		h.HttpStatus = make([]int32, n)
+		for i := range rs {
+			h.HttpStatus[i] = int32(rs[i].HTTPStatus)
+		}
 	}
-	if !r.CertNotAfter.IsZero() {
-		m.CertNotAfter = r.CertNotAfter.Unix()
+	if exits {
+		h.HasExitCode, h.ExitCode = make([]bool, n), make([]int64, n)
+		for i := range rs {
+			if c := rs[i].ExitCode; c != nil {
+				h.HasExitCode[i], h.ExitCode[i] = true, int64(*c)
+			}
+		}
 	}
-	return m
+	if phases {
+		h.Connect, h.Tls, h.FirstByte = make([]int64, n), make([]int64, n), make([]int64, n)
+		for i := range rs {
+			p := rs[i].Phases
+			h.Connect[i], h.Tls[i], h.FirstByte[i] = int64(p.Connect), int64(p.TLS), int64(p.FirstByte)
+		}
+	}
+	return h
+}
+
+// readHistory adds the results h holds to hist, oldest first, refusing
+// columns that do not hold one value a result.
+func readHistory(h *record.History, hist *health.History) error {
+	n := len(h.Start)
+	for _, c := range []struct {
+		name string
+		len  int
+	}{{"duration", len(h.Duration)}, {"outcome", len(h.Outcome)}, {"reason", len(h.Reason)}, {"http_status", len(h.HttpStatus)},
+		{"has_exit_code", len(h.HasExitCode)}, {"exit_code", len(h.ExitCode)}, {"connect", len(h.Connect)}, {"tls", len(h.Tls)},
+		{"first_byte", len(h.FirstByte)}} {
+		if c.len != 0 && c.len != n {
+			return fmt.Errorf("state.history.%s: must hold one value for each of the %d results (got %d)", c.name, n, c.len)
+		}
+	}
+	var texts []*record.Text // by result, when any has text
+	if len(h.Text) > 0 {
+		texts = make([]*record.Text, n)
+	}
+	for _, x := range h.Text {
+		if x.Result >= uint32(n) {
+			return fmt.Errorf("state.history.text: result %d is not among the %d results", x.Result, n)
+		}
+		texts[x.Result] = x
+	}
+	// only the newest HistorySize are kept
+	for i := max(n-health.HistorySize, 0); i < n; i++ {
+		r := health.Result{Duration: health.Duration(at(h.Duration, i))}
+		if h.Start[i] != 0 {
+			r.Start = time.Unix(0, h.Start[i]).UTC()
+		}
+		if o := at(h.Outcome, i); o >= 0 && int(o) < len(outcomes) {
+			r.Outcome = outcomes[o]
+		}
+		if len(h.Reason) > 0 {
+			r.Reason = health.Reason(h.Reason[i])
+		}
+		r.HTTPStatus = int(at(h.HttpStatus, i))
+		if at(h.HasExitCode, i) {
+			code := int(at(h.ExitCode, i))
+			r.ExitCode = &code
+		}
+		r.Phases = health.Phases{Connect: time.Duration(at(h.Connect, i)), TLS: time.Duration(at(h.Tls, i)),
+			FirstByte: time.Duration(at(h.FirstByte, i))}
+		if x := at(texts, i); x != nil {
+			r.Message, r.Output, r.Truncated = x.Message, x.Output, x.OutputTruncated
+			if x.CertNotAfter != 0 {
+				r.CertNotAfter = time.Unix(x.CertNotAfter, 0).UTC()
+			}
+		}
+		hist.Add(r)
+	}
+	return nil
+}
+
+// at is column c's value for result i: zero in a column left out.
+func at[T any](c []T, i int) T {
+	var zero T
+	if len(c) == 0 {
+		return zero
+	}
+	return c[i]
 }
 
 // readState sets *st from m and checks it, as a state read from JSON is.
@@ -176,8 +271,10 @@ func readState(m *record.State, st *health.State) error {
 		LastFailureAt:        timeOf(m.LastFailureAt),
 		LastError:            m.LastError,
 	}
-	for _, r := range m.History {
-		st.History.Add(resultOf(r))
+	if m.History != nil {
+		if err := readHistory(m.History, &st.History); err != nil {
+			return err
+		}
 	}
 	if r := m.Restart; r != nil {
 		st.Restart = &health.RestartState{
@@ -198,31 +295,6 @@ func readState(m *record.State, st *health.State) error {
 		copy(st.Flap.Changes[:], f.Changes)
 	}
 	return st.Check()
-}
-
-// resultOf is the result m holds.
-func resultOf(m *record.Result) health.Result {
-	r := health.Result{
-		Outcome:    health.Outcome(m.Outcome),
-		Reason:     health.Reason(m.Reason),
-		Message:    m.Message,
-		Duration:   health.Duration(m.Duration),
-		HTTPStatus: int(m.HttpStatus),
-		Output:     m.Output,
-		Truncated:  m.OutputTruncated,
-		Phases:     health.Phases{Connect: time.Duration(m.Connect), TLS: time.Duration(m.Tls), FirstByte: time.Duration(m.FirstByte)},
-	}
-	if m.Start != 0 {
-		r.Start = time.Unix(0, m.Start).UTC()
-	}
-	if m.HasExitCode {
-		code := int(m.ExitCode)
-		r.ExitCode = &code
-	}
-	if m.CertNotAfter != 0 {
-		r.CertNotAfter = time.Unix(m.CertNotAfter, 0).UTC()
-	}
-	return r
 }
 
 // timestamp is t as a record holds it: none for the zero time.

@@ -109,6 +109,9 @@ func TestADamagedBinarySnapshotIsRefusedNamingTheField(t *testing.T) {
 		{"flap changes", func(m *record.Snapshot) { m.State.Flap.Changes = make([]int64, health.FlapChanges+1) }, "state.flap.changes"},
 		{"policy", func(m *record.Snapshot) { m.Policy = []byte(`{"tcp":{"port":0}}`) }, "policy"},
 		{"policy bytes", func(m *record.Snapshot) { m.Policy = []byte(`{"tcp"`) }, "policy"},
+		{"history column", func(m *record.Snapshot) { m.State.History.Duration = m.State.History.Duration[1:] }, "state.history.duration"},
+		{"history phases", func(m *record.Snapshot) { m.State.History.Tls = append(m.State.History.Tls, 1) }, "state.history.tls"},
+		{"history text", func(m *record.Snapshot) { m.State.History.Text[0].Result = 5 }, "state.history.text"},
 		{"time", func(m *record.Snapshot) { m.State.Since = &timestamppb.Timestamp{Seconds: 1, Nanos: 0} }, ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -133,8 +136,22 @@ func TestADamagedBinarySnapshotIsRefusedNamingTheField(t *testing.T) {
 		assert.Contains(t, err.Error(), "snapshot")
 	}
 	m := good()
-	m.V = SchemaVersion + 1
+	h := m.State.History
+	for range health.HistorySize {
+		h.Start, h.Duration, h.Outcome = append(h.Start, 7), append(h.Duration, 3), append(h.Outcome, record.Outcome_OUTCOME_SKIPPED)
+	}
+	h.Reason, h.HttpStatus, h.HasExitCode, h.ExitCode, h.Connect, h.Tls, h.FirstByte = nil, nil, nil, nil, nil, nil, nil
 	b, err := proto.Marshal(m)
+	require.NoError(t, err)
+	snap, err := decodeSnapshot(b)
+	require.NoError(t, err, "columns of zeros left out")
+	rs := snap.State.History.Results()
+	require.Len(t, rs, health.HistorySize, "the newest %d results are kept", health.HistorySize)
+	assert.Equal(t, health.Result{Outcome: health.Skipped, Start: time.Unix(0, 7).UTC(), Duration: 3}, rs[0])
+
+	m = good()
+	m.V = SchemaVersion + 1
+	b, err = proto.Marshal(m)
 	require.NoError(t, err)
 	_, err = decodeSnapshot(b)
 	require.ErrorIs(t, err, ErrNewerSchema)
