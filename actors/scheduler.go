@@ -378,6 +378,10 @@ func New(ctx context.Context, opts ...Option) (*Scheduler, error) {
 	}
 	read := time.Now()
 	s.mu.Lock()
+	if len(s.entries) == 0 {
+		// made at its size: a million entries would grow it twenty times
+		s.entries = make(map[string]*entry, len(loaded))
+	}
 	for _, e := range loaded {
 		s.entries[e.id] = e
 		s.ids.insert(e)

@@ -16,6 +16,10 @@ import (
 	"github.com/vigilhq/vigil/health"
 )
 
+// maxSizeHint bounds the size a load makes its map of ids at from the
+// stored count, which a damaged record may overstate.
+const maxSizeHint = 1 << 24
+
 // loadBatchSize is how many records a batch of a load carries from the
 // reader to the decoders and on to the caller.
 const loadBatchSize = 256
@@ -82,16 +86,21 @@ func (s *Store) Load(ctx context.Context, fn func(health.Instance, *actors.Snaps
 		readErr error
 		stored  = -1 // the count of specs the store recorded, when it did
 		reader  = make(chan struct{})
+		counted = make(chan struct{}) // stored is read
 	)
 	go func() {
 		defer close(reader)
 		defer decoders.Wait()
 		defer close(work)
 		defer close(ordered)
-		readErr = s.db.View(func(txn *badger.Txn) error {
-			if err := s.readRecords(ctx, txn, work, ordered, spare, quit); err != nil {
-				return err
+		defer func() {
+			select {
+			case <-counted:
+			default:
+				close(counted) // the transaction did not start
 			}
+		}()
+		readErr = s.db.View(func(txn *badger.Txn) error {
 			if item, err := txn.Get(keySpecs); err == nil {
 				_ = item.Value(func(v []byte) error {
 					if len(v) == 8 {
@@ -100,9 +109,17 @@ func (s *Store) Load(ctx context.Context, fn func(health.Instance, *actors.Snaps
 					return nil
 				})
 			}
-			return nil
+			close(counted)
+			return s.readRecords(ctx, txn, work, ordered, spare, quit)
 		})
 	}()
+	<-counted
+	s.mu.Lock()
+	if len(s.known) == 0 && stored > 0 {
+		// made at its size: a million ids would grow it twenty times
+		s.known = make(map[string]bool, min(stored, maxSizeHint))
+	}
+	s.mu.Unlock()
 	loaded, skipped, err := s.takeRecords(ordered, fn)
 	close(quit)
 	for range ordered { // let the reader end
@@ -135,9 +152,11 @@ func (s *Store) Load(ctx context.Context, fn func(health.Instance, *actors.Snaps
 // batches to the decoders and, in the same order, to the caller, each batch
 // in a buffer from spare when one is there.
 func (s *Store) readRecords(ctx context.Context, txn *badger.Txn, work, ordered chan<- *loadBatch, spare chan []byte, quit <-chan struct{}) error {
-	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefixInstance, PrefetchValues: true, PrefetchSize: 256})
+	// no prefetching: every value is in the tree (valueThreshold), read in
+	// place, where a prefetch copies each in a goroutine of its own
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefixInstance})
 	defer it.Close()
-	sit := txn.NewIterator(badger.IteratorOptions{Prefix: prefixSnapshot, PrefetchValues: true, PrefetchSize: 256})
+	sit := txn.NewIterator(badger.IteratorOptions{Prefix: prefixSnapshot})
 	defer sit.Close()
 	sit.Rewind()
 	b := &loadBatch{}

@@ -166,3 +166,21 @@ func TestALoadMakesAnInstanceFromItsWrittenSpec(t *testing.T) {
 	assert.Equal(t, 83, got["vm-c"].HealthCheck.TCP.Port)
 	assert.Equal(t, 2, s.skipped)
 }
+
+// A load of a closed store ends with an error rather than waiting for a
+// transaction that never starts.
+func TestALoadOfAClosedStoreEndsWithAnError(t *testing.T) {
+	s := open(t, t.TempDir())
+	require.NoError(t, s.PutInstance(context.Background(), inst(t, "vm-1")))
+	require.NoError(t, s.Close())
+	done := make(chan error, 1)
+	go func() {
+		done <- s.Load(context.Background(), func(health.Instance, *actors.Snapshot) error { return nil })
+	}()
+	select {
+	case err := <-done:
+		require.Error(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the load of a closed store did not end")
+	}
+}

@@ -52,7 +52,7 @@ const (
 	memTableSize     = 8 << 20
 	valueLogFileSize = 32 << 20
 	baseTableSize    = 2 << 20
-	valueThreshold   = 1 << 20 // Badger's largest
+	valueThreshold   = 1 << 20 // Badger's largest: every value is in the tree, and iterators read it in place (no prefetching)
 	// FreeFloor is the free space the store keeps: what Badger may write
 	// into the sparse files it maps — the memtables' logs (each mapped at
 	// twice the memtable size, three at most), the current value log (up to
@@ -441,7 +441,7 @@ func (s *Store) DeleteMeta(ctx context.Context, key string) error {
 func (s *Store) Meta(prefix string, fn func(key string, value []byte) error) error {
 	return s.db.View(func(txn *badger.Txn) error {
 		p := key(prefixMeta, prefix)
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: p, PrefetchValues: true, PrefetchSize: 64})
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: p})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
 			v, err := it.Item().ValueCopy(nil)
@@ -817,7 +817,7 @@ func (s *Store) Events(after uint64, limit int) ([]actors.Event, uint64, error) 
 	s.mu.Unlock()
 	var out []actors.Event
 	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefixEvent, PrefetchValues: true, PrefetchSize: min(limit, 256)})
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefixEvent})
 		defer it.Close()
 		for it.Seek(eventKey(after + 1)); it.Valid() && len(out) < limit; it.Next() {
 			if _, ok := eventSeq(it.Item().Key()); !ok {
@@ -862,7 +862,7 @@ func (s *Store) prune() {
 	var doomed [][]byte
 	newOldest := oldest
 	_ = s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefixEvent, PrefetchValues: true})
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefixEvent})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
 			seq, ok := eventSeq(it.Item().Key())
