@@ -118,7 +118,7 @@ type receiver struct {
 	got    []received
 	status atomic.Int32  // what it answers
 	hang   chan struct{} // when set, it does not answer until closed
-	delay  time.Duration // how long it takes to answer
+	delay  atomic.Int64  // how long it takes to answer, in nanoseconds
 	// requests it is answering now, the most at once, and all it was sent
 	busy, busiest, requests atomic.Int32
 }
@@ -144,7 +144,7 @@ func newReceiver(t *testing.T) *receiver {
 				break
 			}
 		}
-		time.Sleep(r.delay)
+		time.Sleep(time.Duration(r.delay.Load()))
 		if r.hang != nil {
 			select {
 			case <-r.hang:
@@ -250,7 +250,8 @@ func TestParallelNotifierKeepsEachInstancesOrder(t *testing.T) {
 	n := startNode(t, t.TempDir())
 	ctx := context.Background()
 	one, eight := newReceiver(t), newReceiver(t)
-	one.delay, eight.delay = 5*time.Millisecond, 20*time.Millisecond
+	one.delay.Store(int64(5 * time.Millisecond))
+	eight.delay.Store(int64(20 * time.Millisecond))
 	_, _, err := n.notifiers.Put(ctx, "one", act.NotifierSpec{URL: one.srv.URL})
 	require.NoError(t, err)
 	_, _, err = n.notifiers.Put(ctx, "eight", act.NotifierSpec{URL: eight.srv.URL, Secret: "k", Parallel: 8})
@@ -404,6 +405,10 @@ func TestParallelNotifierRetriesOneEventWhileTheReceiverIsDown(t *testing.T) {
 	assert.Less(t, refused, int32(8+10), "one event's retries while down, beside the first attempt of each lane")
 	v, _ := n.notifiers.Get("eight")
 	assert.NotEmpty(t, v.LastError)
+	// each answer takes a while once it is up: lanes that deliver at once
+	// overlap, however fast this host runs them
+	rcv.delay.Store(int64(20 * time.Millisecond))
+	rcv.busiest.Store(0) // from here on
 	rcv.status.Store(http.StatusOK)
 	got := rcv.waitFor(t, 2*instances, 10*time.Second) // registered, healthy
 	seen := map[uint64]bool{}
