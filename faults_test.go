@@ -21,6 +21,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/vigilhq/vigil/client"
+	"github.com/vigilhq/vigil/internal/vigilbin"
 	"github.com/vigilhq/vigil/persistence"
 )
 
@@ -301,6 +302,36 @@ func TestDamagedDataDir(t *testing.T) {
 		assert.Equal(t, 1, code)
 		assert.Contains(t, stderr, manifest, "the error names the file")
 		assert.Contains(t, stderr, "move the directory aside")
+	})
+
+	t.Run("too few files allowed", func(t *testing.T) {
+		t.Parallel()
+		// the host's fault, not the files': the advice is to fix the
+		// limit, and the directory, untouched, serves everything after
+		dir, ids := damagedDir(t, 20, syscall.SIGTERM)
+		bin, err := vigilbin.Path()
+		require.NoError(t, err)
+		out, err := exec.Command("sh", "-c", `ulimit -n 12 && exec "$0" serve --listen 127.0.0.1:0 --data-dir "$1"`, bin, dir).CombinedOutput()
+		require.Error(t, err, "%s", out)
+		assert.Contains(t, string(out), "may open only 12 files")
+		assert.Contains(t, string(out), "not damaged")
+		assert.Contains(t, string(out), "LimitNOFILE")
+		assert.NotContains(t, string(out), "move the directory aside")
+		p := startVigil(t, dir)
+		assert.Equal(t, ids, intact(t, p))
+	})
+
+	t.Run("a file for a directory", func(t *testing.T) {
+		t.Parallel()
+		file := filepath.Join(t.TempDir(), "data")
+		require.NoError(t, os.WriteFile(file, []byte("not a data dir"), 0o600))
+		code, stderr := runServeToExit(t, nil, "--listen", "127.0.0.1:0", "--data-dir", file)
+		assert.Equal(t, 1, code)
+		assert.Contains(t, stderr, "not a directory")
+		assert.NotContains(t, stderr, "move the directory aside")
+		b, err := os.ReadFile(file)
+		require.NoError(t, err)
+		assert.Equal(t, "not a data dir", string(b), "left as it was")
 	})
 
 	t.Run("missing table", func(t *testing.T) {

@@ -190,9 +190,69 @@ func (s *Store) Unreadable() int {
 // tableRef is how Badger's errors name a table: by its number.
 var tableRef = regexp.MustCompile(`\btable (\d+)\b`)
 
+// hostErrors are the errors of a data directory's host, not of its files:
+// what to do about each. A directory that cannot be opened for one of them
+// is not damaged, and nothing in it needs moving.
+var hostErrors = []struct {
+	errno syscall.Errno
+	what  string
+}{
+	{syscall.ENFILE, "the host has too many files open"}, // before EMFILE, whose text starts its own
+	{syscall.EMFILE, "vigil may not open enough files: raise its limit (LimitNOFILE= in its unit, ulimit -n)"},
+	{syscall.EACCES, "vigil may not read or write it: check the owner and the permissions of the directory and its files"},
+	{syscall.EPERM, "vigil may not read or write it: check the owner and the permissions of the directory and its files"},
+	{syscall.EROFS, "its file system is mounted read-only"},
+	{syscall.ENOSPC, "its disk is full: free some space on it"},
+	{syscall.EDQUOT, "its disk quota is used up"},
+	{syscall.ENOTDIR, "the path is not a directory (it, or a directory above it, is a file)"},
+	{syscall.ENOMEM, "the host is out of memory"},
+}
+
+// hostError is what to do about err when it is one of hostErrors: found
+// through the chain, or in the text (Badger formats some errors with %v).
+func hostError(err error) (string, bool) {
+	var errno syscall.Errno
+	for _, h := range hostErrors {
+		if errors.As(err, &errno) && errno == h.errno || strings.Contains(err.Error(), h.errno.Error()) {
+			return h.what, true
+		}
+	}
+	return "", false
+}
+
+// filesMargin is how many files beside the data directory's own a store
+// needs to be able to open: the directory itself at each sync, new tables
+// and logs, the process's listeners and standard streams.
+const filesMargin = 64
+
+// roomForFiles refuses a limit on open files below what the data
+// directory's files and filesMargin need: Badger keeps every file open,
+// and ends the process itself when it cannot open the directory again in
+// the middle of its start.
+func roomForFiles(dir string) error {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return nil // nothing known to check against
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil // a new directory, or one Badger's open explains
+	}
+	if need := uint64(len(entries)) + filesMargin; lim.Cur < need {
+		return fmt.Errorf("persistence: the data directory %s holds %d files, and vigil may open only %d files at once: "+
+			"raise its limit to at least %d (LimitNOFILE= in its unit, ulimit -n); the directory is not damaged", dir, len(entries), lim.Cur, need)
+	}
+	return nil
+}
+
 // damagedDir explains a data directory Badger cannot open at all, naming
-// the file when Badger's error names one only by its number.
+// the file when Badger's error names one only by its number. An error of
+// the host rather than of the files says what to fix instead.
 func damagedDir(dir string, err error) error {
+	if what, ok := hostError(err); ok {
+		return fmt.Errorf("persistence: the data directory %s cannot be opened: %w. Its files are not damaged: %s; "+
+			"vigil starts with everything it had once that is fixed", dir, err, what)
+	}
 	file := ""
 	if m := tableRef.FindStringSubmatch(err.Error()); m != nil {
 		if n, perr := strconv.ParseUint(m[1], 10, 64); perr == nil {
@@ -253,6 +313,9 @@ func Open(dir string, opt Options) (*Store, error) {
 		WithValueThreshold(valueThreshold).
 		WithNumCompactors(2).
 		WithMetricsEnabled(false)
+	if err := roomForFiles(dir); err != nil {
+		return nil, err
+	}
 	db, err := badger.Open(bo)
 	if err != nil {
 		if strings.Contains(err.Error(), "Cannot acquire directory lock") {

@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -422,4 +424,36 @@ func TestAStrayKeyAmongTheEventsDoesNotStopOpen(t *testing.T) {
 	require.Len(t, evs, 1, "the stray records are not events")
 	assert.Equal(t, uint64(1), evs[0].Seq)
 	assert.Len(t, loadAll(t, s), 1)
+}
+
+// A directory that cannot be opened for its host's fault (permissions, a
+// full or read-only disk, too few files allowed) is not called damaged: the
+// message says what to fix and that nothing needs moving; Badger's own
+// errors of damaged files still say to move the directory aside.
+func TestADirectoryTheHostCannotOpenIsNotCalledDamaged(t *testing.T) {
+	for _, c := range []struct {
+		err     error
+		want    string
+		damaged bool
+	}{
+		{&os.PathError{Op: "open", Path: "/d/MANIFEST", Err: syscall.EACCES}, "permissions", false},
+		{fmt.Errorf("while opening memtables err: %w", &os.PathError{Op: "open", Path: "/d", Err: syscall.EROFS}), "read-only", false},
+		{errors.New("Unable to open mem dir.. Path=/d. Error=open /d: too many open files"), "LimitNOFILE", false},
+		{errors.New("Error=open /d/1.sst: too many open files in system"), "the host has too many files open", false},
+		{errors.New("write /d/000003.vlog: no space left on device"), "disk is full", false},
+		{errors.New("Cannot write pid file \"/d/LOCK\" err: open /d/LOCK: not a directory"), "not a directory", false},
+		{errors.New("failed to read table 7: checksum mismatch"), "000007.sst", true},
+		{errors.New("MANIFEST has bad magic"), "MANIFEST", true},
+		{&os.PathError{Op: "open", Path: "/d/000002.sst", Err: syscall.ENOENT}, "", true},
+	} {
+		err := damagedDir("/d", c.err)
+		assert.ErrorIs(t, err, c.err)
+		assert.Contains(t, err.Error(), c.want, c.err.Error())
+		if c.damaged {
+			assert.Contains(t, err.Error(), "move the directory aside", c.err.Error())
+		} else {
+			assert.NotContains(t, err.Error(), "move the directory aside", c.err.Error())
+			assert.Contains(t, err.Error(), "not damaged", c.err.Error())
+		}
+	}
 }
