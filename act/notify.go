@@ -126,7 +126,7 @@ func (s *NotifierSpec) Validate(name string) error {
 		return invalid("secret", "secret must be at most %d bytes", maxSecret)
 	}
 	if s.Parallel < 0 || s.Parallel > maxParallel {
-		return invalid("parallel", "parallel must be between 1 and %d (got %d)", maxParallel, s.Parallel)
+		return invalid("parallel", "parallel must be between 1 and %d, or 0 or absent for 1 (got %d)", maxParallel, s.Parallel)
 	}
 	if err := health.ValidateLabels(s.Match.Labels); err != nil {
 		var fe *health.FieldError

@@ -826,7 +826,7 @@ type Notifier struct {
 type NotifierInput struct {
 	Match *Match `json:"match,omitempty"`
 
-	// Parallel how many instances' events are delivered at once: 1 (the default) sends one at a time, in order overall; above 1, each instance's events in order
+	// Parallel how many instances' events are delivered at once: 1 (the default; 0 or absent) sends one at a time, in order overall; above 1, each instance's events in order
 	Parallel *int `json:"parallel,omitempty"`
 
 	// Secret signs each body: X-Vigil-Signature: sha256=<hex of HMAC-SHA256>
