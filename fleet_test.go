@@ -334,6 +334,7 @@ func TestFleet(t *testing.T) {
 		}
 		took := time.Since(began)
 		time.Sleep(interval + 500*time.Millisecond)
+		shortest := time.Hour
 		for _, id := range ids {
 			at := target.of(id)
 			var within []time.Time
@@ -343,9 +344,14 @@ func TestFleet(t *testing.T) {
 				}
 			}
 			require.NotEmpty(t, within, id)
+			// a double probe is two arrivals at once; a late probe's
+			// successor comes up to half an interval sooner (SPEC §5), so
+			// gaps of half an interval, less the arrivals' own jitter, are
+			// the cadence kept on a busy host
 			for j := 1; j < len(within); j++ {
 				gap := within[j].Sub(within[j-1])
-				assert.GreaterOrEqual(t, gap, interval/2, "%s probed twice within half an interval (%s) at %s", id, gap, within[j].Format(time.StampMilli))
+				shortest = min(shortest, gap)
+				assert.GreaterOrEqual(t, gap, interval/2-150*time.Millisecond, "%s probed twice within half an interval (%s) at %s", id, gap, within[j].Format(time.StampMilli))
 			}
 			// probed all along: no gap longer than the interval and a bit
 			for j := 1; j < len(within); j++ {
@@ -361,7 +367,7 @@ func TestFleet(t *testing.T) {
 			}
 		}
 		evMu.Unlock()
-		t.Logf("100 moves in %s", took)
+		t.Logf("100 moves in %s; the shortest gap between two probes of an instance %s", took, shortest)
 	})
 
 	t.Run("a node killed reads unknown, node_down, on the others", func(t *testing.T) {
