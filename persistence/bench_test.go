@@ -186,12 +186,13 @@ func BenchmarkDecodeRecords(b *testing.B) {
 	load := func(snap []byte) func(b *testing.B) {
 		return func(b *testing.B) {
 			b.ReportAllocs()
+			var memo policyMemo
 			for b.Loop() {
-				in, policy, err := decodeInstance(in.ID, rec)
+				in, err := decodeInstance(in.ID, rec)
 				if err != nil {
 					b.Fatal(err)
 				}
-				if _, err := decodeSnapshotUnder(snap, policy, in.HealthCheck); err != nil {
+				if _, err := decodeSnapshotUnder(snap, in.HealthCheck, &memo); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -18,7 +18,7 @@ import (
 
 // maxSizeHint bounds the size a load makes its map of ids at from the
 // stored count, which a damaged record may overstate.
-const maxSizeHint = 1 << 24
+const maxSizeHint = 1 << 21
 
 // loadBatchSize is how many records a batch of a load carries from the
 // reader to the decoders and on to the caller.
@@ -72,8 +72,9 @@ func (s *Store) Load(ctx context.Context, fn func(health.Instance, *actors.Snaps
 		decoders.Add(1)
 		go func() {
 			defer decoders.Done()
+			var memo policyMemo
 			for b := range work {
-				b.decode()
+				b.decode(&memo)
 				select {
 				case spare <- b.buf[:0]:
 				default:
@@ -222,64 +223,63 @@ func (s *Store) readRecords(ctx context.Context, txn *badger.Txn, work, ordered 
 // errLoadStopped ends the reader when the caller has stopped taking records.
 var errLoadStopped = errors.New("persistence: load stopped")
 
-// decode decodes and checks every record of the batch.
-func (b *loadBatch) decode() {
+// decode decodes and checks every record of the batch, with the decoder's
+// memo of the last snapshot policy.
+func (b *loadBatch) decode(memo *policyMemo) {
 	defer close(b.done)
 	b.out = make([]loadedRecord, len(b.raw))
 	for i, r := range b.raw {
 		o := &b.out[i]
-		var policy []byte
-		o.in, policy, o.err = decodeInstance(r.id, b.buf[r.inst:r.snap])
+		o.in, o.err = decodeInstance(r.id, b.buf[r.inst:r.snap])
 		if o.err == nil && r.hasSnap {
-			o.snap, o.snapErr = decodeSnapshotUnder(b.buf[r.snap:r.end], policy, o.in.HealthCheck)
+			o.snap, o.snapErr = decodeSnapshotUnder(b.buf[r.snap:r.end], o.in.HealthCheck, memo)
+			if o.snapErr == nil && o.snap.ID != r.id {
+				o.snap, o.snapErr = nil, fmt.Errorf("snapshot id %q does not match its key", o.snap.ID)
+			}
 		}
 	}
 }
 
 // writtenRecord is an instance record as a load reads it: when the record
 // keeps what the client wrote, the instance is normalized again from that,
-// and of the stored normalized instance only the id is read, and its policy
-// as encoded, for the snapshot to be compared with.
+// and of the stored normalized instance only the id is read.
 type writtenRecord struct {
 	V        int `json:"v"`
 	Instance struct {
-		ID          string         `json:"id"`
-		HealthCheck jsontext.Value `json:"health_check,omitempty"`
+		ID string `json:"id"`
 	} `json:"instance"`
 	Spec jsontext.Value `json:"spec,omitempty"`
 }
 
 // decodeInstance decodes an instance record and normalizes its spec again:
 // a stored spec must still be valid, and it is normalized from what the
-// client wrote when that is kept. policy is the stored policy as encoded.
-func decodeInstance(id string, v []byte) (in health.Instance, policy []byte, err error) {
+// client wrote when that is kept.
+func decodeInstance(id string, v []byte) (health.Instance, error) {
 	var rec writtenRecord
 	if err := decode(v, &rec); err != nil {
-		return health.Instance{}, nil, err
+		return health.Instance{}, err
 	}
 	if err := checkVersion("instance", id, rec.V); err != nil {
-		return health.Instance{}, nil, err
+		return health.Instance{}, err
 	}
 	if rec.Instance.ID != id {
-		return health.Instance{}, nil, fmt.Errorf("record id %q does not match its key", rec.Instance.ID)
+		return health.Instance{}, fmt.Errorf("record id %q does not match its key", rec.Instance.ID)
 	}
 	if rec.Spec == nil {
 		// a record of a build before the written spec was kept
 		var old instanceRecord
 		if err := decode(v, &old); err != nil {
-			return health.Instance{}, nil, err
+			return health.Instance{}, err
 		}
-		in, err = old.Instance.Spec().Normalize(id)
-		return in, rec.Instance.HealthCheck, err
+		return old.Instance.Spec().Normalize(id)
 	}
 	var spec health.InstanceSpec
 	if err := decode(rec.Spec, &spec); err != nil {
-		return health.Instance{}, nil, err
+		return health.Instance{}, err
 	}
 	// rec.Spec is a copy (jsontext.Value's decoder copies): the record's
 	// buffer is reused, the instance keeps it
-	in, err = spec.NormalizeWritten(id, rec.Spec)
-	return in, rec.Instance.HealthCheck, err
+	return spec.NormalizeWritten(id, rec.Spec)
 }
 
 // takeRecords takes the decoded batches in order and calls fn for each

@@ -3,7 +3,11 @@ package persistence
 import (
 	"bytes"
 	"fmt"
+	"math"
+	"reflect"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -23,9 +27,9 @@ import (
 // encodeSnapshot is snap as the store writes it.
 func encodeSnapshot(snap *actors.Snapshot) ([]byte, error) {
 	m := &record.Snapshot{
-		V:           int32(snap.Version),
-		Id:          snap.ID,
-		Lifecycle:   string(snap.Lifecycle),
+		V:           SchemaVersion,
+		Id:          text(snap.ID),
+		Lifecycle:   text(string(snap.Lifecycle)),
 		StartedAt:   timestamp(snap.StartedAt),
 		State:       stateRecord(&snap.State),
 		NextCheckAt: timestamp(snap.NextCheckAt),
@@ -43,12 +47,20 @@ func encodeSnapshot(snap *actors.Snapshot) ([]byte, error) {
 // decodeSnapshot decodes a stored snapshot, in either form, and checks it.
 func decodeSnapshot(v []byte) (*actors.Snapshot, error) { return decodeSnapshotUnder(v, nil, nil) }
 
+// policyMemo is the last policy a decoder read from a snapshot, by its
+// bytes: the instances of a fleet share a few policies, and their snapshots
+// come one after the other at a start.
+type policyMemo struct {
+	bytes  []byte
+	policy *health.Policy // never changed once decoded: snapshots share it
+}
+
 // decodeSnapshotUnder is decodeSnapshot for a snapshot read with its
-// instance's record: a snapshot whose policy is encoded as policyJSON (the
-// record's) takes policy, the instance's, instead of decoding its own —
-// each instance's snapshot has its own policy in nearly every store, and a
-// start reads a million of them.
-func decodeSnapshotUnder(v, policyJSON []byte, policy *health.Policy) (*actors.Snapshot, error) {
+// instance, whose policy is policy: the snapshot's policy is taken from
+// memo when its bytes are the last ones decoded, and is the instance's own
+// when the two are the same, as they are unless the spec changed after the
+// snapshot — a million snapshots then hold a few policies, not a million.
+func decodeSnapshotUnder(v []byte, policy *health.Policy, memo *policyMemo) (*actors.Snapshot, error) {
 	if len(v) > 0 && v[0] == '{' {
 		var snap actors.Snapshot
 		if err := decode(v, &snap); err != nil {
@@ -63,6 +75,9 @@ func decodeSnapshotUnder(v, policyJSON []byte, policy *health.Policy) (*actors.S
 	if err := proto.Unmarshal(v, &m); err != nil {
 		return nil, fmt.Errorf("snapshot: %w", err)
 	}
+	if m.V < 1 {
+		return nil, fmt.Errorf("snapshot: v: no schema version (got %d): not a snapshot this store wrote", m.V)
+	}
 	if err := checkVersion("snapshot", m.Id, int(m.V)); err != nil {
 		return nil, err
 	}
@@ -73,16 +88,23 @@ func decodeSnapshotUnder(v, policyJSON []byte, policy *health.Policy) (*actors.S
 		StartedAt:   timeOf(m.StartedAt),
 		NextCheckAt: timeOf(m.NextCheckAt),
 	}
-	switch {
-	case len(m.Policy) == 0:
-	case policy != nil && bytes.Equal(m.Policy, policyJSON):
-		snap.Policy = policy
-	default:
-		var p health.Policy
-		if err := decode(m.Policy, &p); err != nil {
-			return nil, fmt.Errorf("policy: %w", err)
+	if len(m.Policy) > 0 {
+		var p *health.Policy
+		if memo != nil && memo.policy != nil && bytes.Equal(m.Policy, memo.bytes) {
+			p = memo.policy
+		} else {
+			p = new(health.Policy)
+			if err := decode(m.Policy, p); err != nil {
+				return nil, fmt.Errorf("policy: %w", err)
+			}
+			if memo != nil {
+				memo.bytes, memo.policy = append(memo.bytes[:0], m.Policy...), p
+			}
 		}
-		snap.Policy = &p
+		if policy != nil && reflect.DeepEqual(p, policy) {
+			p = policy
+		}
+		snap.Policy = p
 	}
 	if err := readState(m.State, &snap.State); err != nil {
 		return nil, err
@@ -95,8 +117,8 @@ func stateRecord(st *health.State) *record.State {
 	m := &record.State{
 		Window:               st.Window,
 		WindowStart:          timestamp(st.WindowStart),
-		Eval:                 string(st.Eval),
-		Status:               string(st.Status),
+		Eval:                 text(string(st.Eval)),
+		Status:               text(string(st.Status)),
 		Since:                timestamp(st.Since),
 		GraceOver:            st.GraceOver,
 		ConsecutiveSuccesses: int64(st.ConsecutiveSuccesses),
@@ -104,7 +126,7 @@ func stateRecord(st *health.State) *record.State {
 		LastCheckedAt:        timestamp(st.LastCheckedAt),
 		LastSuccessAt:        timestamp(st.LastSuccessAt),
 		LastFailureAt:        timestamp(st.LastFailureAt),
-		LastError:            st.LastError,
+		LastError:            text(st.LastError),
 	}
 	if st.History.Len() > 0 {
 		m.History = historyRecord(st.History.Results())
@@ -114,10 +136,10 @@ func stateRecord(st *health.State) *record.State {
 			Attempts:      int64(r.Attempts),
 			LastAttemptAt: timestamp(r.LastAttemptAt),
 			NextAttemptAt: timestamp(r.NextAttemptAt),
-			BlockedReason: r.Blocked,
+			BlockedReason: text(r.Blocked),
 			Pending:       r.Pending,
-			Reason:        string(r.Reason),
-			LastError:     r.LastError,
+			Reason:        text(string(r.Reason)),
+			LastError:     text(r.LastError),
 		}
 	}
 	if f := st.Flap; f != nil && !f.IsZero() {
@@ -152,7 +174,7 @@ func historyRecord(rs []health.Result) *record.History {
 		exits = exits || r.ExitCode != nil
 		phases = phases || !r.Phases.IsZero()
 		if r.Message != "" || r.Output != "" || r.Truncated || !r.CertNotAfter.IsZero() {
-			x := &record.Text{Result: uint32(i), Message: r.Message, Output: r.Output, OutputTruncated: r.Truncated}
+			x := &record.Text{Result: uint32(i), Message: text(r.Message), Output: text(r.Output), OutputTruncated: r.Truncated}
 			if !r.CertNotAfter.IsZero() {
 				x.CertNotAfter = r.CertNotAfter.Unix()
 			}
@@ -162,7 +184,7 @@ func historyRecord(rs []health.Result) *record.History {
 	if reasons {
 		h.Reason = make([]string, n)
 		for i := range rs {
-			h.Reason[i] = string(rs[i].Reason)
+			h.Reason[i] = text(string(rs[i].Reason))
 		}
 	}
 	if https {
@@ -264,8 +286,8 @@ func readState(m *record.State, st *health.State) error {
 		Status:               health.Status(m.Status),
 		Since:                timeOf(m.Since),
 		GraceOver:            m.GraceOver,
-		ConsecutiveSuccesses: int(m.ConsecutiveSuccesses),
-		ConsecutiveFailures:  int(m.ConsecutiveFailures),
+		ConsecutiveSuccesses: count(m.ConsecutiveSuccesses),
+		ConsecutiveFailures:  count(m.ConsecutiveFailures),
 		LastCheckedAt:        timeOf(m.LastCheckedAt),
 		LastSuccessAt:        timeOf(m.LastSuccessAt),
 		LastFailureAt:        timeOf(m.LastFailureAt),
@@ -278,7 +300,7 @@ func readState(m *record.State, st *health.State) error {
 	}
 	if r := m.Restart; r != nil {
 		st.Restart = &health.RestartState{
-			Attempts:      int(r.Attempts),
+			Attempts:      count(r.Attempts),
 			LastAttemptAt: timeOf(r.LastAttemptAt),
 			NextAttemptAt: timeOf(r.NextAttemptAt),
 			Blocked:       r.BlockedReason,
@@ -291,10 +313,29 @@ func readState(m *record.State, st *health.State) error {
 		if len(f.Changes) > health.FlapChanges {
 			return fmt.Errorf("state.flap.changes: must hold at most %d changes (got %d)", health.FlapChanges, len(f.Changes))
 		}
-		st.Flap = &health.Flap{Next: int(f.Next), Flapping: f.Flapping}
+		st.Flap = &health.Flap{Next: count(f.Next), Flapping: f.Flapping}
 		copy(st.Flap.Changes[:], f.Changes)
 	}
 	return st.Check()
+}
+
+// text is s as a record's string holds it: valid UTF-8, each run of bytes
+// that is not replaced by U+FFFD (as JSON wrote it) — a probe's output is
+// the guest's bytes, and protobuf refuses to write a string that is not.
+func text(s string) string {
+	if utf8.ValidString(s) {
+		return s
+	}
+	return strings.ToValidUTF8(s, "\uFFFD")
+}
+
+// count is a stored count as an int, -1 for one out of an int32's range
+// (which State.Check then refuses, naming it), on a host of any word size.
+func count(n int64) int {
+	if n < 0 || n > math.MaxInt32 {
+		return -1
+	}
+	return int(n)
 }
 
 // timestamp is t as a record holds it: none for the zero time.

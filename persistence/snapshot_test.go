@@ -32,7 +32,7 @@ func richSnapshot(t *testing.T) *actors.Snapshot {
 		StartedAt: time.Date(1, 1, 1, 0, 0, 1, 0, time.UTC), Policy: in.HealthCheck,
 		State: health.State{Window: 4, WindowStart: time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.UTC),
 			Eval: health.StatusUnhealthy, Status: health.StatusUnhealthy, Since: at, GraceOver: true,
-			ConsecutiveSuccesses: 0, ConsecutiveFailures: 7, LastCheckedAt: at, LastSuccessAt: at.Add(-time.Hour),
+			ConsecutiveSuccesses: 1, ConsecutiveFailures: 7, LastCheckedAt: at, LastSuccessAt: at.Add(-time.Hour),
 			LastFailureAt: at, LastError: "timed out \"quoted\" \u00e9",
 			Restart: &health.RestartState{Attempts: 2, LastAttemptAt: at, NextAttemptAt: at.Add(time.Minute),
 				Blocked: health.BlockedFlapping, Pending: true, Reason: health.ReasonTimeout, LastError: "refused"},
@@ -130,7 +130,7 @@ func TestADamagedBinarySnapshotIsRefusedNamingTheField(t *testing.T) {
 			assert.Contains(t, err.Error(), c.want)
 		})
 	}
-	for _, b := range [][]byte{{0xff}, {0x0a, 0x05, 'a'}, {0x32, 0x02, 0x08}, []byte("\x12\x02\xff\xfe")} {
+	for _, b := range [][]byte{{0xff}, {0x0a, 0x05, 'a'}, {0x32, 0x02, 0x08}, []byte("\x12\x02\xff\xfe"), {}, {0x12, 0x01, 'x'}} {
 		_, err := decodeSnapshot(b)
 		require.Error(t, err, "%x", b)
 		assert.Contains(t, err.Error(), "snapshot")
@@ -166,12 +166,13 @@ func TestALoadTakesTheSnapshotsPolicyFromItsInstanceOnlyWhenItIsTheSame(t *testi
 	dir := t.TempDir()
 	s := open(t, dir)
 	ctx := context.Background()
-	same, changed, older := inst(t, "vm-same"), inst(t, "vm-changed"), inst(t, "vm-older")
-	for _, in := range []health.Instance{same, changed, older} {
+	same, changed, changed2, older := inst(t, "vm-same"), inst(t, "vm-changed"), inst(t, "vm-changed2"), inst(t, "vm-older")
+	for _, in := range []health.Instance{same, changed, changed2, older} {
 		require.NoError(t, s.PutInstance(ctx, in))
 	}
 	s.SaveSnapshot(snapOf(same, health.StatusHealthy, 3))
 	s.SaveSnapshot(snapOf(changed, health.StatusHealthy, 4))
+	s.SaveSnapshot(snapOf(changed2, health.StatusHealthy, 4))
 	require.NoError(t, s.Flush(ctx))
 	js, err := encode(&actors.Snapshot{Version: SchemaVersion, ID: older.ID, Lifecycle: older.State, Policy: older.HealthCheck,
 		State: health.State{Window: 1, Eval: health.StatusUnhealthy, Status: health.StatusUnhealthy, ConsecutiveFailures: 5, Since: t0}})
@@ -183,6 +184,10 @@ func TestALoadTakesTheSnapshotsPolicyFromItsInstanceOnlyWhenItIsTheSame(t *testi
 		HealthCheck: &health.PolicySpec{TCP: &health.TCPSpec{Port: 80}, Interval: "9s"}}.Normalize(changed.ID)
 	require.NoError(t, err)
 	require.NoError(t, s.PutInstance(ctx, next))
+	next2, err := health.InstanceSpec{State: health.Running, Network: &health.Network{IP: "127.0.0.1"},
+		HealthCheck: &health.PolicySpec{TCP: &health.TCPSpec{Port: 80}, Interval: "9s"}}.Normalize(changed2.ID)
+	require.NoError(t, err)
+	require.NoError(t, s.PutInstance(ctx, next2))
 	require.NoError(t, s.Close())
 
 	s = open(t, dir)
@@ -192,7 +197,7 @@ func TestALoadTakesTheSnapshotsPolicyFromItsInstanceOnlyWhenItIsTheSame(t *testi
 		got[in.ID], snaps[in.ID] = in, snap
 		return nil
 	}))
-	require.Len(t, snaps, 3)
+	require.Len(t, snaps, 4)
 
 	assert.Same(t, got[same.ID].HealthCheck, snaps[same.ID].Policy, "the instance's policy, not a copy decoded")
 	assert.Equal(t, 3, snaps[same.ID].State.ConsecutiveSuccesses)
@@ -202,5 +207,58 @@ func TestALoadTakesTheSnapshotsPolicyFromItsInstanceOnlyWhenItIsTheSame(t *testi
 	assert.False(t, snaps[changed.ID].Policy.Equal(got[changed.ID].HealthCheck))
 
 	assert.Equal(t, 5, snaps[older.ID].State.ConsecutiveFailures, "a JSON snapshot of an earlier build")
+	assert.Same(t, snaps[changed.ID].Policy, snaps[changed2.ID].Policy, "the same old policy decoded once, shared")
+	assert.Equal(t, 5*time.Second, snaps[changed2.ID].Policy.Interval)
 	assert.True(t, snaps[older.ID].Policy.Equal(got[older.ID].HealthCheck))
+}
+
+// A probe's output is the guest's bytes: a snapshot holding some that are
+// not UTF-8 is written (each run of them as U+FFFD, as JSON wrote it) with
+// the records of its batch, not refused with them all.
+func TestASnapshotOfBytesThatAreNotUTF8IsWritten(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir)
+	ctx := context.Background()
+	a := inst(t, "vm-a")
+	require.NoError(t, s.PutInstance(ctx, a))
+	snap := snapOf(a, health.StatusUnhealthy, 0)
+	snap.State.LastError = "exit 1: \xff\xfe"
+	snap.State.History.Add(health.Result{Outcome: health.Failure, Reason: health.ReasonExitNonzero, Start: t0,
+		Output: "ok\x80\x81 then \xc3", Message: "\xe2\x82"})
+	s.SaveSnapshot(snap)
+	require.NoError(t, s.PutInstance(ctx, inst(t, "vm-b")), "the batch with the snapshot is written")
+	require.NoError(t, s.Flush(ctx))
+	require.NoError(t, s.Close())
+
+	s = open(t, dir)
+	defer s.Close()
+	got := loadAll(t, s)
+	require.Len(t, got, 2)
+	st := got["vm-a"].State
+	assert.Equal(t, "exit 1: \uFFFD", st.LastError)
+	last, ok := st.History.Last()
+	require.True(t, ok)
+	assert.Equal(t, "ok\uFFFD then \uFFFD", last.Output)
+	assert.Equal(t, "\uFFFD", last.Message)
+}
+
+// A snapshot stored under another instance's key is skipped, and the
+// instance loads without one.
+func TestASnapshotUnderAnotherKeyIsSkipped(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir)
+	ctx := context.Background()
+	a, b := inst(t, "vm-a"), inst(t, "vm-b")
+	require.NoError(t, s.PutInstance(ctx, a))
+	require.NoError(t, s.PutInstance(ctx, b))
+	wrong, err := encodeSnapshot(snapOf(a, health.StatusHealthy, 3))
+	require.NoError(t, err)
+	require.NoError(t, s.db.Update(func(txn *badger.Txn) error { return txn.Set(key(prefixSnapshot, b.ID), wrong) }))
+	got := loadAll(t, s)
+	require.Contains(t, got, b.ID)
+	assert.Nil(t, got[b.ID], "vm-a's snapshot is not vm-b's")
+	_, err = s.Snapshot(b.ID)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "does not match its key")
+	require.NoError(t, s.Close())
 }

@@ -791,7 +791,10 @@ func (s *Store) write(specs []specOp, transitions []transitionOp, snaps map[stri
 		snap.Version = SchemaVersion
 		b, err := encodeSnapshot(snap)
 		if err != nil {
-			return fmt.Errorf("encode snapshot %s: %w", snap.ID, err)
+			// a snapshot is evidence: one that cannot be written is
+			// left out, never the batch's specs and transitions with it
+			s.log.Error().Err(err).Str("instance_id", snap.ID).Msg("store_snapshot_not_written")
+			return nil
 		}
 		return wb.Set(key(prefixSnapshot, snap.ID), b)
 	}
@@ -850,6 +853,9 @@ func (s *Store) Snapshot(id string) (*actors.Snapshot, error) {
 		return item.Value(func(v []byte) error {
 			var derr error
 			snap, derr = decodeSnapshot(v)
+			if derr == nil && snap.ID != id {
+				snap, derr = nil, fmt.Errorf("snapshot id %q does not match its key", snap.ID)
+			}
 			return derr
 		})
 	})
