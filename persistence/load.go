@@ -232,10 +232,7 @@ func (b *loadBatch) decode(memo *policyMemo) {
 		o := &b.out[i]
 		o.in, o.err = decodeInstance(r.id, b.buf[r.inst:r.snap])
 		if o.err == nil && r.hasSnap {
-			o.snap, o.snapErr = decodeSnapshotUnder(b.buf[r.snap:r.end], o.in.HealthCheck, memo)
-			if o.snapErr == nil && o.snap.ID != r.id {
-				o.snap, o.snapErr = nil, fmt.Errorf("snapshot id %q does not match its key", o.snap.ID)
-			}
+			o.snap, o.snapErr = decodeStoredSnapshot(r.id, b.buf[r.snap:r.end], o.in.HealthCheck, memo)
 		}
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"reflect"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -46,6 +45,16 @@ func encodeSnapshot(snap *actors.Snapshot) ([]byte, error) {
 
 // decodeSnapshot decodes a stored snapshot, in either form, and checks it.
 func decodeSnapshot(v []byte) (*actors.Snapshot, error) { return decodeSnapshotUnder(v, nil, nil) }
+
+// decodeStoredSnapshot is decodeSnapshotUnder for the snapshot stored under
+// id's key, which must be id's.
+func decodeStoredSnapshot(id string, v []byte, policy *health.Policy, memo *policyMemo) (*actors.Snapshot, error) {
+	snap, err := decodeSnapshotUnder(v, policy, memo)
+	if err == nil && snap.ID != id {
+		return nil, fmt.Errorf("snapshot id %q does not match its key", snap.ID)
+	}
+	return snap, err
+}
 
 // policyMemo is the last policy a decoder read from a snapshot, by its
 // bytes: the instances of a fleet share a few policies, and their snapshots
@@ -101,6 +110,8 @@ func decodeSnapshotUnder(v []byte, policy *health.Policy, memo *policyMemo) (*ac
 				memo.bytes, memo.policy = append(memo.bytes[:0], m.Policy...), p
 			}
 		}
+		// deeply equal, not Policy.Equal, which holds every disabled
+		// policy the same: the snapshot's is kept exactly
 		if policy != nil && reflect.DeepEqual(p, policy) {
 			p = policy
 		}
@@ -322,12 +333,7 @@ func readState(m *record.State, st *health.State) error {
 // text is s as a record's string holds it: valid UTF-8, each run of bytes
 // that is not replaced by U+FFFD (as JSON wrote it) — a probe's output is
 // the guest's bytes, and protobuf refuses to write a string that is not.
-func text(s string) string {
-	if utf8.ValidString(s) {
-		return s
-	}
-	return strings.ToValidUTF8(s, "\uFFFD")
-}
+func text(s string) string { return strings.ToValidUTF8(s, "\uFFFD") }
 
 // count is a stored count as an int, -1 for one out of an int32's range
 // (which State.Check then refuses, naming it), on a host of any word size.

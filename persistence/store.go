@@ -212,8 +212,10 @@ var hostErrors = []struct {
 // through the chain, or in the text (Badger formats some errors with %v).
 func hostError(err error) (string, bool) {
 	var errno syscall.Errno
+	wrapped := errors.As(err, &errno)
+	msg := err.Error()
 	for _, h := range hostErrors {
-		if errors.As(err, &errno) && errno == h.errno || strings.Contains(err.Error(), h.errno.Error()) {
+		if wrapped && errno == h.errno || strings.Contains(msg, h.errno.Error()) {
 			return h.what, true
 		}
 	}
@@ -788,8 +790,7 @@ func (s *Store) write(specs []specOp, transitions []transitionOp, snaps map[stri
 		}
 	}
 	putSnap := func(snap *actors.Snapshot) error {
-		snap.Version = SchemaVersion
-		b, err := encodeSnapshot(snap)
+		b, err := encodeSnapshot(snap) // of this schema version, whatever snap.Version says
 		if err != nil {
 			// a snapshot is evidence: one that cannot be written is
 			// left out, never the batch's specs and transitions with it
@@ -852,10 +853,7 @@ func (s *Store) Snapshot(id string) (*actors.Snapshot, error) {
 		}
 		return item.Value(func(v []byte) error {
 			var derr error
-			snap, derr = decodeSnapshot(v)
-			if derr == nil && snap.ID != id {
-				snap, derr = nil, fmt.Errorf("snapshot id %q does not match its key", snap.ID)
-			}
+			snap, derr = decodeStoredSnapshot(id, v, nil, nil)
 			return derr
 		})
 	})
